@@ -1,0 +1,782 @@
+"""``AnnDataShadow``: an AnnData whose elements stay in the file until first asked for.
+
+The class is a thin façade: :mod:`shadows.storage` opens the file, :mod:`shadows.index` turns indexers into
+positions, :mod:`shadows.elements` reads the selected part of each element, :mod:`shadows.backends` converts it,
+and the result is cached here.  It subclasses :class:`anndata.AnnData` (without running its constructor) so that
+scanpy and friends accept it; every element a shadow hands out is an ordinary in-memory object.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import anndata
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from . import index as ix
+from .backends import check_backend_name, get_array_backend, get_table_backend
+from .elements import ReadContext, encoding_of, read_element, read_frame_parts
+from .elements.legacy import categories_from_uns, legacy_uns_keys
+from .lazy import ElementSource, LazyArray
+from .mapping import ALIGNMENT, ElementMapping, TrackedDict, untrack
+from .raw import RawShadow
+from .repr import html_repr, text_repr
+from .storage import Storage, attr, is_array, is_group
+
+_GROUPS = ("layers", "obsm", "varm", "obsp", "varp", "uns")
+_ARRAY_ENCODINGS = {"array", "csr_matrix", "csc_matrix", "legacy-array", "legacy-csr", "legacy-csc"}
+_TABLE_ENCODINGS = {"dataframe", "legacy-dataframe", "legacy-compound"}
+_LEGACY_NEIGHBORS = ("distances", "connectivities")
+
+
+def axis_length(root: Any, name: str, where: str) -> int:
+    """Length of the obs or var axis, from the index dataset's shape alone (no data is read)."""
+    if name not in root:
+        raise ValueError(f"'{where}' holds no AnnData: there is no '{name}' element (found {sorted(root.keys())[:10]})")
+    g = root[name]
+    if is_array(g):  # anndata < 0.7: a compound dataset
+        return int(g.shape[0])
+    key = attr(g, "_index")
+    if key is None or key not in g:
+        raise ValueError(f"'{where}': '{name}' has no index (attribute '_index' naming a column is missing)")
+    return int(g[key].shape[0])
+
+
+def fingerprint(values: Any) -> int:
+    """A cheap hash of a column, to notice later whether it was changed in memory."""
+    try:
+        return int(pd.util.hash_pandas_object(pd.Series(values), index=False).sum())
+    except TypeError:
+        return id(values)
+
+
+class AnnDataShadow(anndata.AnnData):
+    """A lazy, low-memory stand-in for an AnnData file (``.h5ad`` or ``.zarr``).
+
+    Parameters
+    ----------
+    path
+        An ``.h5ad`` file, a ``.zarr`` store (format v2 or v3), or a path inside a file naming a nested AnnData
+        (``file.h5mu/mod/rna`` or ``file.h5mu/rna``).
+    mode
+        ``"r"`` (default) or ``"r+"`` (needed for :meth:`write`).
+    format
+        Override format detection: ``"h5ad"``, ``"h5mu"``, ``"hdf5"``, ``"h5"`` or ``"zarr"``.
+    array_backend
+        Type of the arrays handed out: ``"numpy"`` (numpy/scipy), ``"jax"``, ``"torch"``, ``"dask"``, or a
+        registered name.
+    table_backend
+        Type of the tables handed out: ``"pandas"``, ``"polars"``, ``"pyarrow"``, or a registered name.
+    lazy
+        Hand out :class:`~shadows.lazy.LazyArray` objects that read only what they are sliced with.
+
+    Examples
+    --------
+    >>> s = AnnDataShadow("atlas.h5ad")  # doctest: +SKIP
+    >>> s.obsm["X_umap"]  # read now, cached  # doctest: +SKIP
+    >>> s[:, "CD3E"].X  # one gene, read without the rest of the matrix  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        mode: str = "r",
+        format: str | None = None,
+        array_backend: str = "numpy",
+        table_backend: str = "pandas",
+        lazy: bool = False,
+        _view: tuple | None = None,
+        _storage: Storage | None = None,
+    ):
+        check_backend_name(array_backend, "array")
+        check_backend_name(table_backend, "table")
+        self._storage = _storage if _storage is not None else Storage(path, mode=mode, format=format)
+        # a modality of a MuDataShadow shares its parent's file handle and must not close it when collected
+        self._owns_storage = type(self._storage) is Storage
+        self._resolve_nested()
+        self._array_backend = array_backend
+        self._table_backend = table_backend
+        self._lazy = bool(lazy)
+        self._cache: dict[tuple[str, str], Any] = {}
+        self._pending: dict[tuple[str, str], Any] = {}
+        self._deleted: set[tuple[str, str]] = set()
+        self._inherited: dict[tuple[str, str], Any] = {}
+        self._frame_fp: dict[str, dict[str, int]] = {}
+        root = self._storage.root
+        where = self._storage.describe()
+        if "mod" in root and "obs" in root and "X" not in root and attr(root, "encoding-type") == "MuData":
+            raise ValueError(f"'{where}' is a MuData file: open it with MuDataShadow, or one modality as '{where}/mod/<name>'")
+        self._n_obs_file = axis_length(root, "obs", where)
+        self._n_vars_file = axis_length(root, "var", where)
+        self._oidx, self._vidx = _view if _view is not None else (None, None)
+
+    def _resolve_nested(self) -> None:
+        st = self._storage
+        if st.inner and st.inner not in st.file and f"mod/{st.inner}" in st.file:
+            st.inner = f"mod/{st.inner}"  # file.h5mu/rna means the modality rna
+        if st.inner and st.inner not in st.file:
+            mods = list(st.file["mod"].keys()) if "mod" in st.file else []
+            raise KeyError(f"'{st.filename}' has no group '{st.inner}'" + (f"; modalities: {mods}" if mods else ""))
+
+    # --- identity -------------------------------------------------------------------------------------------------
+    @property
+    def file(self) -> Any:
+        """The open h5py File or zarr Group."""
+        return self._storage.file
+
+    @property
+    def filename(self) -> os.PathLike:
+        return self._storage.filename
+
+    @property
+    def mode(self) -> str:
+        return self._storage.mode
+
+    @property
+    def isbacked(self) -> bool:
+        # False on purpose: every value handed out is in memory, so scanpy takes its in-memory code paths
+        return False
+
+    @property
+    def is_view(self) -> bool:
+        return self._oidx is not None or self._vidx is not None
+
+    @property
+    def isview(self) -> bool:
+        return self.is_view
+
+    @property
+    def n_obs(self) -> int:
+        return ix.length(self._oidx, self._n_obs_file)
+
+    @property
+    def n_vars(self) -> int:
+        return ix.length(self._vidx, self._n_vars_file)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n_obs, self.n_vars
+
+    def __len__(self) -> int:
+        return self.n_obs
+
+    def _root(self) -> Any:
+        if not self._storage.is_open:
+            raise ValueError(f"'{self._storage.describe()}' is closed; call .reopen() to read from it again")
+        return self._storage.root
+
+    def _ctx(self) -> ReadContext:
+        return ReadContext(indptr_cache=self._storage.indptr_cache)
+
+    # --- selection ------------------------------------------------------------------------------------------------
+    def _sel_for(self, group: str) -> tuple:
+        axes = ALIGNMENT.get(group, (0, 1))
+        sels = (self._oidx, self._vidx)
+        return tuple(sels[a] for a in axes)
+
+    # --- generic element access -----------------------------------------------------------------------------------
+    def _elem_path(self, group: str, key: str | None) -> str:
+        if key is None:
+            return group
+        if group == "obsp" and key in _LEGACY_NEIGHBORS and f"obsp/{key}" not in self._root():
+            legacy = f"uns/neighbors/{key}"
+            if legacy in self._root():
+                return legacy  # anndata moves these to obsp when reading
+        return f"{group}/{key}"
+
+    def _disk_keys(self, group: str) -> list[str]:
+        root = self._root()
+        out = [str(k) for k in root[group].keys()] if group in root and is_group(root[group]) else []
+        if group == "uns":
+            hidden = legacy_uns_keys(root)
+            out = [k for k in out if k not in hidden]
+        if group == "obsp" and "uns/neighbors" in root:
+            nb = root["uns/neighbors"]
+            out += [k for k in _LEGACY_NEIGHBORS if k in nb and k not in out]
+        if group == "layers" and group in root and not is_group(root[group]):
+            out = []
+        return out
+
+    def _get(self, group: str, key: str) -> Any:
+        k = (group, key)
+        if k in self._pending:
+            return self._pending[k]
+        if k in self._deleted:
+            raise KeyError(f"{key!r} was deleted from {group} (pending write)")
+        if k in self._inherited:
+            return self._inherited[k]
+        if k in self._cache:
+            return self._cache[k]
+        path = self._elem_path(group, key)
+        root = self._root()
+        if path not in root or (group != "uns" and key not in self._disk_keys(group)):
+            raise KeyError(f"{group} of '{self._storage.describe()}' has no key {key!r}; keys: {self._disk_keys(group)}")
+        value = self._read(path, self._sel_for(group), group)
+        if group == "uns":
+            value = self._uns_value(key, value)
+        self._cache[k] = value
+        return value
+
+    def _read(self, path: str, sel: tuple, group: str = "") -> Any:
+        """Read the element at ``path`` restricted to ``sel`` and convert it with the backends."""
+        elem = self._root()[path]
+        enc = encoding_of(elem)[0]
+        if enc in _ARRAY_ENCODINGS:
+            backend = get_array_backend(self._array_backend)
+            if self._lazy or backend.from_source:
+                source = ElementSource.from_storage(self._storage, path, sel)
+                return LazyArray(source) if self._lazy else backend.convert(source)
+            return backend.convert(read_element(elem, sel, self._ctx()))
+        if enc in _TABLE_ENCODINGS:
+            return self._table(read_frame_parts(elem, sel[:1], self._ctx()))
+        value = read_element(elem, sel, self._ctx())
+        if group == "uns":
+            value = self._convert_uns_arrays(value)
+        return value
+
+    def _convert_uns_arrays(self, value: Any) -> Any:
+        if self._array_backend == "numpy":
+            return value
+        backend = get_array_backend(self._array_backend)
+        if backend.from_source:
+            return value
+        if isinstance(value, dict):
+            return {k: self._convert_uns_arrays(v) for k, v in value.items()}
+        if isinstance(value, np.ndarray) and value.dtype.kind in "biufc":
+            return backend.convert(value)
+        return value
+
+    def _table(self, parts: Any) -> Any:
+        backend = get_table_backend(self._table_backend)
+        return backend.convert(parts) if backend.from_parts else backend.convert(parts.to_pandas())
+
+    def _uns_value(self, key: str, value: Any) -> Any:
+        if key == "neighbors" and isinstance(value, dict) and "obsp" not in self._root():
+            value = {k: v for k, v in value.items() if not (k in _LEGACY_NEIGHBORS and getattr(v, "ndim", 0) == 2)}
+        if self.is_view and key.endswith("_colors"):
+            value = self._view_colors(key, value)
+        if isinstance(value, dict):
+            return TrackedDict(value, lambda: self._mark_uns_changed(key))
+        return value
+
+    def _mark_uns_changed(self, key: str) -> None:
+        if ("uns", key) not in self._pending and ("uns", key) in self._cache:
+            self._pending[("uns", key)] = self._cache.pop(("uns", key))
+
+    def _view_colors(self, key: str, colors: Any) -> Any:
+        """anndata trims ``<col>_colors`` of a view to the categories still used; so do we."""
+        col = key[: -len("_colors")]
+        for frame, sel, n in (("obs", self._oidx, self._n_obs_file), ("var", self._vidx, self._n_vars_file)):
+            if sel is None or ix.is_identity(sel, n):
+                continue
+            g = self._root()[frame]
+            if not is_group(g) or col not in g or encoding_of(g[col])[0] != "categorical":
+                continue
+            n_cats = int(g[col]["categories"].shape[0])
+            colors = np.asarray(colors)
+            if colors.ndim == 0:
+                return colors[None]
+            if len(colors) != n_cats:
+                return colors  # anndata drops mismatched colors from a view; keep the file's value visible
+            codes = read_element(g[col]["codes"], (sel,), self._ctx())
+            used = np.unique(codes[codes >= 0])
+            return colors[used]
+        return colors
+
+    def _set(self, group: str, key: str, value: Any) -> None:
+        if self.is_view:
+            raise ValueError(
+                f"Cannot assign {group}[{key!r}] on a view of '{self._storage.describe()}'; "
+                "assign on the full shadow, or call .to_memory() for an in-memory copy"
+            )
+        self._check_shape(group, key, value)
+        k = (group, key)
+        if group == "uns" and isinstance(value, dict):
+            value = TrackedDict(untrack(value), lambda: None)
+        self._pending[k] = value
+        self._cache.pop(k, None)
+        self._deleted.discard(k)
+
+    def _delete(self, group: str, key: str) -> None:
+        k = (group, key)
+        on_disk = key in self._disk_keys(group)
+        if k not in self._pending and not on_disk:
+            raise KeyError(f"{group} of '{self._storage.describe()}' has no key {key!r}")
+        self._pending.pop(k, None)
+        self._cache.pop(k, None)
+        if on_disk:
+            self._deleted.add(k)
+
+    def _check_shape(self, group: str, key: str, value: Any) -> None:
+        axes = ALIGNMENT.get(group, ())
+        if not axes:
+            return
+        shape = getattr(value, "shape", None)
+        if shape is None:
+            value_len = len(value) if hasattr(value, "__len__") else None
+            shape = (value_len,) if value_len is not None else None
+        want = tuple(self.shape[a] for a in axes)
+        if shape is None or len(shape) < len(want) or tuple(shape[: len(want)]) != want:
+            what = "×".join(str(w) for w in want) + (" × ..." if group in ("obsm", "varm") else "")
+            raise ValueError(
+                f"Value for {group}[{key!r}] has shape {tuple(shape) if shape is not None else None}; "
+                f"expected {what} (the {' × '.join(ix.AXIS_NAMES[a] for a in axes)} of this AnnData)"
+            )
+
+    # --- elements -------------------------------------------------------------------------------------------------
+    @property
+    def X(self) -> Any:
+        """The data matrix, read (for a view: the selected part) on first access."""
+        k = ("X", "")
+        if k in self._pending:
+            return self._pending[k]
+        if k in self._inherited:
+            return self._inherited[k]
+        if k not in self._cache:
+            if "X" not in self._root():
+                return None
+            self._cache[k] = self._read("X", (self._oidx, self._vidx))
+        return self._cache[k]
+
+    @X.setter
+    def X(self, value: Any) -> None:
+        if value is not None:
+            shape = getattr(value, "shape", None)
+            if shape is None or tuple(shape[:2]) != self.shape:
+                raise ValueError(f"X must have shape {self.shape}, got {shape}")
+        if self.is_view:
+            raise ValueError("Cannot assign X on a view; assign on the full shadow")
+        self._pending[("X", "")] = value
+        self._cache.pop(("X", ""), None)
+
+    @X.deleter
+    def X(self) -> None:
+        self.X = None
+
+    def _frame(self, name: str) -> Any:
+        k = (name, "")
+        if k in self._pending:
+            return self._pending[k]
+        if k in self._inherited:
+            return self._inherited[k]
+        if k not in self._cache:
+            sel = self._oidx if name == "obs" else self._vidx
+            parts = read_frame_parts(self._root()[name], (sel,), self._ctx())
+            self._fix_categories(name, parts, sel)
+            value = self._table(parts)
+            self._cache[k] = value
+            if isinstance(value, pd.DataFrame):
+                self._frame_fp[name] = {c: fingerprint(value[c]) for c in value.columns}
+        return self._cache[k]
+
+    def _fix_categories(self, name: str, parts: Any, sel: ix.Sel) -> None:
+        root = self._root()
+        if not is_group(root[name]) and "uns" in root:  # anndata < 0.7: categories kept in uns
+            df = pd.DataFrame(parts.columns)
+            df, _ = categories_from_uns(root["uns"], df)
+            parts.columns = {c: df[c].to_numpy() if not isinstance(df[c].dtype, pd.CategoricalDtype) else df[c].array for c in df.columns}
+        n = self._n_obs_file if name == "obs" else self._n_vars_file
+        if sel is not None and not ix.is_identity(sel, n) and anndata.settings.remove_unused_categories:
+            for c, v in parts.columns.items():
+                if isinstance(v, pd.Categorical):
+                    parts.columns[c] = v.remove_unused_categories()
+
+    @property
+    def obs(self) -> Any:
+        """Cell annotations (the selected rows for a view)."""
+        return self._frame("obs")
+
+    @obs.setter
+    def obs(self, value: pd.DataFrame) -> None:
+        self._set_frame("obs", value)
+
+    @property
+    def var(self) -> Any:
+        """Feature annotations (the selected rows for a view)."""
+        return self._frame("var")
+
+    @var.setter
+    def var(self, value: pd.DataFrame) -> None:
+        self._set_frame("var", value)
+
+    def _set_frame(self, name: str, value: pd.DataFrame) -> None:
+        n = self.n_obs if name == "obs" else self.n_vars
+        if len(value) != n:
+            raise ValueError(f"{name} must have {n} rows, got {len(value)}")
+        if self.is_view:
+            raise ValueError(f"Cannot assign {name} on a view; assign on the full shadow")
+        if name not in self._frame_fp:
+            self._frame(name)  # remember what was on disk, to tell changed columns from unchanged ones
+        self._cache[(name, "")] = value
+
+    def _names(self, name: str) -> pd.Index:
+        frame_key = (name, "")
+        for store in (self._pending, self._inherited, self._cache):
+            if frame_key in store and isinstance(store[frame_key], pd.DataFrame):
+                return store[frame_key].index
+        k = (f"{name}_names", "")
+        if k not in self._cache:
+            g = self._root()[name]
+            sel = self._oidx if name == "obs" else self._vidx
+            if is_group(g):
+                idx_key = attr(g, "_index")
+                values = read_element(g[idx_key], (sel,), self._ctx())
+                self._cache[k] = pd.Index(values, name=None if idx_key == "_index" else idx_key)
+            else:
+                self._cache[k] = pd.Index(read_frame_parts(g, (sel,), self._ctx()).index)
+        return self._cache[k]
+
+    @property
+    def obs_names(self) -> pd.Index:
+        return self._names("obs")
+
+    @obs_names.setter
+    def obs_names(self, names: Any) -> None:
+        obs = self.obs.copy()
+        obs.index = pd.Index(names)
+        self.obs = obs
+
+    @property
+    def var_names(self) -> pd.Index:
+        return self._names("var")
+
+    @var_names.setter
+    def var_names(self, names: Any) -> None:
+        var = self.var.copy()
+        var.index = pd.Index(names)
+        self.var = var
+
+    def _mapping(self, group: str) -> ElementMapping:
+        return ElementMapping(self, group)
+
+    @property
+    def layers(self) -> ElementMapping:
+        return self._mapping("layers")
+
+    @property
+    def obsm(self) -> ElementMapping:
+        return self._mapping("obsm")
+
+    @property
+    def varm(self) -> ElementMapping:
+        return self._mapping("varm")
+
+    @property
+    def obsp(self) -> ElementMapping:
+        return self._mapping("obsp")
+
+    @property
+    def varp(self) -> ElementMapping:
+        return self._mapping("varp")
+
+    @property
+    def uns(self) -> ElementMapping:
+        return self._mapping("uns")
+
+    @uns.setter
+    def uns(self, value: dict) -> None:
+        for k in list(self.uns.keys()):
+            del self.uns[k]
+        for k, v in value.items():
+            self.uns[k] = v
+
+    @property
+    def raw(self) -> RawShadow | None:
+        """The raw AnnData (``raw.X``, ``raw.var``, ``raw.varm``), or ``None`` when the file has none."""
+        if ("raw", "") in self._pending:
+            return self._pending[("raw", "")]
+        root = self._root()
+        if ("raw" in root and is_group(root["raw"]) and "var" in root["raw"]) or "raw.X" in root:
+            return RawShadow(self)
+        return None
+
+    @raw.setter
+    def raw(self, value: Any) -> None:
+        if self.is_view:
+            raise ValueError("Cannot assign raw on a view")
+        self._pending[("raw", "")] = value
+
+    @raw.deleter
+    def raw(self) -> None:
+        self._pending[("raw", "")] = None
+
+    # --- vectors --------------------------------------------------------------------------------------------------
+    def _column_of(self, matrix_path: str | None, j: int, layer: str | None) -> np.ndarray:
+        if layer is not None:
+            m = self._pending.get(("layers", layer))
+            path = f"layers/{layer}"
+        else:
+            m = self._pending.get(("X", ""))
+            path = "X"
+        if m is None and (("layers", layer) if layer else ("X", "")) in self._cache:
+            m = self._cache[("layers", layer) if layer else ("X", "")]
+        if m is not None and not isinstance(m, LazyArray):
+            col = m[:, [j]]
+        else:
+            sel = (self._oidx, ix.compose(self._vidx, np.array([j]), self._n_vars_file))
+            col = read_element(self._root()[path], sel, self._ctx())
+        col = col.toarray() if sp.issparse(col) else np.asarray(col)
+        return np.ravel(col)
+
+    def obs_vector(self, k: str, *, layer: str | None = None) -> np.ndarray:
+        """Values of obs column ``k``, or of gene ``k`` across cells (one column read, not the matrix)."""
+        obs = self.obs if ("obs", "") in self._cache or ("obs", "") in self._pending else None
+        if obs is not None and k in obs.columns:
+            return obs[k].values
+        if obs is None and k in self.obs_keys():
+            return self.obs[k].values
+        names = self.var_names
+        if k not in names:
+            raise KeyError(f"{k!r} is neither an obs column nor a var name of '{self._storage.describe()}'")
+        return self._column_of(None, int(names.get_loc(k)), layer)
+
+    def var_vector(self, k: str, *, layer: str | None = None) -> np.ndarray:
+        """Values of var column ``k``, or of cell ``k`` across genes (one row read)."""
+        if k in self.var_keys():
+            return self.var[k].values
+        names = self.obs_names
+        if k not in names:
+            raise KeyError(f"{k!r} is neither a var column nor an obs name of '{self._storage.describe()}'")
+        i = int(names.get_loc(k))
+        view = self[i]
+        m = view.layers[layer] if layer is not None else view.X
+        m = m.toarray() if sp.issparse(m) else np.asarray(m)
+        view.close()
+        return np.ravel(m)
+
+    def obs_keys(self) -> list[str]:
+        if ("obs", "") in self._cache or ("obs", "") in self._pending:
+            return list(self.obs.columns)
+        return self._frame_columns("obs")
+
+    def var_keys(self) -> list[str]:
+        if ("var", "") in self._cache or ("var", "") in self._pending:
+            return list(self.var.columns)
+        return self._frame_columns("var")
+
+    def _frame_columns(self, name: str) -> list[str]:
+        g = self._root()[name]
+        if is_group(g):
+            return [str(c) for c in (attr(g, "column-order") or [])]
+        return list(g.dtype.names[1:])
+
+    def obsm_keys(self) -> list[str]:
+        return list(self.obsm.keys())
+
+    def varm_keys(self) -> list[str]:
+        return list(self.varm.keys())
+
+    def uns_keys(self) -> list[str]:
+        return list(self.uns.keys())
+
+    def layers_keys(self) -> list[str]:
+        return list(self.layers.keys())
+
+    # --- views ----------------------------------------------------------------------------------------------------
+    def __getitem__(self, index: Any) -> AnnDataShadow:
+        """A view: a new shadow on its own connection that reads only the selected part of each element."""
+        oidx, vidx = ix.split_index(index)
+        o = ix.normalize(oidx, _LazyNames(self, "obs"), self.n_obs, 0)
+        v = ix.normalize(vidx, _LazyNames(self, "var"), self.n_vars, 1)
+        file_o = ix.compose(self._oidx, o, self._n_obs_file)
+        file_v = ix.compose(self._vidx, v, self._n_vars_file)
+        st = Storage(self._storage.describe(), mode="r", format=self._storage.format)
+        view = type(self)(
+            st.describe(),
+            array_backend=self._array_backend,
+            table_backend=self._table_backend,
+            lazy=self._lazy,
+            _view=(file_o, file_v),
+            _storage=st,
+        )
+        view._inherit(self, o, v)
+        return view
+
+    def _inherit(self, parent: AnnDataShadow, o: ix.Sel, v: ix.Sel) -> None:
+        """In-memory additions of the parent are seen, sliced, by its views (as anndata's views see them)."""
+        sels = (o, v)
+        sources = {**parent._inherited, **parent._pending}
+        for k in ("obs", "var"):
+            if (k, "") in parent._cache and isinstance(parent._cache[(k, "")], pd.DataFrame) and parent._frame_changed(k):
+                sources[(k, "")] = parent._cache[(k, "")]
+        for (group, key), value in sources.items():
+            if value is None or (group, key) in parent._deleted:
+                continue
+            if group in ("obs", "var"):
+                s = sels[0 if group == "obs" else 1]
+                sub = value.iloc[ix.positions(s, len(value))] if s is not None else value
+                sub = sub.copy()
+                for c in sub.columns:
+                    if isinstance(sub[c].dtype, pd.CategoricalDtype):
+                        sub[c] = sub[c].cat.remove_unused_categories()
+                self._inherited[(group, key)] = sub
+            elif group == "X":
+                self._inherited[(group, key)] = _take(value, (o, v))
+            elif group in ALIGNMENT and ALIGNMENT[group]:
+                self._inherited[(group, key)] = _take(value, tuple(sels[a] for a in ALIGNMENT[group]))
+            elif group == "uns":
+                self._inherited[(group, key)] = value
+
+    def _frame_changed(self, name: str) -> bool:
+        df = self._cache.get((name, ""))
+        fp = self._frame_fp.get(name)
+        if not isinstance(df, pd.DataFrame) or fp is None:
+            return False
+        if list(df.columns) != list(fp):
+            return True
+        return any(fingerprint(df[c]) != fp[c] for c in df.columns)
+
+    def frame_changes(self, name: str) -> dict[str, list[str]]:
+        """Columns of ``obs``/``var`` added, changed or removed in memory (not yet written)."""
+        df = self._cache.get((name, ""))
+        fp = self._frame_fp.get(name, {})
+        if not isinstance(df, pd.DataFrame):
+            return {"added": [], "changed": [], "removed": []}
+        disk = set(self._frame_columns(name))
+        added = [c for c in df.columns if c not in disk]
+        changed = [c for c in df.columns if c in disk and c in fp and fingerprint(df[c]) != fp[c]]
+        removed = [c for c in disk if c not in df.columns]
+        return {"added": added, "changed": changed, "removed": removed}
+
+    # --- cache, connection ----------------------------------------------------------------------------------------
+    def clear_cache(self) -> AnnDataShadow:
+        """Free every cached element.  In-memory additions not yet written stay (the repr marks them ▲)."""
+        backend = get_array_backend(self._array_backend) if self._array_backend in _loaded_backends() else None
+        for key in list(self._cache):
+            if key[0] in ("obs", "var") and self.frame_changes(key[0])["added"] + self.frame_changes(key[0])["changed"]:
+                continue  # changed tables are pending changes, not a cache
+            value = self._cache.pop(key)
+            if backend is not None and backend.release is not None:
+                backend.release(value)
+        self._frame_fp = {k: v for k, v in self._frame_fp.items() if (k, "") in self._cache}
+        self._storage.indptr_cache.clear()
+        return self
+
+    def close(self) -> None:
+        """Close the connection to the file (cached elements stay usable)."""
+        self._storage.close()
+
+    def reopen(self, mode: str = "r") -> AnnDataShadow:
+        """Open the file again, with ``mode`` ``"r"`` or ``"r+"``; returns the shadow so that calls chain."""
+        if self.is_view and mode != "r":
+            raise ValueError("A view cannot be reopened for writing; reopen the full shadow")
+        self._storage.open(mode)
+        return self
+
+    def __enter__(self) -> AnnDataShadow:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if self.__dict__.get("_owns_storage"):
+                self._storage.close()
+        except Exception:  # interpreter shutdown: h5py may already be gone
+            pass
+
+    def __reduce__(self):
+        st = self._storage
+        return (
+            _restore,
+            (st.describe(), st.mode, st.format, self._array_backend, self._table_backend, self._lazy, (self._oidx, self._vidx)),
+        )
+
+    # --- whole-object conversions -----------------------------------------------------------------------------------
+    def to_memory(self) -> anndata.AnnData:
+        """A real in-memory :class:`anndata.AnnData` with every element (of the view) read, pending changes included."""
+        numpy = AnnDataShadow.__new__(type(self))
+        numpy.__dict__.update(self.__dict__)
+        numpy._owns_storage = False
+        numpy._array_backend, numpy._table_backend, numpy._lazy = "numpy", "pandas", False
+        numpy._cache = {}
+        numpy._frame_fp = {}
+        for name in ("obs", "var"):
+            if (name, "") in self._cache and isinstance(self._cache[(name, "")], pd.DataFrame):
+                numpy._cache[(name, "")] = self._cache[(name, "")]
+        kwargs: dict[str, Any] = {
+            "X": numpy.X,
+            "obs": numpy.obs.copy(),
+            "var": numpy.var.copy(),
+            "uns": untrack(dict(numpy.uns.items())),
+        }
+        for g in ("obsm", "varm", "obsp", "varp", "layers"):
+            kwargs[g] = {k: numpy._get(g, k) for k in numpy._mapping(g).keys() if k is not None}
+        raw = numpy.raw
+        if raw is not None:
+            kwargs["raw"] = raw.to_dict() if isinstance(raw, RawShadow) else raw
+        return anndata.AnnData(**kwargs)
+
+    def copy(self, filename: os.PathLike | None = None) -> anndata.AnnData:
+        """An in-memory AnnData copy (or, with ``filename``, a copy written to that file)."""
+        adata = self.to_memory()
+        if filename is not None:
+            adata.write_h5ad(filename)
+        return adata
+
+    def to_df(self, layer: str | None = None) -> pd.DataFrame:
+        m = self.layers[layer] if layer is not None else self.X
+        m = m.toarray() if sp.issparse(m) else np.asarray(m)
+        return pd.DataFrame(m, index=self.obs_names, columns=self.var_names)
+
+    # --- repr -----------------------------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return text_repr(self)
+
+    def _repr_html_(self) -> str:
+        return html_repr(self)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    __hash__ = object.__hash__
+
+
+class _LazyNames:
+    """Names along an axis, read only if an indexer needs them (positional indexers never do)."""
+
+    def __init__(self, shadow: AnnDataShadow, name: str):
+        self._shadow, self._name = shadow, name
+        self._idx: pd.Index | None = None
+
+    def _get(self) -> pd.Index:
+        if self._idx is None:
+            self._idx = self._shadow._names(self._name)
+        return self._idx
+
+    def __getattr__(self, item: str) -> Any:
+        return getattr(self._get(), item)
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
+def _take(value: Any, sels: tuple) -> Any:
+    for axis, s in enumerate(sels):
+        if s is None:
+            continue
+        pos = ix.positions(s, value.shape[axis])
+        if isinstance(value, pd.DataFrame):
+            value = value.iloc[pos] if axis == 0 else value.iloc[:, pos]
+        elif sp.issparse(value):
+            value = value[pos] if axis == 0 else value[:, pos]
+        else:
+            value = np.take(np.asarray(value), pos, axis=axis)
+    return value
+
+
+def _loaded_backends() -> set[str]:
+    from .backends import _ARRAY
+
+    return set(_ARRAY)
+
+
+def _restore(path, mode, format, array_backend, table_backend, lazy, view) -> AnnDataShadow:
+    return AnnDataShadow(
+        path, mode=mode, format=format, array_backend=array_backend, table_backend=table_backend, lazy=lazy, _view=view
+    )

@@ -1,0 +1,183 @@
+"""Array and table backends: what type a shadow hands out, as a registry with entry points.
+
+An array backend turns the numpy/scipy value read from the file into the user's array type; a table backend
+turns a table into the user's table type.  Built-in backends may instead take the read's *source* (for arrays:
+a :class:`shadows.lazy.ElementSource`, so that dask can read lazily) or the table's columns
+(:class:`shadows.elements.FrameParts`, so that polars/arrow tables are built without pandas).  Third-party
+packages add backends by the entry-point groups ``shadows.array_backends`` and ``shadows.table_backends``, whose
+objects are ``convert`` callables (or :class:`ArrayBackend`/:class:`TableBackend` instances).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import import_module
+from importlib.metadata import entry_points
+from typing import Any
+
+ARRAY_GROUP = "shadows.array_backends"
+TABLE_GROUP = "shadows.table_backends"
+
+
+@dataclass(frozen=True)
+class ArrayBackend:
+    """How arrays are handed out.
+
+    Attributes
+    ----------
+    name
+        The name users pass as ``array_backend=``.
+    convert
+        ``convert(value)`` with a numpy array or scipy sparse matrix, or (when ``from_source``) ``convert(source)``
+        with an :class:`~shadows.lazy.ElementSource` that can read any part of the element.
+    from_source
+        Whether ``convert`` takes the source instead of the value read.
+    release
+        Optional ``release(value)`` called when the cache drops a value (frees device memory).
+    """
+
+    name: str
+    convert: Callable[[Any], Any]
+    from_source: bool = False
+    release: Callable[[Any], None] | None = None
+
+
+@dataclass(frozen=True)
+class TableBackend:
+    """How tables are handed out: ``convert(df)`` with a pandas DataFrame, or ``convert(parts)`` with
+    :class:`~shadows.elements.FrameParts` when ``from_parts``."""
+
+    name: str
+    convert: Callable[[Any], Any]
+    from_parts: bool = False
+
+
+_ARRAY: dict[str, ArrayBackend] = {}
+_TABLE: dict[str, TableBackend] = {}
+# built-ins whose library is imported only when first asked for: name -> (module, attribute, extra to install)
+_LAZY_ARRAY = {
+    "jax": ("shadows.backends.arrays", "JAX", "jax"),
+    "torch": ("shadows.backends.arrays", "TORCH", "torch"),
+    "dask": ("shadows.backends.dask", "DASK", "dask"),
+}
+_LAZY_TABLE = {
+    "polars": ("shadows.backends.tables", "POLARS", "polars"),
+    "pyarrow": ("shadows.backends.tables", "PYARROW", "arrow"),
+}
+_entry_points_loaded = False
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def register_array_backend(
+    name: str, convert: Callable[[Any], Any] | ArrayBackend, *, from_source: bool = False, release=None
+) -> None:
+    """Register an array backend: ``convert`` receives the numpy/scipy value read and returns anything."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"A backend name must be a non-empty string, got {name!r}")
+    if isinstance(convert, ArrayBackend):
+        _ARRAY[name] = convert
+        return
+    if not callable(convert):
+        raise TypeError(f"convert for array backend {name!r} must be callable, got {type(convert).__name__}")
+    _ARRAY[name] = ArrayBackend(name, convert, from_source, release)
+
+
+def register_table_backend(name: str, convert: Callable[[Any], Any] | TableBackend, *, from_parts: bool = False) -> None:
+    """Register a table backend: ``convert`` receives a pandas DataFrame and returns anything."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"A backend name must be a non-empty string, got {name!r}")
+    if isinstance(convert, TableBackend):
+        _TABLE[name] = convert
+        return
+    if not callable(convert):
+        raise TypeError(f"convert for table backend {name!r} must be callable, got {type(convert).__name__}")
+    _TABLE[name] = TableBackend(name, convert, from_parts)
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for group, register in ((ARRAY_GROUP, register_array_backend), (TABLE_GROUP, register_table_backend)):
+        for ep in entry_points(group=group):
+            if ep.name in (_ARRAY if group == ARRAY_GROUP else _TABLE):
+                continue
+            try:
+                register(ep.name, ep.load())
+            except Exception as e:  # a broken third-party backend must not break shadows
+                import warnings
+
+                warnings.warn(f"Could not load {group} entry point {ep.name!r}: {e}", stacklevel=2)
+
+
+def array_backends() -> list[str]:
+    """Names of the array backends available (registered, built in, or installed through entry points)."""
+    _load_entry_points()
+    return sorted(set(_ARRAY) | set(_LAZY_ARRAY))
+
+
+def table_backends() -> list[str]:
+    """Names of the table backends available."""
+    _load_entry_points()
+    return sorted(set(_TABLE) | set(_LAZY_TABLE))
+
+
+def _get(name: str, table: dict, lazy: dict, kind: str, choices: Callable[[], list[str]]):
+    if name in table:
+        return table[name]
+    if name in lazy:
+        module, attr, extra = lazy[name]
+        try:
+            backend = getattr(import_module(module), attr)
+        except ImportError as e:
+            raise ImportError(
+                f"The {kind} backend {name!r} needs a library that is not installed ({e}); "
+                f"install it with `pip install shadows[{extra}]`"
+            ) from e
+        table[name] = backend
+        return backend
+    _load_entry_points()
+    if name in table:
+        return table[name]
+    raise ValueError(f"Unknown {kind} backend {name!r}; available: {choices()}")
+
+
+def get_array_backend(name: str) -> ArrayBackend:
+    """The array backend registered as ``name``; ``ValueError`` listing the choices if there is none."""
+    return _get(name, _ARRAY, _LAZY_ARRAY, "array", array_backends)
+
+
+def get_table_backend(name: str) -> TableBackend:
+    """The table backend registered as ``name``; ``ValueError`` listing the choices if there is none."""
+    return _get(name, _TABLE, _LAZY_TABLE, "table", table_backends)
+
+
+def check_backend_name(name: str, kind: str) -> None:
+    """Fail early, at open, for names that no backend could ever have."""
+    known = (_ARRAY, _LAZY_ARRAY) if kind == "array" else (_TABLE, _LAZY_TABLE)
+    if any(name in k for k in known):
+        return  # no entry-point scan on the common path: it costs milliseconds at every open
+    names = array_backends() if kind == "array" else table_backends()
+    if name not in names:
+        raise ValueError(f"Unknown {kind} backend {name!r}; available: {names}")
+
+
+register_array_backend("numpy", _identity)
+register_table_backend("pandas", lambda parts: parts.to_pandas() if hasattr(parts, "to_pandas") else parts, from_parts=True)
+
+__all__ = [
+    "ArrayBackend",
+    "TableBackend",
+    "array_backends",
+    "check_backend_name",
+    "get_array_backend",
+    "get_table_backend",
+    "register_array_backend",
+    "register_table_backend",
+    "table_backends",
+]

@@ -1,0 +1,229 @@
+"""Partial reads of ``csr_matrix`` / ``csc_matrix`` groups, written here because anndata's readers cannot do them.
+
+anndata's backed matrices read the whole ``data`` and ``indices`` arrays for any minor-axis selection (a gene of a
+CSR matrix, a cell of a CSC one).  Here:
+
+* major-axis selections (rows of CSR, columns of CSC) read only the ``indptr`` ranges they need, neighbouring
+  ranges coalesced into one read;
+* minor-axis selections scan ``indices`` in chunks bounded by the memory budget, and read ``data`` only where
+  a chunk has hits (scattered hits are read point-wise in coalesced runs; dense hits as one block);
+* ``indptr`` is read once per matrix and connection and cached.
+
+The result is a scipy matrix of the stored format, rows and columns in the order asked for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from .. import index as ix
+from ..settings import settings
+from ..storage import attr, is_h5
+from .registry import ReadContext, register_reader, sel_at
+
+# Coalesce two major-axis ranges when fewer than this many stored values lie between them.
+_MAJOR_GAP_NNZ = 32 * 1024
+# Within a scanned chunk, read ``data`` as one block when hits are denser than 1 in this many values.
+_DENSE_HITS = 64
+
+
+def matrix_info(group: Any) -> tuple[str, tuple[int, int]]:
+    """Format (``"csr"``/``"csc"``) and shape of a sparse group, current or legacy layout."""
+    et = attr(group, "encoding-type")
+    if et in ("csr_matrix", "csc_matrix"):
+        fmt = et[:3]
+        shape = attr(group, "shape")
+    else:
+        fmt = attr(group, "h5sparse_format")
+        shape = attr(group, "h5sparse_shape")
+    if fmt not in ("csr", "csc") or shape is None:
+        raise ValueError(f"'{group.name}' is not a sparse matrix group (encoding-type {et!r})")
+    return fmt, (int(shape[0]), int(shape[1]))
+
+
+def get_indptr(group: Any, ctx: ReadContext | None) -> np.ndarray:
+    cache = ctx.indptr_cache if ctx is not None else {}
+    key = group.name
+    ip = cache.get(key)
+    if ip is None:
+        ip = np.asarray(group["indptr"][...], dtype=np.int64)
+        cache[key] = ip
+    return ip
+
+
+def _read_range(arr: Any, start: int, stop: int) -> np.ndarray:
+    return np.asarray(arr[start:stop])
+
+
+def _read_points(arr: Any, pos: np.ndarray, base: int, block_len: int) -> np.ndarray:
+    """Values of ``arr`` at sorted positions ``pos`` (absolute), read in coalesced runs."""
+    if len(pos) == 0:
+        return np.zeros(0, dtype=arr.dtype)
+    if len(pos) * _DENSE_HITS >= block_len:
+        lo, hi = int(pos[0]), int(pos[-1]) + 1
+        return _read_range(arr, lo, hi)[pos - lo]
+    if not is_h5(arr):
+        # zarr decompresses whole chunks anyway: its coordinate selection reads each touched chunk once
+        return np.asarray(arr.get_coordinate_selection(pos))
+    out = []
+    for start, stop, members in ix.runs(pos, max_gap=512):
+        block = _read_range(arr, start, stop)
+        out.append(block if stop - start == len(members) else block[members - start])
+    return np.concatenate(out) if len(out) > 1 else out[0]
+
+
+class SparseReader:
+    """Reads a selection of one stored sparse matrix."""
+
+    def __init__(self, group: Any, ctx: ReadContext | None = None):
+        self.group = group
+        self.ctx = ctx
+        self.format, self.shape = matrix_info(group)
+        self.data = group["data"]
+        self.indices = group["indices"]
+        self.dtype = self.data.dtype
+
+    @property
+    def indptr(self) -> np.ndarray:
+        return get_indptr(self.group, self.ctx)
+
+    @property
+    def budget(self) -> int:
+        b = self.ctx.budget if self.ctx is not None and self.ctx.budget else settings.memory_budget
+        return int(b)
+
+    def read(self, rows: ix.Sel = None, cols: ix.Sel = None) -> sp.spmatrix:
+        """The submatrix ``[rows, cols]`` in the stored format."""
+        major, minor = (rows, cols) if self.format == "csr" else (cols, rows)
+        n_major, n_minor = self.shape if self.format == "csr" else self.shape[::-1]
+        if major is None and minor is None:
+            return self._whole()
+        maj_u, maj_inv = ix.sorted_unique(major, n_major)
+        min_u, min_inv = ix.sorted_unique(minor, n_minor)
+        maj_pos = ix.positions(maj_u, n_major)
+        data, indices, indptr = self._read_major_minor(maj_pos, None if minor is None else ix.positions(min_u, n_minor))
+        n_min_out = n_minor if minor is None else ix.length(min_u, n_minor)
+        cls = sp.csr_matrix if self.format == "csr" else sp.csc_matrix
+        shape = (len(maj_pos), n_min_out)
+        m = cls((data, indices, indptr), shape=shape if self.format == "csr" else shape[::-1])
+        if maj_inv is not None or min_inv is not None:
+            # restore order and repeats: the gathers run on the (small) selected matrix only
+            r_inv, c_inv = (maj_inv, min_inv) if self.format == "csr" else (min_inv, maj_inv)
+            if r_inv is not None:
+                m = m[r_inv, :]
+            if c_inv is not None:
+                m = m[:, c_inv]
+            m = cls(m)
+        return m
+
+    def _whole(self) -> sp.spmatrix:
+        cls = sp.csr_matrix if self.format == "csr" else sp.csc_matrix
+        ip = self.indptr
+        data = np.asarray(self.data[...])
+        indices = np.asarray(self.indices[...])
+        return cls((data, indices, ip.astype(indices.dtype, copy=False) if len(ip) else ip), shape=self.shape)
+
+    # --- the two access paths -------------------------------------------------------------------------------------
+    def _read_major_minor(self, maj_pos: np.ndarray, min_pos: np.ndarray | None):
+        ip = self.indptr
+        lengths = ip[maj_pos + 1] - ip[maj_pos] if len(maj_pos) else np.zeros(0, dtype=np.int64)
+        if min_pos is None:
+            data, indices = self._read_major(maj_pos, lengths)
+            indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            return data, indices, indptr
+        return self._scan_minor(maj_pos, min_pos)
+
+    def _major_blocks(self, maj_pos: np.ndarray):
+        """Coalesced ranges of stored values covering the selected major positions."""
+        ip = self.indptr
+        if len(maj_pos) == 0:
+            return
+        # gap between consecutive selected positions measured in stored values, not rows
+        gaps = ip[maj_pos[1:]] - ip[maj_pos[:-1] + 1]
+        breaks = np.flatnonzero(gaps > _MAJOR_GAP_NNZ) + 1
+        for part in np.split(maj_pos, breaks):
+            yield part, int(ip[part[0]]), int(ip[part[-1] + 1])
+
+    def _read_major(self, maj_pos: np.ndarray, lengths: np.ndarray):
+        ip = self.indptr
+        datas, idxs = [], []
+        for part, lo, hi in self._major_blocks(maj_pos):
+            d = _read_range(self.data, lo, hi)
+            i = _read_range(self.indices, lo, hi)
+            if hi - lo != int((ip[part + 1] - ip[part]).sum()):  # the block spans unselected rows: cut them out
+                keep = ix.ranges_to_positions(ip[part] - lo, ip[part + 1] - ip[part])
+                d, i = d[keep], i[keep]
+            datas.append(d)
+            idxs.append(i)
+        if not datas:
+            return np.zeros(0, dtype=self.dtype), np.zeros(0, dtype=self.indices.dtype)
+        return (np.concatenate(datas) if len(datas) > 1 else datas[0]), (
+            np.concatenate(idxs) if len(idxs) > 1 else idxs[0]
+        )
+
+    def _scan_minor(self, maj_pos: np.ndarray, min_pos: np.ndarray):
+        """Scan ``indices`` of the selected major ranges in bounded chunks; keep hits on the wanted minor positions."""
+        ip = self.indptr
+        n_minor = self.shape[1] if self.format == "csr" else self.shape[0]
+        single = int(min_pos[0]) if len(min_pos) == 1 else None
+        lut = None
+        if single is None:
+            lut = np.full(n_minor, -1, dtype=np.int32)
+            lut[min_pos] = np.arange(len(min_pos), dtype=np.int32)
+        all_major = len(maj_pos) == len(ip) - 1
+        # indices chunk + the boolean/lookup temporaries of that chunk must fit in the budget
+        step = max(1024, self.budget // (self.indices.dtype.itemsize + 5))
+        out_major, out_minor, out_data = [], [], []
+        for part, lo, hi in self._major_blocks(maj_pos):
+            contiguous = hi - lo == int((ip[part + 1] - ip[part]).sum())
+            for c0 in range(lo, hi, step):
+                c1 = min(hi, c0 + step)
+                chunk = _read_range(self.indices, c0, c1)
+                if single is not None:
+                    hit = np.flatnonzero(chunk == single)
+                    new_minor = None
+                else:
+                    mapped = lut[chunk]
+                    hit = np.flatnonzero(mapped >= 0)
+                    new_minor = mapped[hit]
+                del chunk
+                if len(hit) == 0:
+                    continue
+                absolute = hit + c0
+                row = np.searchsorted(ip, absolute, side="right") - 1
+                if all_major:
+                    out_row = row
+                else:
+                    out_row = np.searchsorted(maj_pos, row)
+                    if not contiguous:
+                        ok = (out_row < len(maj_pos)) & (maj_pos[np.minimum(out_row, len(maj_pos) - 1)] == row)
+                        absolute, out_row = absolute[ok], out_row[ok]
+                        new_minor = None if new_minor is None else new_minor[ok]
+                out_major.append(out_row)
+                out_minor.append(np.zeros(len(absolute), np.int32) if new_minor is None else new_minor)
+                out_data.append(_read_points(self.data, absolute, c0, c1 - c0))
+        n_major = len(maj_pos)
+        if out_major:
+            major = np.concatenate(out_major)
+            minor = np.concatenate(out_minor)
+            data = np.concatenate(out_data)
+        else:
+            major = np.zeros(0, np.int64)
+            minor = np.zeros(0, np.int32)
+            data = np.zeros(0, self.dtype)
+        # hits come in stored order: major non-decreasing, and minor increasing within a major position (the lookup
+        # is monotone), so counting is enough to build indptr: no sort of the output is needed
+        counts = np.bincount(major, minlength=n_major) if n_major else np.zeros(0, np.int64)
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return data, minor.astype(np.int32, copy=False), indptr
+
+
+@register_reader("csr_matrix", "0.1.0")
+@register_reader("csc_matrix", "0.1.0")
+@register_reader("legacy-csr")
+@register_reader("legacy-csc")
+def read_sparse(elem: Any, sel: tuple, ctx: ReadContext) -> sp.spmatrix:
+    return SparseReader(elem, ctx).read(sel_at(sel, 0), sel_at(sel, 1))

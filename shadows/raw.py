@@ -1,0 +1,134 @@
+"""``raw`` of a shadow: ``raw.X``, ``raw.var``, ``raw.varm`` read lazily, sliced along cells only (as anndata does)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from . import index as ix
+from .elements import read_element, read_frame_parts
+from .storage import attr, is_group
+
+if TYPE_CHECKING:
+    from .anndata import AnnDataShadow
+
+
+class RawShadow:
+    """The raw part of an AnnData file (current ``raw/`` group or the legacy ``raw.X``/``raw.var`` layout).
+
+    Elements are read on first access and cached on the owning shadow; a view's raw has the view's cells and all
+    raw genes.  ``raw[:, genes]`` reads only those genes.
+    """
+
+    def __init__(self, shadow: AnnDataShadow, vidx: ix.Sel = None):
+        self._shadow = shadow
+        self._vidx = vidx
+        root = shadow._root()
+        self._legacy = not ("raw" in root and is_group(root["raw"]))
+        self._prefix = "raw." if self._legacy else "raw/"
+
+    def _path(self, name: str) -> str:
+        return f"{self._prefix}{name}"
+
+    def _n_vars_file(self) -> int:
+        root = self._shadow._root()
+        g = root[self._path("var")]
+        if not is_group(g):
+            return int(g.shape[0])
+        return int(g[attr(g, "_index")].shape[0])
+
+    def _cached(self, name: str, read) -> Any:
+        key = ("raw", f"{name}:{ix.describe(self._vidx, -1) if self._vidx is not None else ''}")
+        cache = self._shadow._cache
+        if key not in cache:
+            cache[key] = read()
+        return cache[key]
+
+    @property
+    def X(self) -> Any:
+        def read():
+            if self._path("X") not in self._shadow._root():
+                return None
+            return self._shadow._read(self._path("X"), (self._shadow._oidx, self._vidx))
+
+        return self._cached("X", read)
+
+    @property
+    def var(self) -> pd.DataFrame:
+        def read():
+            parts = read_frame_parts(self._shadow._root()[self._path("var")], (self._vidx,), self._shadow._ctx())
+            return self._shadow._table(parts)
+
+        return self._cached("var", read)
+
+    @property
+    def varm(self) -> dict:
+        def read():
+            root = self._shadow._root()
+            if self._path("varm") not in root:
+                return {}
+            g = root[self._path("varm")]
+            return {k: self._shadow._read(f"{self._path('varm')}/{k}", (self._vidx,)) for k in g.keys()}
+
+        return self._cached("varm", read)
+
+    @property
+    def var_names(self) -> pd.Index:
+        v = self.var
+        if isinstance(v, pd.DataFrame):
+            return v.index
+        g = self._shadow._root()[self._path("var")]
+        idx_key = attr(g, "_index")
+        return pd.Index(read_element(g[idx_key], (self._vidx,), self._shadow._ctx()))
+
+    @property
+    def obs_names(self) -> pd.Index:
+        return self._shadow.obs_names
+
+    @property
+    def n_obs(self) -> int:
+        return self._shadow.n_obs
+
+    @property
+    def n_vars(self) -> int:
+        return ix.length(self._vidx, self._n_vars_file())
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n_obs, self.n_vars
+
+    def __getitem__(self, index: Any) -> Any:
+        oidx, vidx = ix.split_index(index)
+        if oidx is not None and not (isinstance(oidx, slice) and oidx == slice(None)):
+            return self._shadow[oidx].raw[:, vidx] if vidx is not None else self._shadow[oidx].raw
+        v = ix.normalize(vidx, self.var_names, self.n_vars, 1)
+        return RawShadow(self._shadow, ix.compose(self._vidx, v, self._n_vars_file()))
+
+    def obs_vector(self, k: str) -> np.ndarray:
+        """Values of raw gene ``k`` across cells: one column read."""
+        names = self.var_names
+        if k not in names:
+            raise KeyError(f"{k!r} is not a raw var name of '{self._shadow._storage.describe()}'")
+        j = ix.compose(self._vidx, np.array([int(names.get_loc(k))]), self._n_vars_file())
+        col = read_element(
+            self._shadow._root()[self._path("X")], (self._shadow._oidx, j), self._shadow._ctx()
+        )
+        return np.ravel(col.toarray() if sp.issparse(col) else np.asarray(col))
+
+    def var_vector(self, k: str) -> np.ndarray:
+        return np.asarray(self.var[k])
+
+    def to_dict(self) -> dict:
+        return {"X": self.X, "var": self.var, "varm": dict(self.varm)}
+
+    def to_adata(self):
+        import anndata
+
+        obs = pd.DataFrame(index=self._shadow.obs_names)
+        return anndata.AnnData(X=self.X, obs=obs, var=self.var, varm=dict(self.varm))
+
+    def __repr__(self) -> str:
+        return f"Raw Shadow with n_obs × n_vars = {self.n_obs} × {self.n_vars}"
