@@ -367,7 +367,7 @@ class AnnDataShadow(anndata.AnnData):
             sel = self._oidx if name == "obs" else self._vidx
             parts = read_frame_parts(self._root()[name], (sel,), self._ctx())
             self._fix_categories(name, parts, sel)
-            value = self._table(parts)
+            value = _as_view_frame(self._table(parts), self.is_view)
             self._cache[k] = value
             if isinstance(value, pd.DataFrame):
                 self._frame_fp[name] = {c: fingerprint(value[c]) for c in value.columns}
@@ -768,6 +768,17 @@ def _take(value: Any, sels: tuple) -> Any:
         else:
             value = np.take(np.asarray(value), pos, axis=axis)
     return value
+
+
+def _as_view_frame(value: Any, is_view: bool) -> Any:
+    """A view's tables are anndata's ``DataFrameView`` (as in anndata), without its copy-on-write link."""
+    if not is_view or type(value) is not pd.DataFrame:
+        return value
+    try:
+        from anndata._core.views import DataFrameView  # the class anndata's views hand out
+    except ImportError:
+        return value
+    return DataFrameView(value, view_args=None)
 
 
 def _loaded_backends() -> set[str]:

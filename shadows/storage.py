@@ -268,3 +268,19 @@ def read_raw(x: Any, key: Any = ()) -> Any:
     if isinstance(v, np.ndarray) and is_string_array(x):
         return decode_strings(v)
     return v
+
+
+def _warm_up_h5py() -> None:
+    """h5py sets up its type conversions on the first file operation (~1 ms); pay that at import, not at open."""
+    import io
+
+    try:
+        with h5py.File(io.BytesIO(), "w") as f:
+            g = f.create_group("g")
+            g.attrs["a"] = "b"
+            _ = g.attrs["a"], "g" in f, f.create_dataset("d", data=np.zeros(1)).shape
+    except Exception:  # never let a warm-up break the import
+        pass
+
+
+_warm_up_h5py()

@@ -174,9 +174,12 @@ class SparseReader:
             lut = np.full(n_minor, -1, dtype=np.int32)
             lut[min_pos] = np.arange(len(min_pos), dtype=np.int32)
         all_major = len(maj_pos) == len(ip) - 1
-        # indices chunk + the boolean/lookup temporaries of that chunk must fit in the budget
-        step = max(1024, self.budget // (self.indices.dtype.itemsize + 5))
-        out_major, out_minor, out_data = [], [], []
+        step = scan_step(self.budget)
+        n_major = len(maj_pos)
+        # hits arrive in stored order: major non-decreasing, minor increasing within a major position (the lookup
+        # is monotone); so per-major counts are enough to build indptr, and only minor and data are kept per hit
+        counts = np.zeros(n_major, dtype=np.int64)
+        out_minor, out_data = [], []
         for part, lo, hi in self._major_blocks(maj_pos):
             contiguous = hi - lo == int((ip[part + 1] - ip[part]).sum())
             for c0 in range(lo, hi, step):
@@ -189,36 +192,44 @@ class SparseReader:
                     mapped = lut[chunk]
                     hit = np.flatnonzero(mapped >= 0)
                     new_minor = mapped[hit]
+                    del mapped
                 del chunk
                 if len(hit) == 0:
                     continue
                 absolute = hit + c0
+                del hit
                 row = np.searchsorted(ip, absolute, side="right") - 1
                 if all_major:
                     out_row = row
                 else:
                     out_row = np.searchsorted(maj_pos, row)
                     if not contiguous:
-                        ok = (out_row < len(maj_pos)) & (maj_pos[np.minimum(out_row, len(maj_pos) - 1)] == row)
+                        ok = (out_row < n_major) & (maj_pos[np.minimum(out_row, n_major - 1)] == row)
                         absolute, out_row = absolute[ok], out_row[ok]
                         new_minor = None if new_minor is None else new_minor[ok]
-                out_major.append(out_row)
+                del row
+                u, c = np.unique(out_row, return_counts=True)
+                counts[u] += c
                 out_minor.append(np.zeros(len(absolute), np.int32) if new_minor is None else new_minor)
                 out_data.append(_read_points(self.data, absolute, c0, c1 - c0))
-        n_major = len(maj_pos)
-        if out_major:
-            major = np.concatenate(out_major)
-            minor = np.concatenate(out_minor)
-            data = np.concatenate(out_data)
+        if out_minor:
+            minor = np.concatenate(out_minor) if len(out_minor) > 1 else out_minor[0]
+            del out_minor
+            data = np.concatenate(out_data) if len(out_data) > 1 else out_data[0]
         else:
-            major = np.zeros(0, np.int64)
             minor = np.zeros(0, np.int32)
             data = np.zeros(0, self.dtype)
-        # hits come in stored order: major non-decreasing, and minor increasing within a major position (the lookup
-        # is monotone), so counting is enough to build indptr: no sort of the output is needed
-        counts = np.bincount(major, minlength=n_major) if n_major else np.zeros(0, np.int64)
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return data, minor.astype(np.int32, copy=False), indptr
+        return data, minor, indptr
+
+
+def scan_step(budget: int) -> int:
+    """Stored values per scanned chunk: the chunk and its temporaries (about 16 bytes a value) fit the budget.
+
+    Chunks are capped at 2**21 values: reads of that size already run at full storage speed, and smaller chunks
+    keep the peak well under the budget.
+    """
+    return int(max(2**16, min(budget // 16, 2**21)))
 
 
 @register_reader("csr_matrix", "0.1.0")
