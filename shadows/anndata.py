@@ -42,7 +42,10 @@ def axis_length(root: Any, name: str, where: str) -> int:
     key = attr(g, "_index")
     if key is None or key not in g:
         raise ValueError(f"'{where}': '{name}' has no index (attribute '_index' naming a column is missing)")
-    return int(g[key].shape[0])
+    idx = g[key]
+    if is_group(idx):  # anndata >= 0.13 with pandas 3: a nullable-string-array group
+        return int(idx["values"].shape[0])
+    return int(idx.shape[0])
 
 
 def fingerprint(values: Any) -> int:
@@ -109,7 +112,9 @@ class AnnDataShadow(anndata.AnnData):
         root = self._storage.root
         where = self._storage.describe()
         if "mod" in root and "obs" in root and "X" not in root and attr(root, "encoding-type") == "MuData":
-            raise ValueError(f"'{where}' is a MuData file: open it with MuDataShadow, or one modality as '{where}/mod/<name>'")
+            raise ValueError(
+                f"'{where}' is a MuData file: open it with MuDataShadow, or one modality as '{where}/mod/<name>'"
+            )
         self._n_obs_file = axis_length(root, "obs", where)
         self._n_vars_file = axis_length(root, "var", where)
         self._oidx, self._vidx = _view if _view is not None else (None, None)
@@ -214,7 +219,9 @@ class AnnDataShadow(anndata.AnnData):
         path = self._elem_path(group, key)
         root = self._root()
         if path not in root or (group != "uns" and key not in self._disk_keys(group)):
-            raise KeyError(f"{group} of '{self._storage.describe()}' has no key {key!r}; keys: {self._disk_keys(group)}")
+            raise KeyError(
+                f"{group} of '{self._storage.describe()}' has no key {key!r}; keys: {self._disk_keys(group)}"
+            )
         value = self._read(path, self._sel_for(group), group)
         if group == "uns":
             value = self._uns_value(key, value)
@@ -378,7 +385,10 @@ class AnnDataShadow(anndata.AnnData):
         if not is_group(root[name]) and "uns" in root:  # anndata < 0.7: categories kept in uns
             df = pd.DataFrame(parts.columns)
             df, _ = categories_from_uns(root["uns"], df)
-            parts.columns = {c: df[c].to_numpy() if not isinstance(df[c].dtype, pd.CategoricalDtype) else df[c].array for c in df.columns}
+            parts.columns = {
+                c: df[c].to_numpy() if not isinstance(df[c].dtype, pd.CategoricalDtype) else df[c].array
+                for c in df.columns
+            }
         n = self._n_obs_file if name == "obs" else self._n_vars_file
         if sel is not None and not ix.is_identity(sel, n) and anndata.settings.remove_unused_categories:
             for c, v in parts.columns.items():
@@ -601,7 +611,11 @@ class AnnDataShadow(anndata.AnnData):
         sels = (o, v)
         sources = {**parent._inherited, **parent._pending}
         for k in ("obs", "var"):
-            if (k, "") in parent._cache and isinstance(parent._cache[(k, "")], pd.DataFrame) and parent._frame_changed(k):
+            if (
+                (k, "") in parent._cache
+                and isinstance(parent._cache[(k, "")], pd.DataFrame)
+                and parent._frame_changed(k)
+            ):
                 sources[(k, "")] = parent._cache[(k, "")]
         for (group, key), value in sources.items():
             if value is None or (group, key) in parent._deleted:
@@ -684,8 +698,65 @@ class AnnDataShadow(anndata.AnnData):
         st = self._storage
         return (
             _restore,
-            (st.describe(), st.mode, st.format, self._array_backend, self._table_backend, self._lazy, (self._oidx, self._vidx)),
+            (
+                st.describe(),
+                st.mode,
+                st.format,
+                self._array_backend,
+                self._table_backend,
+                self._lazy,
+                (self._oidx, self._vidx),
+            ),
         )
+
+    # --- writing and streaming (implemented in shadows.write, shadows.stream, shadows.column_index) ---------------
+    def write(self, filename: os.PathLike | None = None, *, overwrite: bool = False, clear_cache: bool = False):
+        """Push every pending in-memory change into the file this shadow is open on (mode ``"r+"``).
+
+        With ``filename`` (anndata's ``AnnData.write(filename)``), stream the shadow into a new h5ad file instead.
+        Returns the shadow, so that ``s.reopen("r+").write().reopen("r")`` chains.
+        """
+        if filename is not None:
+            return self.write_h5ad(filename)
+        from .write import write_pending
+
+        return write_pending(self, overwrite=overwrite, clear_cache=clear_cache)
+
+    def write_h5ad(self, filename: os.PathLike, **kwargs: Any) -> None:
+        """Stream this shadow (or view) into a new ``.h5ad`` file without loading any whole matrix."""
+        from .stream import write_subset
+
+        write_subset(self, filename, file_format="h5ad", **kwargs)
+
+    def write_zarr(self, store: os.PathLike, **kwargs: Any) -> None:
+        """Stream this shadow (or view) into a new zarr store without loading any whole matrix."""
+        from .stream import write_subset
+
+        write_subset(self, store, file_format="zarr", **kwargs)
+
+    def chunked_X(
+        self, chunk_size: int = 1000, *, layer: str | None = None, axis: int = 0, progress: bool | None = None
+    ):
+        """Yield ``(start, stop, block)`` over the rows (``axis=0``) or columns of X (or ``layer``), in bounded memory."""
+        from .stream import chunked
+
+        return chunked(
+            self, chunk_size=chunk_size, element=f"layers/{layer}" if layer else "X", axis=axis, progress=progress
+        )
+
+    def add_column_index(self, element: str = "X") -> AnnDataShadow:
+        """Store a column-major copy of a CSR ``element`` (row-major of CSC) in the file, for fast gene reads."""
+        from .column_index import add_column_index
+
+        add_column_index(self, element)
+        return self
+
+    def drop_column_index(self, element: str = "X") -> AnnDataShadow:
+        """Remove the copy made by :meth:`add_column_index`."""
+        from .column_index import drop_column_index
+
+        drop_column_index(self, element)
+        return self
 
     # --- whole-object conversions -----------------------------------------------------------------------------------
     def to_memory(self) -> anndata.AnnData:

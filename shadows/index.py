@@ -64,9 +64,7 @@ def normalize(indexer: Any, names: pd.Index | None, n: int, axis: int) -> Sel:
             return np.zeros(0, dtype=np.int64)
         if arr.dtype.kind == "b":
             if arr.shape[0] != n:
-                raise IndexError(
-                    f"Boolean index along {ax} has length {arr.shape[0]} but the {ax} axis has length {n}"
-                )
+                raise IndexError(f"Boolean index along {ax} has length {arr.shape[0]} but the {ax} axis has length {n}")
             return np.flatnonzero(arr).astype(np.int64)
         if arr.dtype.kind == "f":
             if np.any(arr != np.round(arr)):

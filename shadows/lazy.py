@@ -81,7 +81,9 @@ class ElementSource:
             s = sub[axis] if axis < len(sub) else None
             new.append(ix.compose(sel[axis], s, n_file))
         shape = tuple(ix.length(s, n) for s, n in zip(new, self.stored_shape, strict=False))
-        return ElementSource(self.path, self.key, tuple(new), shape, self.dtype, self.sparse_format, self.format, self.stored_shape)
+        return ElementSource(
+            self.path, self.key, tuple(new), shape, self.dtype, self.sparse_format, self.format, self.stored_shape
+        )
 
     def read(self, sub: tuple = ()) -> Any:
         """Read the selected part (further restricted by ``sub``) as numpy / scipy."""

@@ -113,9 +113,7 @@ class RawShadow:
         if k not in names:
             raise KeyError(f"{k!r} is not a raw var name of '{self._shadow._storage.describe()}'")
         j = ix.compose(self._vidx, np.array([int(names.get_loc(k))]), self._n_vars_file())
-        col = read_element(
-            self._shadow._root()[self._path("X")], (self._shadow._oidx, j), self._shadow._ctx()
-        )
+        col = read_element(self._shadow._root()[self._path("X")], (self._shadow._oidx, j), self._shadow._ctx())
         return np.ravel(col.toarray() if sp.issparse(col) else np.asarray(col))
 
     def var_vector(self, k: str) -> np.ndarray:

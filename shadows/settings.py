@@ -31,7 +31,9 @@ class Settings:
         if name == "memory_budget" and (not isinstance(value, int) or value < 2**16):
             raise ValueError(f"memory_budget must be an int of at least 65536 bytes, got {value!r}")
         if name not in {f.name for f in fields(self)}:
-            raise AttributeError(f"shadows.settings has no setting {name!r}; choose from {[f.name for f in fields(self)]}")
+            raise AttributeError(
+                f"shadows.settings has no setting {name!r}; choose from {[f.name for f in fields(self)]}"
+            )
         super().__setattr__(name, value)
 
     @contextmanager

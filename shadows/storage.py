@@ -68,7 +68,9 @@ def sniff_format(path: Path, fmt: str | None) -> str:
         raise ValueError(f"'{path}' is a directory but not a zarr store (no zarr.json or .zgroup)")
     if h5py.is_hdf5(path):
         return "h5"
-    raise ValueError(f"'{path}' is neither an HDF5 file nor a zarr store; pass format= if it is one of {sorted(FORMATS)}")
+    raise ValueError(
+        f"'{path}' is neither an HDF5 file nor a zarr store; pass format= if it is one of {sorted(FORMATS)}"
+    )
 
 
 class Storage:

@@ -458,7 +458,8 @@ def build_pre07_neighbors(directory) -> tuple[str, Meaning]:
         h5sparse_group(nb, "connectivities", conn)
         params = nb.create_group("params")
         params.create_dataset("n_neighbors", data=np.int64(3))
-        params.create_dataset("method", data=np.bytes_(b"umap"))
+        # a python str: h5py (then and now) stores it as a variable-length string scalar
+        params.create_dataset("method", data="umap")
     meaning = Meaning(
         X=X,
         obs_names=obs_names,
@@ -485,7 +486,10 @@ def build_modern_neighbors_in_uns(directory, fmt: str = "h5ad", zarr_format: int
 
     import anndata as ad
 
-    from oracle import store_path, write_adata
+    try:
+        from .oracle import store_path, write_adata
+    except ImportError:
+        from oracle import store_path, write_adata
 
     n = 5
     rng = np.random.default_rng(5)

@@ -86,7 +86,9 @@ def register_array_backend(
     _ARRAY[name] = ArrayBackend(name, convert, from_source, release)
 
 
-def register_table_backend(name: str, convert: Callable[[Any], Any] | TableBackend, *, from_parts: bool = False) -> None:
+def register_table_backend(
+    name: str, convert: Callable[[Any], Any] | TableBackend, *, from_parts: bool = False
+) -> None:
     """Register a table backend: ``convert`` receives a pandas DataFrame and returns anything."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"A backend name must be a non-empty string, got {name!r}")
@@ -168,7 +170,9 @@ def check_backend_name(name: str, kind: str) -> None:
 
 
 register_array_backend("numpy", _identity)
-register_table_backend("pandas", lambda parts: parts.to_pandas() if hasattr(parts, "to_pandas") else parts, from_parts=True)
+register_table_backend(
+    "pandas", lambda parts: parts.to_pandas() if hasattr(parts, "to_pandas") else parts, from_parts=True
+)
 
 __all__ = [
     "ArrayBackend",

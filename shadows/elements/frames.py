@@ -49,6 +49,40 @@ def read_nullable(elem: Any, sel: tuple, ctx: ReadContext) -> Any:
 
 
 @register_reader("nullable-string-array", "0.1.0")
+def read_nullable_string(elem: Any, sel: tuple, ctx: ReadContext) -> Any:
+    if _whole(sel):
+        return anndata.io.read_elem(elem)
+    return read_via_anndata(elem, sel[:1])
+
+
+def read_via_anndata(elem: Any, sel: tuple) -> Any:
+    """Read the selected rows of every child of ``elem`` into a small in-memory HDF5 group and let anndata build
+    the value from it: anndata's construction (which differs between its versions) on only the selected rows."""
+    import io
+
+    import h5py
+
+    from ..storage import decode_strings
+
+    buf = h5py.File(io.BytesIO(), "w")
+    try:
+        g = buf.create_group("e")
+        for k, v in elem.attrs.items():
+            g.attrs[k] = v
+        for name in elem.keys():
+            child = elem[name]
+            values = read_dense(child, sel)
+            if values.dtype.kind in "OUT":
+                g.create_dataset(name, data=decode_strings(values).astype(object), dtype=h5py.string_dtype())
+            else:
+                g.create_dataset(name, data=values)
+            for k, v in child.attrs.items():
+                g[name].attrs[k] = v
+        return anndata.io.read_elem(g)
+    finally:
+        buf.close()
+
+
 @register_reader("awkward-array", "0.1.0")
 def read_whole_then_take(elem: Any, sel: tuple, ctx: ReadContext) -> Any:
     # rare encodings whose construction differs between anndata versions: anndata builds them, we take the rows
@@ -79,7 +113,9 @@ class FrameParts:
         return df
 
 
-def read_frame_parts(elem: Any, sel: tuple = (), ctx: ReadContext | None = None, columns: list | None = None) -> FrameParts:
+def read_frame_parts(
+    elem: Any, sel: tuple = (), ctx: ReadContext | None = None, columns: list | None = None
+) -> FrameParts:
     """Read a ``dataframe`` group (current or 0.1.0 layout) into :class:`FrameParts`, rows restricted by ``sel``."""
     ctx = ctx or ReadContext()
     if not is_group(elem):  # legacy compound dataset
@@ -96,7 +132,9 @@ def read_frame_parts(elem: Any, sel: tuple = (), ctx: ReadContext | None = None,
     for k in order:
         cols[k] = _read_column(elem, k, row, ctx, version)
     index = _read_column(elem, idx_key, row, ctx, version)
-    return FrameParts(index=index, index_name=None if idx_key == "_index" else idx_key, columns=cols, column_order=order)
+    return FrameParts(
+        index=index, index_name=None if idx_key == "_index" else idx_key, columns=cols, column_order=order
+    )
 
 
 def _read_column(elem: Any, key: str, row: tuple, ctx: ReadContext, version: str) -> Any:

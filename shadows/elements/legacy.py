@@ -15,7 +15,6 @@ import h5py
 import numpy as np
 import pandas as pd
 
-
 from ..storage import decode_strings, is_h5
 from .dense import read_dense
 from .frames import FrameParts

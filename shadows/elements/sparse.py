@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import h5py
 import numpy as np
 import scipy.sparse as sp
 
@@ -24,10 +25,16 @@ from ..settings import settings
 from ..storage import attr, is_h5
 from .registry import ReadContext, register_reader, sel_at
 
+# A copy of the matrix in the other orientation, kept inside the matrix's own group (anndata reads only data,
+# indices and indptr there and ignores it).  Written by shadows.column_index; used for minor-axis reads.
+COLUMN_INDEX = "shadows_column_index"
+
 # Coalesce two major-axis ranges when fewer than this many stored values lie between them.
 _MAJOR_GAP_NNZ = 32 * 1024
 # Within a scanned chunk, read ``data`` as one block when hits are denser than 1 in this many values.
 _DENSE_HITS = 64
+# Up to this many wanted minor positions, comparisons beat a lookup table (no gather temporary per chunk).
+_FEW_TARGETS = 8
 
 
 def matrix_info(group: Any) -> tuple[str, tuple[int, int]]:
@@ -58,8 +65,8 @@ def _read_range(arr: Any, start: int, stop: int) -> np.ndarray:
     return np.asarray(arr[start:stop])
 
 
-def _read_points(arr: Any, pos: np.ndarray, base: int, block_len: int) -> np.ndarray:
-    """Values of ``arr`` at sorted positions ``pos`` (absolute), read in coalesced runs."""
+def _read_points(arr: Any, pos: np.ndarray, block_len: int) -> np.ndarray:
+    """Values of ``arr`` at sorted absolute positions ``pos`` that all lie in one scanned block."""
     if len(pos) == 0:
         return np.zeros(0, dtype=arr.dtype)
     if len(pos) * _DENSE_HITS >= block_len:
@@ -68,11 +75,40 @@ def _read_points(arr: Any, pos: np.ndarray, base: int, block_len: int) -> np.nda
     if not is_h5(arr):
         # zarr decompresses whole chunks anyway: its coordinate selection reads each touched chunk once
         return np.asarray(arr.get_coordinate_selection(pos))
-    out = []
-    for start, stop, members in ix.runs(pos, max_gap=512):
-        block = _read_range(arr, start, stop)
-        out.append(block if stop - start == len(members) else block[members - start])
-    return np.concatenate(out) if len(out) > 1 else out[0]
+    # one HDF5 point selection: a single read call for all hits (h5py's fancy indexing would make one per run)
+    out = np.empty(len(pos), dtype=arr.dtype)
+    fspace = arr.id.get_space()
+    fspace.select_elements(pos.reshape(-1, 1))
+    arr.id.read(h5py.h5s.create_simple((len(pos),)), fspace, out)
+    return out
+
+
+def _gather(pieces: list[np.ndarray], dtype: Any) -> np.ndarray:
+    """Concatenate while freeing the pieces: the peak stays near one copy of the result, not two."""
+    out = np.empty(sum(len(p) for p in pieces), dtype=dtype)
+    at = 0
+    for i in range(len(pieces)):
+        n = len(pieces[i])
+        out[at : at + n] = pieces[i]
+        pieces[i] = None
+        at += n
+    return out
+
+
+class _ChunkReader:
+    """Reads consecutive ranges of a 1-D array into one reused buffer (no fresh pages to fault in per chunk)."""
+
+    def __init__(self, arr: Any, size: int):
+        self.arr = arr
+        self.h5 = is_h5(arr)
+        self.buf = np.empty(size, dtype=arr.dtype) if self.h5 else None
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        if not self.h5:
+            return np.asarray(self.arr[start:stop])
+        n = stop - start
+        self.arr.read_direct(self.buf, np.s_[start:stop], np.s_[0:n])
+        return self.buf[:n]
 
 
 class SparseReader:
@@ -101,6 +137,12 @@ class SparseReader:
         n_major, n_minor = self.shape if self.format == "csr" else self.shape[::-1]
         if major is None and minor is None:
             return self._whole()
+        if minor is not None and COLUMN_INDEX in self.group:
+            # the other orientation turns this minor-axis read into a cheap major-axis one
+            other = SparseReader(self.group[COLUMN_INDEX], self.ctx)
+            if other.shape == self.shape and other.format != self.format:
+                m = other.read(rows, cols)
+                return (sp.csr_matrix if self.format == "csr" else sp.csc_matrix)(m)
         maj_u, maj_inv = ix.sorted_unique(major, n_major)
         min_u, min_inv = ix.sorted_unique(minor, n_minor)
         maj_pos = ix.positions(maj_u, n_major)
@@ -168,13 +210,15 @@ class SparseReader:
         """Scan ``indices`` of the selected major ranges in bounded chunks; keep hits on the wanted minor positions."""
         ip = self.indptr
         n_minor = self.shape[1] if self.format == "csr" else self.shape[0]
-        single = int(min_pos[0]) if len(min_pos) == 1 else None
+        few = len(min_pos) <= _FEW_TARGETS
         lut = None
-        if single is None:
-            lut = np.full(n_minor, -1, dtype=np.int32)
-            lut[min_pos] = np.arange(len(min_pos), dtype=np.int32)
+        if len(min_pos) > 1:
+            # int16 lookup where it fits halves the per-chunk temporary
+            lut = np.full(n_minor, -1, dtype=np.int16 if len(min_pos) < 2**15 else np.int32)
+            lut[min_pos] = np.arange(len(min_pos))
         all_major = len(maj_pos) == len(ip) - 1
         step = scan_step(self.budget)
+        reader = _ChunkReader(self.indices, step)
         n_major = len(maj_pos)
         # hits arrive in stored order: major non-decreasing, minor increasing within a major position (the lookup
         # is monotone); so per-major counts are enough to build indptr, and only minor and data are kept per hit
@@ -184,18 +228,18 @@ class SparseReader:
             contiguous = hi - lo == int((ip[part + 1] - ip[part]).sum())
             for c0 in range(lo, hi, step):
                 c1 = min(hi, c0 + step)
-                chunk = _read_range(self.indices, c0, c1)
-                if single is not None:
-                    hit = np.flatnonzero(chunk == single)
-                    new_minor = None
+                chunk = reader.read(c0, c1)
+                if few:
+                    mask = chunk == min_pos[0]
+                    for t in min_pos[1:]:
+                        mask |= chunk == t
+                    hit = np.flatnonzero(mask)
+                    del mask
                 else:
-                    mapped = lut[chunk]
-                    hit = np.flatnonzero(mapped >= 0)
-                    new_minor = mapped[hit]
-                    del mapped
-                del chunk
+                    hit = np.flatnonzero(lut[chunk] >= 0)
                 if len(hit) == 0:
                     continue
+                new_minor = lut[chunk[hit]] if lut is not None else np.zeros(len(hit), np.int16)
                 absolute = hit + c0
                 del hit
                 row = np.searchsorted(ip, absolute, side="right") - 1
@@ -205,20 +249,15 @@ class SparseReader:
                     out_row = np.searchsorted(maj_pos, row)
                     if not contiguous:
                         ok = (out_row < n_major) & (maj_pos[np.minimum(out_row, n_major - 1)] == row)
-                        absolute, out_row = absolute[ok], out_row[ok]
-                        new_minor = None if new_minor is None else new_minor[ok]
+                        absolute, out_row, new_minor = absolute[ok], out_row[ok], new_minor[ok]
                 del row
                 u, c = np.unique(out_row, return_counts=True)
                 counts[u] += c
-                out_minor.append(np.zeros(len(absolute), np.int32) if new_minor is None else new_minor)
-                out_data.append(_read_points(self.data, absolute, c0, c1 - c0))
-        if out_minor:
-            minor = np.concatenate(out_minor) if len(out_minor) > 1 else out_minor[0]
-            del out_minor
-            data = np.concatenate(out_data) if len(out_data) > 1 else out_data[0]
-        else:
-            minor = np.zeros(0, np.int32)
-            data = np.zeros(0, self.dtype)
+                out_minor.append(new_minor)
+                out_data.append(_read_points(self.data, absolute, c1 - c0))
+        del reader
+        minor = _gather(out_minor, np.int32)
+        data = _gather(out_data, self.dtype)
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         return data, minor, indptr
 
@@ -226,10 +265,10 @@ class SparseReader:
 def scan_step(budget: int) -> int:
     """Stored values per scanned chunk: the chunk and its temporaries (about 16 bytes a value) fit the budget.
 
-    Chunks are capped at 2**21 values: reads of that size already run at full storage speed, and smaller chunks
+    Chunks are capped at 2**20 values: reads of that size already run at full storage speed, and smaller chunks
     keep the peak well under the budget.
     """
-    return int(max(2**16, min(budget // 16, 2**21)))
+    return int(max(2**16, min(budget // 16, 2**20)))
 
 
 @register_reader("csr_matrix", "0.1.0")
