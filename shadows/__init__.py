@@ -4,10 +4,14 @@
 >>> s = AnnDataShadow("atlas.h5ad")  # doctest: +SKIP
 """
 
+from . import pp
 from .anndata import AnnDataShadow
 from .backends import array_backends, register_array_backend, register_table_backend, table_backends
+from .convert import convert
 from .lazy import ElementSource, LazyArray
+from .repack import repack
 from .settings import settings
+from .stats import stats
 
 __version__ = "0.2.0"
 
@@ -15,9 +19,26 @@ __all__ = [
     "AnnDataShadow",
     "ElementSource",
     "LazyArray",
+    "MuDataShadow",
     "array_backends",
+    "convert",
+    "pp",
     "register_array_backend",
     "register_table_backend",
     "settings",
+    "stats",
     "table_backends",
 ]
+
+
+def __getattr__(name: str):
+    # MuDataShadow needs the optional mudata package: imported on first use, so that `import shadows` works without it
+    if name == "MuDataShadow":
+        try:
+            from .mudata import MuDataShadow
+        except ImportError as e:
+            if e.name == "mudata":  # mudata itself is missing (not something it needs)
+                raise ImportError("MuDataShadow needs the mudata package: pip install shadows[mudata]") from e
+            raise
+        return MuDataShadow
+    raise AttributeError(f"module 'shadows' has no attribute {name!r}")

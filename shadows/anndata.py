@@ -18,7 +18,9 @@ import scipy.sparse as sp
 
 from . import index as ix
 from .backends import check_backend_name, get_array_backend, get_table_backend
+from .compat import check_attached, detach, matrix_is_only_sliced, subset_in_place
 from .elements import ReadContext, encoding_of, read_element, read_frame_parts
+from .elements.frames import inferred_strings
 from .elements.legacy import categories_from_uns, legacy_uns_keys
 from .lazy import ElementSource, LazyArray
 from .mapping import ALIGNMENT, ElementMapping, TrackedDict, untrack
@@ -30,6 +32,8 @@ _GROUPS = ("layers", "obsm", "varm", "obsp", "varp", "uns")
 _ARRAY_ENCODINGS = {"array", "csr_matrix", "csc_matrix", "legacy-array", "legacy-csr", "legacy-csc"}
 _TABLE_ENCODINGS = {"dataframe", "legacy-dataframe", "legacy-compound"}
 _LEGACY_NEIGHBORS = ("distances", "connectivities")
+# tables in these groups have cells (genes) as rows: the index column's name for polars/pyarrow tables
+_TABLE_AXIS_NAMES = {"obsm": "obs_names", "varm": "var_names"}
 
 
 def axis_length(root: Any, name: str, where: str) -> int:
@@ -83,6 +87,9 @@ class AnnDataShadow(anndata.AnnData):
     >>> s[:, "CD3E"].X  # one gene, read without the rest of the matrix  # doctest: +SKIP
     """
 
+    # True for the internal shadow over a MuData's root group (its global obs/var/obsm/...; see shadows.mudata)
+    _mudata_root = False
+
     def __init__(
         self,
         path: str | os.PathLike,
@@ -111,13 +118,20 @@ class AnnDataShadow(anndata.AnnData):
         self._frame_fp: dict[str, dict[str, int]] = {}
         root = self._storage.root
         where = self._storage.describe()
-        if "mod" in root and "obs" in root and "X" not in root and attr(root, "encoding-type") == "MuData":
+        if (
+            not self._mudata_root
+            and "mod" in root
+            and "obs" in root
+            and "X" not in root
+            and attr(root, "encoding-type") == "MuData"
+        ):
             raise ValueError(
                 f"'{where}' is a MuData file: open it with MuDataShadow, or one modality as '{where}/mod/<name>'"
             )
         self._n_obs_file = axis_length(root, "obs", where)
         self._n_vars_file = axis_length(root, "var", where)
         self._oidx, self._vidx = _view if _view is not None else (None, None)
+        self._is_view = _view is not None  # shadow[:] is a view too (as in anndata), though it selects everything
 
     def _resolve_nested(self) -> None:
         st = self._storage
@@ -148,7 +162,8 @@ class AnnDataShadow(anndata.AnnData):
 
     @property
     def is_view(self) -> bool:
-        return self._oidx is not None or self._vidx is not None
+        # a view that anndata/scanpy turned into an object of its own is no view any more (see shadows.compat)
+        return self.__dict__.get("_is_view", False) and not self.__dict__.get("_detached", False)
 
     @property
     def isview(self) -> bool:
@@ -196,8 +211,10 @@ class AnnDataShadow(anndata.AnnData):
     def _disk_keys(self, group: str) -> list[str]:
         root = self._root()
         out = [str(k) for k in root[group].keys()] if group in root and is_group(root[group]) else []
+        if group in ("obsm", "varm") and group in root and is_array(root[group]):
+            out = list(root[group].dtype.names or [])  # anndata < 0.7: one compound dataset
         if group == "uns":
-            hidden = legacy_uns_keys(root)
+            hidden = legacy_uns_keys(root) | (self._view_dropped_colors(out) if self.is_view else set())
             out = [k for k in out if k not in hidden]
         if group == "obsp" and "uns/neighbors" in root:
             nb = root["uns/neighbors"]
@@ -205,6 +222,35 @@ class AnnDataShadow(anndata.AnnData):
         if group == "layers" and group in root and not is_group(root[group]):
             out = []
         return out
+
+    def _view_dropped_colors(self, keys: list[str]) -> set[str]:
+        """``<col>_colors`` that anndata drops from a view's uns: their length does not match the categories."""
+        out = set()
+        for key in keys:
+            if not key.endswith("_colors"):
+                continue
+            n_cats = self._n_categories(key[: -len("_colors")])
+            if n_cats is not None:
+                shape = self._root()[f"uns/{key}"].shape
+                if len(shape) == 1 and shape[0] != n_cats:
+                    out.add(key)
+        return out
+
+    def _n_categories(self, col: str) -> int | None:
+        """Number of categories of categorical column ``col`` of obs (or var), from shapes alone; None if none."""
+        root = self._root()
+        for frame in ("obs", "var"):
+            g = root[frame]
+            if not is_group(g) or col not in g:
+                continue
+            c = g[col]
+            if is_group(c) and encoding_of(c)[0] == "categorical":
+                return int(c["categories"].shape[0])
+            if not is_group(c) and "categories" in c.attrs:  # anndata 0.7: categories behind a reference
+                from .elements.legacy import read_referenced_categorical
+
+                return len(read_referenced_categorical(g, c, (np.zeros(0, np.int64),), self._ctx()).categories)
+        return None
 
     def _get(self, group: str, key: str) -> Any:
         k = (group, key)
@@ -218,6 +264,11 @@ class AnnDataShadow(anndata.AnnData):
             return self._cache[k]
         path = self._elem_path(group, key)
         root = self._root()
+        if group in ("obsm", "varm") and group in root and is_array(root[group]) and key in self._disk_keys(group):
+            from .elements.dense import read_dense
+
+            value = self._cache[k] = np.asarray(read_dense(root[group], self._sel_for(group))[key])
+            return value
         if path not in root or (group != "uns" and key not in self._disk_keys(group)):
             raise KeyError(
                 f"{group} of '{self._storage.describe()}' has no key {key!r}; keys: {self._disk_keys(group)}"
@@ -239,22 +290,33 @@ class AnnDataShadow(anndata.AnnData):
                 return LazyArray(source) if self._lazy else backend.convert(source)
             return backend.convert(read_element(elem, sel, self._ctx()))
         if enc in _TABLE_ENCODINGS:
-            return self._table(read_frame_parts(elem, sel[:1], self._ctx()))
+            parts = read_frame_parts(elem, sel[:1], self._ctx())
+            parts.axis_name = _TABLE_AXIS_NAMES.get(path.rsplit("/", 2)[-2] if "/" in path else "")
+            if group == "uns":
+                return self._table(parts)
+            if self.is_view:  # anndata's views drop unused categories of aligned tables too
+                _drop_unused_categories(parts)
+            return _as_view_frame(self._table(parts), self.is_view)
         value = read_element(elem, sel, self._ctx())
         if group == "uns":
             value = self._convert_uns_arrays(value)
         return value
 
     def _convert_uns_arrays(self, value: Any) -> Any:
-        if self._array_backend == "numpy":
-            return value
-        backend = get_array_backend(self._array_backend)
-        if backend.from_source:
+        """Arrays (and tables) nested in a ``uns`` dict, read with it, converted with the backends."""
+        if self._array_backend == "numpy" and self._table_backend == "pandas":
             return value
         if isinstance(value, dict):
             return {k: self._convert_uns_arrays(v) for k, v in value.items()}
-        if isinstance(value, np.ndarray) and value.dtype.kind in "biufc":
-            return backend.convert(value)
+        if isinstance(value, np.ndarray) and value.dtype.kind in "biufc" and self._array_backend != "numpy":
+            backend = get_array_backend(self._array_backend)
+            # a from_source backend converts values already in memory with convert_value (if it has one)
+            convert = backend.convert_value if backend.from_source else backend.convert
+            return convert(value) if convert is not None else value
+        if isinstance(value, pd.DataFrame) and self._table_backend != "pandas":
+            from .backends.tables import parts_from_pandas
+
+            return self._table(parts_from_pandas(value))
         return value
 
     def _table(self, parts: Any) -> Any:
@@ -277,9 +339,7 @@ class AnnDataShadow(anndata.AnnData):
     def _view_colors(self, key: str, colors: Any) -> Any:
         """anndata trims ``<col>_colors`` of a view to the categories still used; so do we."""
         col = key[: -len("_colors")]
-        for frame, sel, n in (("obs", self._oidx, self._n_obs_file), ("var", self._vidx, self._n_vars_file)):
-            if sel is None or ix.is_identity(sel, n):
-                continue
+        for frame, sel in (("obs", self._oidx), ("var", self._vidx)):
             g = self._root()[frame]
             if not is_group(g) or col not in g or encoding_of(g[col])[0] != "categorical":
                 continue
@@ -346,6 +406,8 @@ class AnnDataShadow(anndata.AnnData):
         if k not in self._cache:
             if "X" not in self._root():
                 return None
+            if matrix_is_only_sliced():  # sc.get.obs_df & co. slice a few genes out of it: read only those
+                return LazyArray(ElementSource.from_storage(self._storage, "X", (self._oidx, self._vidx)))
             self._cache[k] = self._read("X", (self._oidx, self._vidx))
         return self._cache[k]
 
@@ -373,8 +435,9 @@ class AnnDataShadow(anndata.AnnData):
         if k not in self._cache:
             sel = self._oidx if name == "obs" else self._vidx
             parts = read_frame_parts(self._root()[name], (sel,), self._ctx())
+            parts.axis_name = f"{name}_names"  # how table backends without an index name the index column
             self._fix_categories(name, parts, sel)
-            value = _as_view_frame(self._table(parts), self.is_view)
+            value = _as_view_frame(empty_columns_as_str(self._table(parts)), self.is_view)
             self._cache[k] = value
             if isinstance(value, pd.DataFrame):
                 self._frame_fp[name] = {c: fingerprint(value[c]) for c in value.columns}
@@ -389,11 +452,9 @@ class AnnDataShadow(anndata.AnnData):
                 c: df[c].to_numpy() if not isinstance(df[c].dtype, pd.CategoricalDtype) else df[c].array
                 for c in df.columns
             }
-        n = self._n_obs_file if name == "obs" else self._n_vars_file
-        if sel is not None and not ix.is_identity(sel, n) and anndata.settings.remove_unused_categories:
-            for c, v in parts.columns.items():
-                if isinstance(v, pd.Categorical):
-                    parts.columns[c] = v.remove_unused_categories()
+        # anndata drops unused categories of obs and var in every view, whichever axes it slices
+        if self.is_view and anndata.settings.remove_unused_categories:
+            _drop_unused_categories(parts)
 
     @property
     def obs(self) -> Any:
@@ -434,7 +495,7 @@ class AnnDataShadow(anndata.AnnData):
             sel = self._oidx if name == "obs" else self._vidx
             if is_group(g):
                 idx_key = attr(g, "_index")
-                values = read_element(g[idx_key], (sel,), self._ctx())
+                values = inferred_strings(read_element(g[idx_key], (sel,), self._ctx()))
                 self._cache[k] = pd.Index(values, name=None if idx_key == "_index" else idx_key)
             else:
                 self._cache[k] = pd.Index(read_frame_parts(g, (sel,), self._ctx()).index)
@@ -524,6 +585,8 @@ class AnnDataShadow(anndata.AnnData):
             path = "X"
         if m is None and (("layers", layer) if layer else ("X", "")) in self._cache:
             m = self._cache[("layers", layer) if layer else ("X", "")]
+            if not (isinstance(m, np.ndarray) or sp.issparse(m)):
+                m = None  # a jax/torch/dask value: read the column from the file as numpy instead
         if m is not None and not isinstance(m, LazyArray):
             col = m[:, [j]]
         else:
@@ -553,18 +616,29 @@ class AnnDataShadow(anndata.AnnData):
             raise KeyError(f"{k!r} is neither a var column nor an obs name of '{self._storage.describe()}'")
         i = int(names.get_loc(k))
         view = self[i]
-        m = view.layers[layer] if layer is not None else view.X
+        m = view._numpy_matrix(layer)
         m = m.toarray() if sp.issparse(m) else np.asarray(m)
         view.close()
         return np.ravel(m)
 
+    def _numpy_matrix(self, layer: str | None = None) -> Any:
+        """X (or ``layer``) as numpy/scipy whatever the array backend: anndata's methods that return numpy use it."""
+        k = ("layers", layer) if layer is not None else ("X", "")
+        if self._array_backend == "numpy" or k in self._pending or k in self._inherited:
+            return self.layers[layer] if layer is not None else self.X
+        return read_element(
+            self._root()[f"layers/{layer}" if layer is not None else "X"], self._sel_for("X"), self._ctx()
+        )
+
     def obs_keys(self) -> list[str]:
-        if ("obs", "") in self._cache or ("obs", "") in self._pending:
+        # a polars/pyarrow table holds the index as a column: the stored column names are the keys then
+        if (("obs", "") in self._cache or ("obs", "") in self._pending) and isinstance(self.obs, pd.DataFrame):
             return list(self.obs.columns)
         return self._frame_columns("obs")
 
     def var_keys(self) -> list[str]:
-        if ("var", "") in self._cache or ("var", "") in self._pending:
+        # a polars/pyarrow table holds the index as a column: the stored column names are the keys then
+        if (("var", "") in self._cache or ("var", "") in self._pending) and isinstance(self.var, pd.DataFrame):
             return list(self.var.columns)
         return self._frame_columns("var")
 
@@ -705,7 +779,7 @@ class AnnDataShadow(anndata.AnnData):
                 self._array_backend,
                 self._table_backend,
                 self._lazy,
-                (self._oidx, self._vidx),
+                (self._oidx, self._vidx) if self.is_view else None,
             ),
         )
 
@@ -718,6 +792,7 @@ class AnnDataShadow(anndata.AnnData):
         """
         if filename is not None:
             return self.write_h5ad(filename)
+        check_attached(self)
         from .write import write_pending
 
         return write_pending(self, overwrite=overwrite, clear_cache=clear_cache)
@@ -758,6 +833,16 @@ class AnnDataShadow(anndata.AnnData):
         drop_column_index(self, element)
         return self
 
+    # --- what anndata and scanpy call to change an AnnData's shape in place (see shadows.compat) ----------------------
+    def _init_as_actual(self, *args: Any, **kwargs: Any) -> None:
+        detach(self)
+
+    def _inplace_subset_obs(self, index: Any) -> None:
+        subset_in_place(self, index, axis=0)
+
+    def _inplace_subset_var(self, index: Any) -> None:
+        subset_in_place(self, index, axis=1)
+
     # --- whole-object conversions -----------------------------------------------------------------------------------
     def to_memory(self) -> anndata.AnnData:
         """A real in-memory :class:`anndata.AnnData` with every element (of the view) read, pending changes included."""
@@ -791,7 +876,7 @@ class AnnDataShadow(anndata.AnnData):
         return adata
 
     def to_df(self, layer: str | None = None) -> pd.DataFrame:
-        m = self.layers[layer] if layer is not None else self.X
+        m = self._numpy_matrix(layer)
         m = m.toarray() if sp.issparse(m) else np.asarray(m)
         return pd.DataFrame(m, index=self.obs_names, columns=self.var_names)
 
@@ -839,6 +924,19 @@ def _take(value: Any, sels: tuple) -> Any:
         else:
             value = np.take(np.asarray(value), pos, axis=axis)
     return value
+
+
+def empty_columns_as_str(value: Any) -> Any:
+    """An obs/var without columns gets string-typed empty columns, as AnnData's constructor leaves them."""
+    if isinstance(value, pd.DataFrame) and len(value.columns) == 0:
+        value.columns = value.columns.astype(str)
+    return value
+
+
+def _drop_unused_categories(parts: Any) -> None:
+    for c, v in parts.columns.items():
+        if isinstance(v, pd.Categorical):
+            parts.columns[c] = v.remove_unused_categories()
 
 
 def _as_view_frame(value: Any, is_view: bool) -> Any:

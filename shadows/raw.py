@@ -9,7 +9,9 @@ import pandas as pd
 import scipy.sparse as sp
 
 from . import index as ix
+from .compat import matrix_is_only_sliced
 from .elements import read_element, read_frame_parts
+from .lazy import ElementSource, LazyArray
 from .storage import attr, is_group
 
 if TYPE_CHECKING:
@@ -26,6 +28,7 @@ class RawShadow:
     def __init__(self, shadow: AnnDataShadow, vidx: ix.Sel = None):
         self._shadow = shadow
         self._vidx = vidx
+        self._own: dict[tuple[str, str], Any] = {}  # elements of a gene subset live as long as this object
         root = shadow._root()
         self._legacy = not ("raw" in root and is_group(root["raw"]))
         self._prefix = "raw." if self._legacy else "raw/"
@@ -41,14 +44,22 @@ class RawShadow:
         return int(g[attr(g, "_index")].shape[0])
 
     def _cached(self, name: str, read) -> Any:
-        key = ("raw", f"{name}:{ix.describe(self._vidx, -1) if self._vidx is not None else ''}")
-        cache = self._shadow._cache
+        # the whole raw is cached on the shadow; a subset only here (one key per subset would collide or pile up)
+        key = ("raw", f"{name}:")
+        cache = self._shadow._cache if self._vidx is None else self._own
         if key not in cache:
             cache[key] = read()
         return cache[key]
 
     @property
     def X(self) -> Any:
+        cache = self._shadow._cache if self._vidx is None else self._own
+        if ("raw", "X:") not in cache and self._path("X") in self._shadow._root() and matrix_is_only_sliced():
+            # sc.get.obs_df & co. slice a few genes out of it: hand out a LazyArray that reads only those
+            return LazyArray(
+                ElementSource.from_storage(self._shadow._storage, self._path("X"), (self._shadow._oidx, self._vidx))
+            )
+
         def read():
             if self._path("X") not in self._shadow._root():
                 return None
@@ -60,7 +71,10 @@ class RawShadow:
     def var(self) -> pd.DataFrame:
         def read():
             parts = read_frame_parts(self._shadow._root()[self._path("var")], (self._vidx,), self._shadow._ctx())
-            return self._shadow._table(parts)
+            parts.axis_name = "var_names"  # the index column's name in polars/pyarrow tables
+            from .anndata import empty_columns_as_str
+
+            return empty_columns_as_str(self._shadow._table(parts))
 
         return self._cached("var", read)
 
@@ -71,6 +85,11 @@ class RawShadow:
             if self._path("varm") not in root:
                 return {}
             g = root[self._path("varm")]
+            if not is_group(g):  # anndata < 0.7: one compound dataset, a field per key
+                from .elements.dense import read_dense
+
+                rows = read_dense(g, (self._vidx,))
+                return {k: np.asarray(rows[k]) for k in g.dtype.names or ()}
             return {k: self._shadow._read(f"{self._path('varm')}/{k}", (self._vidx,)) for k in g.keys()}
 
         return self._cached("varm", read)
@@ -125,8 +144,16 @@ class RawShadow:
     def to_adata(self):
         import anndata
 
-        obs = pd.DataFrame(index=self._shadow.obs_names)
-        return anndata.AnnData(X=self.X, obs=obs, var=self.var, varm=dict(self.varm))
+        sh = self._shadow  # as anndata's Raw.to_adata: the parent's obs, obsm, obsp and uns come along
+        return anndata.AnnData(
+            X=self.X,
+            obs=sh.obs.copy(),
+            var=self.var,
+            varm=dict(self.varm),
+            obsm=sh.obsm.copy(),
+            obsp=sh.obsp.copy(),
+            uns=sh.uns.to_dict(),
+        )
 
     def __repr__(self) -> str:
         return f"Raw Shadow with n_obs × n_vars = {self.n_obs} × {self.n_vars}"

@@ -331,7 +331,9 @@ def build_v07(directory) -> tuple[str, Meaning]:
         dataframe_v07_h5(f, "obs", obs_names, obs_cols)
         dataframe_v07_h5(f, "var", var_ids, var_cols, index_name="gene_ids")  # custom index name
         uns = f.create_group("uns")
-        uns.create_dataset("leiden_colors", data=np.array(["#1f77b4", "#ff7f0e", "#279e68"], dtype=object), dtype=VLEN_STR)
+        uns.create_dataset(
+            "leiden_colors", data=np.array(["#1f77b4", "#ff7f0e", "#279e68"], dtype=object), dtype=VLEN_STR
+        )
         uns.create_dataset("title", data="0.7 file", dtype=VLEN_STR)
         uns.create_dataset("n_pcs", data=np.int64(2))
         f.create_group("obsm").create_dataset("X_pca", data=X_pca)
@@ -498,7 +500,9 @@ def build_modern_neighbors_in_uns(directory, fmt: str = "h5ad", zarr_format: int
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         adata = ad.AnnData(
-            X=rng.normal(size=(n, 2)), obs=pd.DataFrame(index=[f"c{i}" for i in range(n)]), var=pd.DataFrame(index=["a", "b"])
+            X=rng.normal(size=(n, 2)),
+            obs=pd.DataFrame(index=[f"c{i}" for i in range(n)]),
+            var=pd.DataFrame(index=["a", "b"]),
         )
         adata.uns["neighbors"] = {"distances": dist, "connectivities": conn, "params": {"n_neighbors": 3}}
         adata.uns["other"] = 1

@@ -203,7 +203,9 @@ def uns_dicts(max_depth: int = 2):
         ),
         max_leaves=6,
     )
-    return st.dictionaries(st.text(KEY_SUFFIX_ALPHABET, min_size=1, max_size=5).map(lambda s: "u" + s), tree, max_size=4)
+    return st.dictionaries(
+        st.text(KEY_SUFFIX_ALPHABET, min_size=1, max_size=5).map(lambda s: "u" + s), tree, max_size=4
+    )
 
 
 # --------------------------------------------------------------------------------------

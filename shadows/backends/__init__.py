@@ -34,13 +34,18 @@ class ArrayBackend:
     from_source
         Whether ``convert`` takes the source instead of the value read.
     release
-        Optional ``release(value)`` called when the cache drops a value (frees device memory).
+        Optional ``release(value)`` called when the cache drops a value (frees device memory).  It receives every
+        cached value of a shadow using this backend (dicts and tables included) and must ignore what is not its own.
+    convert_value
+        For a ``from_source`` backend: how to convert a value that is already in memory (the arrays nested in
+        ``uns`` dicts, read with their dict).  ``None`` leaves such values as numpy.
     """
 
     name: str
     convert: Callable[[Any], Any]
     from_source: bool = False
     release: Callable[[Any], None] | None = None
+    convert_value: Callable[[Any], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -55,15 +60,15 @@ class TableBackend:
 
 _ARRAY: dict[str, ArrayBackend] = {}
 _TABLE: dict[str, TableBackend] = {}
-# built-ins whose library is imported only when first asked for: name -> (module, attribute, extra to install)
+# built-ins whose library is imported only when first asked for: name -> (module, attribute, what to pip install)
 _LAZY_ARRAY = {
-    "jax": ("shadows.backends.arrays", "JAX", "jax"),
-    "torch": ("shadows.backends.arrays", "TORCH", "torch"),
-    "dask": ("shadows.backends.dask", "DASK", "dask"),
+    "jax": ("shadows.backends.arrays", "JAX", "shadows[jax]"),
+    "torch": ("shadows.backends.arrays", "TORCH", "shadows[torch]"),
+    "dask": ("shadows.backends.dask", "DASK", "shadows[dask]"),
 }
 _LAZY_TABLE = {
-    "polars": ("shadows.backends.tables", "POLARS", "polars"),
-    "pyarrow": ("shadows.backends.tables", "PYARROW", "arrow"),
+    "polars": ("shadows.backends.tables", "POLARS", "polars"),  # a dependency of shadows, not an extra
+    "pyarrow": ("shadows.backends.tables", "PYARROW", "shadows[arrow]"),
 }
 _entry_points_loaded = False
 
@@ -73,9 +78,30 @@ def _identity(x: Any) -> Any:
 
 
 def register_array_backend(
-    name: str, convert: Callable[[Any], Any] | ArrayBackend, *, from_source: bool = False, release=None
+    name: str,
+    convert: Callable[[Any], Any] | ArrayBackend,
+    *,
+    from_source: bool = False,
+    release: Callable[[Any], None] | None = None,
+    convert_value: Callable[[Any], Any] | None = None,
 ) -> None:
-    """Register an array backend: ``convert`` receives the numpy/scipy value read and returns anything."""
+    """Register an array backend: ``convert`` receives the numpy/scipy value read and returns anything.
+
+    Parameters
+    ----------
+    name
+        The name to pass as ``array_backend=``; registering an existing name replaces that backend.
+    convert
+        ``convert(value)`` with a numpy array or scipy sparse matrix (or an :class:`ArrayBackend`, then the other
+        arguments are ignored).
+    from_source, release, convert_value
+        See :class:`ArrayBackend`.
+
+    Examples
+    --------
+    >>> import shadows
+    >>> shadows.register_array_backend("as_list", lambda a: a.tolist())  # doctest: +SKIP
+    """
     if not isinstance(name, str) or not name:
         raise ValueError(f"A backend name must be a non-empty string, got {name!r}")
     if isinstance(convert, ArrayBackend):
@@ -83,13 +109,24 @@ def register_array_backend(
         return
     if not callable(convert):
         raise TypeError(f"convert for array backend {name!r} must be callable, got {type(convert).__name__}")
-    _ARRAY[name] = ArrayBackend(name, convert, from_source, release)
+    _ARRAY[name] = ArrayBackend(name, convert, from_source, release, convert_value)
 
 
 def register_table_backend(
     name: str, convert: Callable[[Any], Any] | TableBackend, *, from_parts: bool = False
 ) -> None:
-    """Register a table backend: ``convert`` receives a pandas DataFrame and returns anything."""
+    """Register a table backend: ``convert`` receives a pandas DataFrame and returns anything.
+
+    Parameters
+    ----------
+    name
+        The name to pass as ``table_backend=``; registering an existing name replaces that backend.
+    convert
+        ``convert(df)`` with a pandas DataFrame (or, when ``from_parts``, with
+        :class:`~shadows.elements.FrameParts`), or a :class:`TableBackend`.
+    from_parts
+        Whether ``convert`` takes the table's columns instead of a pandas DataFrame.
+    """
     if not isinstance(name, str) or not name:
         raise ValueError(f"A backend name must be a non-empty string, got {name!r}")
     if isinstance(convert, TableBackend):
@@ -139,7 +176,7 @@ def _get(name: str, table: dict, lazy: dict, kind: str, choices: Callable[[], li
         except ImportError as e:
             raise ImportError(
                 f"The {kind} backend {name!r} needs a library that is not installed ({e}); "
-                f"install it with `pip install shadows[{extra}]`"
+                f"install it with `pip install {extra}`"
             ) from e
         table[name] = backend
         return backend

@@ -93,19 +93,43 @@ def read_whole_then_take(elem: Any, sel: tuple, ctx: ReadContext) -> Any:
     return value[s] if not isinstance(s, np.ndarray) else value[np.asarray(s)]
 
 
+# the dtype pandas infers for strings: object in pandas 2, "str" in pandas 3
+_STRINGS = pd.Index(np.array(["a"], dtype=object)).dtype
+
+
+def inferred_strings(values: Any) -> Any:
+    """An empty array of strings (from an empty selection) as the dtype pandas infers for a non-empty one: pandas 3
+    infers "str" from strings but leaves an empty object array object, while anndata's views (slices of the whole
+    table) keep "str"."""
+    if (
+        _STRINGS != np.dtype(object)
+        and isinstance(values, np.ndarray)
+        and values.dtype.kind in "OUT"
+        and len(values) == 0
+    ):
+        return pd.array(values.astype(object), dtype=_STRINGS)
+    return values
+
+
 @dataclass
 class FrameParts:
-    """A table read column by column: what every table backend is built from."""
+    """A table read column by column: what every table backend is built from.
+
+    ``axis_name`` says what the rows are (``"obs_names"``, ``"var_names"``), set by the shadow for tables aligned to
+    an axis; table backends without a pandas index use it to name the index column (see
+    :func:`shadows.backends.tables.index_column`).
+    """
 
     index: Any
     index_name: str | None
     columns: dict[str, Any] = field(default_factory=dict)
     column_order: list[str] = field(default_factory=list)
+    axis_name: str | None = None
 
     def to_pandas(self) -> pd.DataFrame:
         df = pd.DataFrame(
-            {k: self.columns[k] for k in self.column_order},
-            index=self.index,
+            {k: inferred_strings(self.columns[k]) for k in self.column_order},
+            index=inferred_strings(self.index),
             columns=self.column_order if self.column_order else None,
         )
         if self.index_name is not None:
@@ -155,7 +179,7 @@ def read_dataframe(elem: Any, sel: tuple, ctx: ReadContext) -> pd.DataFrame:
     return read_frame_parts(elem, sel, ctx).to_pandas()
 
 
-@register_reader("dict", "0.1.0")
+@register_reader("dict")  # any version: pre-0.8 groups carry none
 def read_dict(elem: Any, sel: tuple, ctx: ReadContext) -> dict:
     if not is_group(elem):
         return read_element(elem, sel, ctx)

@@ -35,6 +35,8 @@ _MAJOR_GAP_NNZ = 32 * 1024
 _DENSE_HITS = 64
 # Up to this many wanted minor positions, comparisons beat a lookup table (no gather temporary per chunk).
 _FEW_TARGETS = 8
+# Up to this many major positions, read only their indptr entries when indptr is not cached yet.
+_FEW_MAJOR = 256
 
 
 def matrix_info(group: Any) -> tuple[str, tuple[int, int]]:
@@ -169,34 +171,47 @@ class SparseReader:
         return cls((data, indices, ip.astype(indices.dtype, copy=False) if len(ip) else ip), shape=self.shape)
 
     # --- the two access paths -------------------------------------------------------------------------------------
-    def _read_major_minor(self, maj_pos: np.ndarray, min_pos: np.ndarray | None):
-        ip = self.indptr
-        lengths = ip[maj_pos + 1] - ip[maj_pos] if len(maj_pos) else np.zeros(0, dtype=np.int64)
-        if min_pos is None:
-            data, indices = self._read_major(maj_pos, lengths)
-            indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-            return data, indices, indptr
-        return self._scan_minor(maj_pos, min_pos)
+    def _bounds(self, maj_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Start and end (in stored values) of each selected major position.
 
-    def _major_blocks(self, maj_pos: np.ndarray):
-        """Coalesced ranges of stored values covering the selected major positions."""
+        A few positions on a connection that has not cached ``indptr`` yet read just their entries (one point
+        selection), so that "these 6 cells" costs 12 numbers instead of the whole ``indptr``.
+        """
+        cache = self.ctx.indptr_cache if self.ctx is not None else {}
+        if self.group.name not in cache and 0 < len(maj_pos) <= _FEW_MAJOR:
+            want = np.unique(np.concatenate([maj_pos, maj_pos + 1]))
+            got = _read_points(self.group["indptr"], want, block_len=len(want) * _DENSE_HITS + 1).astype(np.int64)
+            return got[np.searchsorted(want, maj_pos)], got[np.searchsorted(want, maj_pos + 1)]
         ip = self.indptr
-        if len(maj_pos) == 0:
+        return ip[maj_pos], ip[maj_pos + 1]
+
+    def _read_major_minor(self, maj_pos: np.ndarray, min_pos: np.ndarray | None):
+        starts, ends = self._bounds(maj_pos)
+        if min_pos is None:
+            data, indices = self._read_major(maj_pos, starts, ends)
+            indptr = np.concatenate([[0], np.cumsum(ends - starts)]).astype(np.int64)
+            return data, indices, indptr
+        return self._scan_minor(maj_pos, starts, ends, min_pos)
+
+    @staticmethod
+    def _major_blocks(starts: np.ndarray, ends: np.ndarray):
+        """Coalesced ranges ``(first, last + 1, lo, hi)`` of selected positions and of the stored values they span."""
+        if len(starts) == 0:
             return
         # gap between consecutive selected positions measured in stored values, not rows
-        gaps = ip[maj_pos[1:]] - ip[maj_pos[:-1] + 1]
-        breaks = np.flatnonzero(gaps > _MAJOR_GAP_NNZ) + 1
-        for part in np.split(maj_pos, breaks):
-            yield part, int(ip[part[0]]), int(ip[part[-1] + 1])
+        breaks = np.flatnonzero(starts[1:] - ends[:-1] > _MAJOR_GAP_NNZ) + 1
+        edges = np.concatenate([[0], breaks, [len(starts)]])
+        for i0, i1 in zip(edges[:-1], edges[1:], strict=True):
+            yield int(i0), int(i1), int(starts[i0]), int(ends[i1 - 1])
 
-    def _read_major(self, maj_pos: np.ndarray, lengths: np.ndarray):
-        ip = self.indptr
+    def _read_major(self, maj_pos: np.ndarray, starts: np.ndarray, ends: np.ndarray):
         datas, idxs = [], []
-        for part, lo, hi in self._major_blocks(maj_pos):
+        for i0, i1, lo, hi in self._major_blocks(starts, ends):
             d = _read_range(self.data, lo, hi)
             i = _read_range(self.indices, lo, hi)
-            if hi - lo != int((ip[part + 1] - ip[part]).sum()):  # the block spans unselected rows: cut them out
-                keep = ix.ranges_to_positions(ip[part] - lo, ip[part + 1] - ip[part])
+            st, en = starts[i0:i1], ends[i0:i1]
+            if hi - lo != int((en - st).sum()):  # the block spans unselected rows: cut them out
+                keep = ix.ranges_to_positions(st - lo, en - st)
                 d, i = d[keep], i[keep]
             datas.append(d)
             idxs.append(i)
@@ -206,17 +221,17 @@ class SparseReader:
             np.concatenate(idxs) if len(idxs) > 1 else idxs[0]
         )
 
-    def _scan_minor(self, maj_pos: np.ndarray, min_pos: np.ndarray):
+    def _scan_minor(self, maj_pos: np.ndarray, starts: np.ndarray, ends: np.ndarray, min_pos: np.ndarray):
         """Scan ``indices`` of the selected major ranges in bounded chunks; keep hits on the wanted minor positions."""
-        ip = self.indptr
         n_minor = self.shape[1] if self.format == "csr" else self.shape[0]
+        if len(min_pos) == 0:  # no minor position wanted (e.g. a MuData view keeping none of a modality's features)
+            return np.zeros(0, self.dtype), np.zeros(0, np.int32), np.zeros(len(maj_pos) + 1, np.int64)
         few = len(min_pos) <= _FEW_TARGETS
         lut = None
         if len(min_pos) > 1:
             # int16 lookup where it fits halves the per-chunk temporary
             lut = np.full(n_minor, -1, dtype=np.int16 if len(min_pos) < 2**15 else np.int32)
             lut[min_pos] = np.arange(len(min_pos))
-        all_major = len(maj_pos) == len(ip) - 1
         step = scan_step(self.budget)
         reader = _ChunkReader(self.indices, step)
         n_major = len(maj_pos)
@@ -224,8 +239,9 @@ class SparseReader:
         # is monotone); so per-major counts are enough to build indptr, and only minor and data are kept per hit
         counts = np.zeros(n_major, dtype=np.int64)
         out_minor, out_data = [], []
-        for part, lo, hi in self._major_blocks(maj_pos):
-            contiguous = hi - lo == int((ip[part + 1] - ip[part]).sum())
+        for i0, i1, lo, hi in self._major_blocks(starts, ends):
+            st, en = starts[i0:i1], ends[i0:i1]
+            contiguous = hi - lo == int((en - st).sum())
             for c0 in range(lo, hi, step):
                 c1 = min(hi, c0 + step)
                 chunk = reader.read(c0, c1)
@@ -242,17 +258,13 @@ class SparseReader:
                 new_minor = lut[chunk[hit]] if lut is not None else np.zeros(len(hit), np.int16)
                 absolute = hit + c0
                 del hit
-                row = np.searchsorted(ip, absolute, side="right") - 1
-                if all_major:
-                    out_row = row
-                else:
-                    out_row = np.searchsorted(maj_pos, row)
-                    if not contiguous:
-                        ok = (out_row < n_major) & (maj_pos[np.minimum(out_row, n_major - 1)] == row)
-                        absolute, out_row, new_minor = absolute[ok], out_row[ok], new_minor[ok]
-                del row
+                # the selected position holding each hit: the last one starting at or before it
+                out_row = np.searchsorted(st, absolute, side="right") - 1
+                if not contiguous:  # hits in unselected rows between selected ones are dropped
+                    ok = (out_row >= 0) & (absolute < en[np.maximum(out_row, 0)])
+                    absolute, out_row, new_minor = absolute[ok], out_row[ok], new_minor[ok]
                 u, c = np.unique(out_row, return_counts=True)
-                counts[u] += c
+                counts[u + i0] += c
                 out_minor.append(new_minor)
                 out_data.append(_read_points(self.data, absolute, c1 - c0))
         del reader

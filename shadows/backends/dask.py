@@ -1,0 +1,238 @@
+"""The ``"dask"`` array backend: dask arrays whose chunks read the file when computed.
+
+``shadow.X`` (and every other array element) is a :class:`dask.array.Array` built from the element's
+:class:`~shadows.lazy.ElementSource`; nothing is read until it is computed, and each chunk task reads only its own
+part (``source.read(sub)``).  A view's elements are dask arrays of the selected part only.
+
+Chunks
+    Chunks run along the element's *stored major axis* — rows of dense arrays and CSR matrices, columns of CSC
+    matrices — and span the whole of the other axes, so that every chunk is one contiguous read.  Their length is
+    :data:`DASK_CHUNKS` when set (an ``int``: rows, or columns for CSC, per chunk), else it is chosen so that a
+    chunk holds about dask's ``array.chunk-size`` (``dask.config``, 128 MiB by default) of values (for sparse
+    matrices, from the stored number of non-zeros per row or column).  :func:`dask_backend` makes a backend with
+    its own chunk length: ``shadows.register_array_backend("dask-1k", dask_backend(chunks=1000))``.
+
+Sparse matrices
+    Chunks are scipy sparse matrices (CSR chunks for CSR, CSC chunks for CSC), of the subclasses
+    :class:`CSRChunk`/:class:`CSCChunk`: scipy's ``sum``/``mean``/``max``/``min`` take no ``keepdims``, which
+    dask's reductions pass, so these add it (and mark themselves as duck arrays for dask).  Otherwise they are
+    scipy matrices; ``X.sum(axis=0)``, ``X.mean(axis=1)``, ``X.max(axis=0)`` work on the dask array directly, and
+    ``X.compute()`` is a plain ``scipy.sparse.csr_matrix``/``csc_matrix`` (a chunk's ``copy()`` is one).
+
+Distributed
+    The graph carries the file's path, the element's key and its selection (an :class:`~shadows.lazy.ElementSource`),
+    never an open handle: it pickles, and ``dask.distributed`` workers in other processes compute it, each opening
+    the file read-only once per process and thread.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import scipy.sparse as sp
+from dask.array.dispatch import concatenate_lookup
+from dask.base import tokenize
+from dask.utils import parse_bytes
+
+from ..lazy import ElementSource, LazyArray
+from ..storage import Storage
+from . import ArrayBackend
+
+#: Length of a chunk along the stored major axis (rows; columns for CSC), or ``None`` to aim at dask's
+#: ``array.chunk-size`` bytes per chunk.  Read each time an element is converted.
+DASK_CHUNKS: int | None = None
+
+
+# --- sparse chunks ----------------------------------------------------------------------------------------------
+
+
+def _one_axis(axis: Any, ndim: int) -> int | None:
+    """dask passes ``axis`` as a tuple; scipy takes ``None`` or one int."""
+    if isinstance(axis, tuple):
+        axis = tuple(a % ndim for a in axis)
+        return None if len(axis) != 1 else axis[0]
+    return axis
+
+
+def _shaped(result: Any, shape: tuple, axis: int | None, keepdims: bool) -> np.ndarray:
+    """A scipy reduction's result (np.matrix, sparse or scalar) as numpy gives it, with or without kept dims."""
+    r = result.toarray() if sp.issparse(result) else np.asarray(result)
+    if axis is None:
+        return r.reshape((1,) * len(shape)) if keepdims else r.reshape(())
+    out = list(shape)
+    if keepdims:
+        out[axis] = 1
+    else:
+        del out[axis]
+    return r.reshape(out)
+
+
+class _Reductions:
+    """numpy's reduction signature (``keepdims``) on scipy matrices, as dask calls it on every chunk."""
+
+    def sum(self, axis=None, dtype=None, out=None, keepdims=False):
+        ax = _one_axis(axis, self.ndim)
+        return _shaped(super().sum(axis=ax, dtype=dtype), self.shape, ax, keepdims)
+
+    def mean(self, axis=None, dtype=None, out=None, keepdims=False):
+        ax = _one_axis(axis, self.ndim)
+        return _shaped(super().mean(axis=ax, dtype=dtype), self.shape, ax, keepdims)
+
+    def max(self, axis=None, out=None, keepdims=False, **kwargs):
+        ax = _one_axis(axis, self.ndim)
+        return _shaped(super().max(axis=ax, **kwargs), self.shape, ax, keepdims)
+
+    def min(self, axis=None, out=None, keepdims=False, **kwargs):
+        ax = _one_axis(axis, self.ndim)
+        return _shaped(super().min(axis=ax, **kwargs), self.shape, ax, keepdims)
+
+    def copy(self):
+        # dask copies a single-chunk result before handing it out: compute() then gives a plain scipy matrix (which
+        # anndata, among others, knows how to write), as concatenating several chunks does.  Empty ones stay
+        # chunks: dask's meta (an empty chunk that dask slices, so copies) must keep numpy's reduction signature.
+        if 0 in self.shape:
+            return super().copy()
+        base = sp.csr_matrix if self.format == "csr" else sp.csc_matrix
+        return base((self.data.copy(), self.indices.copy(), self.indptr.copy()), shape=self.shape)
+
+    def __array_function__(self, func, types, args, kwargs):
+        # Defined so that dask treats chunks as arrays; numpy's own implementation then runs as it would on a
+        # plain scipy matrix (np.sum calls .sum(keepdims=...) above).
+        impl = getattr(func, "_implementation", None)
+        if impl is not None:
+            return impl(*args, **kwargs)
+        return func(*args, **{k: v for k, v in kwargs.items() if k != "like"})
+
+
+class CSRChunk(_Reductions, sp.csr_matrix):
+    """A CSR chunk of a dask array handed out by the ``"dask"`` backend (a ``scipy.sparse.csr_matrix``)."""
+
+
+class CSCChunk(_Reductions, sp.csc_matrix):
+    """A CSC chunk of a dask array handed out by the ``"dask"`` backend (a ``scipy.sparse.csc_matrix``)."""
+
+
+def _concatenate(blocks: list, axis: int = 0) -> Any:
+    """Chunks joined (scipy's vstack/hstack): a plain scipy matrix, as ``copy()`` gives; empty ones (dask's metas,
+    which its reductions join while planning) stay chunks."""
+    if axis not in (0, 1):
+        raise ValueError(f"scipy sparse chunks join along axis 0 or 1, not {axis}")
+    out = (sp.vstack if axis == 0 else sp.hstack)(blocks)
+    return as_chunk(out) if 0 in out.shape else out
+
+
+concatenate_lookup.register(CSRChunk, _concatenate)
+concatenate_lookup.register(CSCChunk, _concatenate)
+
+
+def as_chunk(m: Any) -> Any:
+    """A scipy CSR/CSC matrix as a chunk (its arrays are shared, not copied); anything else unchanged."""
+    if not sp.issparse(m) or isinstance(m, _Reductions):
+        return m
+    if m.format not in ("csr", "csc"):
+        m = m.tocsr()
+    cls = CSRChunk if m.format == "csr" else CSCChunk
+    return cls((m.data, m.indices, m.indptr), shape=m.shape)
+
+
+# --- arrays from sources ----------------------------------------------------------------------------------------
+
+
+class _Reader(LazyArray):
+    """What a dask graph holds: the element's source (picklable), read part by part as chunks."""
+
+    def __getitem__(self, key: Any) -> Any:
+        return as_chunk(super().__getitem__(key))
+
+    def __dask_tokenize__(self):
+        return ("shadows-reader", tokenize(self.source))
+
+
+def major_axis(source: ElementSource) -> int:
+    """The axis along which the element is stored contiguously: 1 for CSC, else 0."""
+    return 1 if source.sparse_format == "csc" else 0
+
+
+def _bytes_per_major(source: ElementSource, axis: int) -> float:
+    if source.sparse_format is None:
+        return math.prod(n for i, n in enumerate(source.shape) if i != axis) * source.dtype.itemsize
+    # non-zeros per row (column) from the stored matrix: a short-lived handle, nothing stays open
+    st = Storage(source.path, mode="r", format=source.format)
+    try:
+        g = st.root[source.key]
+        nnz, idx_size = g["data"].shape[0], g["indices"].dtype.itemsize
+    finally:
+        st.close()
+    n_major = max(1, source.stored_shape[axis])
+    return nnz / n_major * (source.dtype.itemsize + idx_size)
+
+
+def chunk_length(source: ElementSource, chunks: int | None = None) -> int:
+    """Chunk length along the major axis: ``chunks``, else :data:`DASK_CHUNKS`, else about ``array.chunk-size``."""
+    n = chunks if chunks is not None else DASK_CHUNKS
+    if n is None:
+        target = parse_bytes(dask.config.get("array.chunk-size", "128MiB"))
+        n = int(target // max(1.0, _bytes_per_major(source, major_axis(source))))
+    if not isinstance(n, int | np.integer) or n < 1:
+        raise ValueError(f"dask chunk length must be a positive int, got {n!r}")
+    return int(n)
+
+
+def from_source(source: ElementSource, chunks: int | None = None) -> da.Array:
+    """A dask array of ``source``: one task per chunk along the major axis, each reading its part when run."""
+    shape = tuple(source.shape)
+    if not shape:  # a 0-d array: nothing to chunk
+        return da.from_array(np.asarray(source.read()), chunks=())
+    axis = major_axis(source)
+    n = chunk_length(source, chunks)
+    spec = tuple(min(n, max(1, length)) if i == axis else -1 for i, length in enumerate(shape))
+    if source.sparse_format is not None:
+        meta = (CSRChunk if source.sparse_format == "csr" else CSCChunk)((0, 0), dtype=source.dtype)
+    else:
+        meta = np.empty((0,) * len(shape), dtype=source.dtype)
+    name = f"shadows-{source.key.replace('/', '-')}-{tokenize(source, spec)}"
+    return da.from_array(
+        _Reader(source), chunks=spec, name=name, asarray=False, fancy=False, lock=False, meta=meta, inline_array=False
+    )
+
+
+def from_value(value: Any, chunks: int | None = None) -> Any:
+    """A dask array of a value already in memory (arrays nested in ``uns`` dicts)."""
+    if sp.issparse(value):
+        value = as_chunk(value)
+    elif not isinstance(value, np.ndarray):
+        return value
+    if value.ndim == 0:
+        return da.from_array(value, chunks=())
+    n = chunks if chunks is not None else DASK_CHUNKS
+    spec = tuple((n or -1) if i == 0 else -1 for i in range(value.ndim))
+    return da.from_array(value, chunks=spec, asarray=not sp.issparse(value))
+
+
+def dask_backend(chunks: int | None = None, name: str = "dask") -> ArrayBackend:
+    """An array backend handing out dask arrays with ``chunks`` rows (columns for CSC) per chunk.
+
+    ``None`` uses :data:`DASK_CHUNKS` or dask's ``array.chunk-size``.
+
+    Examples
+    --------
+    >>> import shadows
+    >>> shadows.register_array_backend("dask-1k", dask_backend(chunks=1000))  # doctest: +SKIP
+    >>> AnnDataShadow("a.h5ad", array_backend="dask-1k").X.chunks  # doctest: +SKIP
+    """
+    return ArrayBackend(
+        name,
+        partial(from_source, chunks=chunks),
+        from_source=True,
+        convert_value=partial(from_value, chunks=chunks),
+    )
+
+
+DASK = dask_backend()
+
+__all__ = ["DASK", "DASK_CHUNKS", "CSCChunk", "CSRChunk", "as_chunk", "chunk_length", "dask_backend", "from_source"]

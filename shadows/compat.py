@@ -1,0 +1,87 @@
+"""What anndata and scanpy do to an AnnData that a shadow has to answer in its own way.
+
+* **Copy-on-write of views.**  anndata and scanpy turn a view into an object of its own before changing it
+  (``adata._init_as_actual(adata.copy())``: ``sc.pp.neighbors``, ``sc.pp.normalize_total`` and friends on a view).
+  A shadow view *detaches*: it stays a shadow of the same selection of the file, no longer a view, and takes
+  assignments as pending changes.  Those changes belong to a subset of the file, so ``write()`` refuses them;
+  ``write_h5ad``/``write_zarr`` or ``to_memory()`` keep them.
+* **In-place subsetting.**  ``sc.pp.filter_cells``, ``filter_genes``, ``subsample``, ``highly_variable_genes(subset=True)``
+  and the recipes call ``adata._inplace_subset_obs/var``: the shadow becomes a detached shadow of the subset.
+  Selecting everything changes nothing (``normalize_per_cell`` always "subsets").
+* **Column-only reads.**  ``sc.get.obs_df`` / ``var_df`` (and every plot built on them: violin, dotplot, matrixplot,
+  heatmap, ...) take ``adata.X`` (or ``adata.raw.X``) only to slice a few genes (cells) out of it.  When a shadow's
+  matrix is asked for from there, it hands out a :class:`~shadows.lazy.LazyArray`, so only those columns are read.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .anndata import AnnDataShadow
+
+# scanpy functions that take the whole matrix from `_get_obs_rep` only to slice a few columns (rows) out of it
+_SLICING_CALLERS = {("scanpy.get.get", "obs_df"), ("scanpy.get.get", "var_df")}
+
+
+def matrix_is_only_sliced(depth: int = 2) -> bool:
+    """Whether the matrix property being evaluated was asked for by scanpy to be sliced right away.
+
+    ``depth`` is the number of frames between the caller of this function and scanpy's ``_get_obs_rep``
+    (2 from a property getter: the getter itself, then ``_get_obs_rep``).  Any surprise answers ``False``:
+    the caller then reads the whole matrix, which is always correct, only not bounded.
+    """
+    try:
+        rep = sys._getframe(depth)
+        if rep.f_code.co_name != "_get_obs_rep" or rep.f_globals.get("__name__") != "scanpy.get.get":
+            return False
+        caller = rep.f_back
+        return (caller.f_globals.get("__name__"), caller.f_code.co_name) in _SLICING_CALLERS
+    except (ValueError, AttributeError):  # a shallower stack than expected
+        return False
+
+
+def detach(shadow: AnnDataShadow) -> None:
+    """Turn a view into a shadow of its own (anndata's copy-on-write) without reading its elements."""
+    if not shadow.is_view:
+        return
+    # a view drops unused categories and trims `<col>_colors`; a detached shadow reads like the view it was
+    shadow.obs, shadow.var  # noqa: B018 - read (and cache) while the view's rules apply
+    for key in shadow.uns.keys():
+        if str(key).endswith("_colors"):
+            shadow.uns[key]  # noqa: B018
+    shadow._detached = True
+
+
+def subset_in_place(shadow: AnnDataShadow, index: Any, axis: int) -> None:
+    """``adata._inplace_subset_obs/var(index)`` on a shadow: it becomes a detached shadow of that subset."""
+    from . import index as ix
+
+    if axis == 0:
+        sel = ix.normalize(index, shadow.obs_names, shadow.n_obs, 0)
+        if ix.is_identity(sel, shadow.n_obs):
+            return
+        view = shadow[index, :]
+    else:
+        sel = ix.normalize(index, shadow.var_names, shadow.n_vars, 1)
+        if ix.is_identity(sel, shadow.n_vars):
+            return
+        view = shadow[:, index]
+    detach(view)
+    old, owned = shadow._storage, shadow._owns_storage
+    # the view holds the parent's pending changes, sliced (as `_inherited`), and its own connection to the file
+    shadow.__dict__.update(view.__dict__)
+    view._owns_storage = False
+    if owned:
+        old.close()
+
+
+def check_attached(shadow: AnnDataShadow) -> None:
+    """Refuse to write changes of a detached subset into the full file."""
+    if shadow.__dict__.get("_detached"):
+        raise ValueError(
+            f"This shadow of '{shadow._storage.describe()}' is a subset of the file (a view changed in place, or "
+            "filtered in place by e.g. sc.pp.filter_cells): its changes cannot be written into the full file. "
+            "Save it to a new file with .write_h5ad(path) / .write_zarr(path), or use .to_memory()"
+        )

@@ -1,0 +1,251 @@
+"""Writing new files block by block: the output file or store, and appendable sparse and dense arrays.
+
+:class:`Output` writes into a staging name beside the destination and moves it into place only when everything
+is written (a crash leaves the destination untouched); zarr stores get their metadata consolidated, as anndata
+does.  :class:`SparseSink` appends compressed blocks (``data``/``indices`` grow, ``indptr`` is filled as blocks
+arrive) and :class:`DenseSink` writes row or column blocks; both set the encoding attributes anndata writes, so
+anndata reads the result as if it had written it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import zarr
+
+from .storage import is_h5
+
+# Elements per chunk of the 1-D arrays of a sparse matrix that grows (256 KiB of float32).
+SPARSE_CHUNK = 2**16
+# Bytes per chunk of a dense zarr array written by row blocks.
+DENSE_CHUNK_BYTES = 2**20
+
+
+def set_encoding(node: Any, encoding_type: str, version: str, **extra: Any) -> None:
+    """Set ``encoding-type``/``encoding-version`` (and extra attributes such as ``shape``) as anndata does."""
+    node.attrs["encoding-type"] = encoding_type
+    node.attrs["encoding-version"] = version
+    for k, v in extra.items():
+        node.attrs[k] = v
+
+
+def new_array(
+    parent: Any,
+    name: str,
+    shape: tuple[int, ...],
+    dtype: Any,
+    *,
+    resizable: bool = False,
+    chunks: tuple[int, ...] | None = None,
+    compression: str | None = None,
+    compression_opts: Any = None,
+) -> Any:
+    """Create an array in an h5py or zarr group: contiguous in HDF5 unless it must grow or be compressed."""
+    dtype = np.dtype(dtype)
+    if is_h5(parent):
+        kw: dict[str, Any] = {}
+        if resizable:
+            kw["maxshape"] = (None,) * len(shape)
+        if resizable or compression:
+            kw["chunks"] = chunks or _default_chunks(shape, dtype)
+        if compression:
+            kw["compression"] = compression
+            kw["compression_opts"] = compression_opts
+        return parent.create_dataset(name, shape=shape, dtype=dtype, **kw)
+    return parent.create_array(name, shape=shape, dtype=dtype, chunks=chunks or _default_chunks(shape, dtype))
+
+
+def _default_chunks(shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:
+    if len(shape) == 1:
+        return (SPARSE_CHUNK,)
+    row = max(1, int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+    rows = int(max(1, min(max(shape[0], 1), DENSE_CHUNK_BYTES // row)))
+    return (rows, *(max(1, int(n)) for n in shape[1:]))
+
+
+def index_dtype_for(n: int) -> np.dtype:
+    """The smallest index type scipy would use for positions below ``n``."""
+    return np.dtype(np.int32) if n < 2**31 - 1 else np.dtype(np.int64)
+
+
+class SparseSink:
+    """A ``csr_matrix``/``csc_matrix`` group filled by appending major-axis blocks in order.
+
+    Parameters
+    ----------
+    parent, name
+        Where to create the group (``name=None``: fill ``parent`` itself, an empty group).
+    fmt
+        ``"csr"`` or ``"csc"``.
+    shape
+        Shape of the whole matrix.
+    dtype
+        Type of the stored values.
+    nnz
+        Number of stored values when known in advance (the arrays are then created at their final size);
+        ``None`` makes them grow.
+    """
+
+    def __init__(
+        self,
+        parent: Any,
+        name: str | None,
+        fmt: str,
+        shape: tuple[int, int],
+        dtype: Any,
+        nnz: int | None = None,
+        compression: str | None = None,
+        compression_opts: Any = None,
+    ):
+        self.fmt = fmt
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.group = parent.create_group(name) if name is not None else parent
+        set_encoding(self.group, f"{fmt}_matrix", "0.1.0", shape=list(self.shape))
+        n_major, n_minor = self.shape if fmt == "csr" else self.shape[::-1]
+        self.n_major = n_major
+        self.index_dtype = index_dtype_for(max(n_minor, 1))
+        grows = nnz is None
+        self.indptr_dtype = np.dtype(np.int64) if grows or nnz >= 2**31 - 1 else np.dtype(np.int32)
+        kw = {"compression": compression, "compression_opts": compression_opts}
+        self.data = new_array(self.group, "data", (nnz or 0,), dtype, resizable=grows, **kw)
+        self.indices = new_array(self.group, "indices", (nnz or 0,), self.index_dtype, resizable=grows, **kw)
+        self.indptr = new_array(self.group, "indptr", (n_major + 1,), self.indptr_dtype, **kw)
+        self.grows = grows
+        self.nnz = 0
+        self.major = 0
+        self.indptr[0:1] = np.zeros(1, dtype=self.indptr_dtype)
+
+    def append(self, data: np.ndarray, indices: np.ndarray, indptr: np.ndarray) -> None:
+        """Append major positions given as a compressed block (``indptr`` starting at 0)."""
+        n = int(indptr[-1]) - int(indptr[0])
+        k = len(indptr) - 1
+        if self.major + k > self.n_major:
+            raise ValueError(f"'{self.group.name}': {self.major + k} major positions appended, shape is {self.shape}")
+        if n:
+            lo, hi = self.nnz, self.nnz + n
+            if self.grows:
+                self.data.resize((hi,))
+                self.indices.resize((hi,))
+            self.data[lo:hi] = np.asarray(data[int(indptr[0]) : int(indptr[-1])], dtype=self.data.dtype)
+            self.indices[lo:hi] = np.asarray(indices[int(indptr[0]) : int(indptr[-1])], dtype=self.index_dtype)
+        if k:
+            ip = np.asarray(indptr[1:], dtype=np.int64) - int(indptr[0]) + self.nnz
+            self.indptr[self.major + 1 : self.major + 1 + k] = ip.astype(self.indptr_dtype)
+        self.nnz += n
+        self.major += k
+
+    def append_block(self, block: Any) -> None:
+        """Append a scipy block compressed along this sink's major axis."""
+        self.append(block.data, block.indices, block.indptr)
+
+    def close(self) -> None:
+        if self.major != self.n_major:
+            raise ValueError(f"'{self.group.name}': {self.major} of {self.n_major} major positions were written")
+        if not self.grows and self.nnz != self.data.shape[0]:
+            raise ValueError(f"'{self.group.name}': {self.nnz} values written, {self.data.shape[0]} expected")
+
+
+class DenseSink:
+    """A dense ``array`` element written block by block along axis 0 or 1."""
+
+    def __init__(
+        self,
+        parent: Any,
+        name: str,
+        shape: tuple[int, ...],
+        dtype: Any,
+        compression: str | None = None,
+        compression_opts: Any = None,
+    ):
+        self.array = new_array(
+            parent,
+            name,
+            tuple(int(n) for n in shape),
+            dtype,
+            compression=compression,
+            compression_opts=compression_opts,
+        )
+        set_encoding(self.array, "array", "0.2.0")
+
+    def write(self, axis: int, start: int, stop: int, block: Any) -> None:
+        block = np.asarray(block, dtype=self.array.dtype)
+        if axis == 0:
+            self.array[start:stop] = block
+        else:
+            self.array[:, start:stop] = block
+
+    def close(self) -> None:
+        pass
+
+
+class Output:
+    """A new ``.h5ad`` file or zarr store, written under a staging name and moved into place on :meth:`commit`.
+
+    Parameters
+    ----------
+    path
+        Destination; replaced if it exists (as anndata's writers do).
+    kind
+        ``"h5"`` or ``"zarr"``.
+    zarr_format
+        2 or 3 for a zarr store (default: ``anndata.settings.zarr_write_format``).
+    """
+
+    def __init__(self, path: str | os.PathLike, kind: str, zarr_format: int | None = None):
+        self.path = Path(os.fspath(path))
+        self.kind = kind
+        self.stage = self.path.with_name(f".{self.path.name}.shadows-{uuid.uuid4().hex[:8]}.tmp")
+        if kind == "h5":
+            self.root: Any = h5py.File(self.stage, "w")
+        else:
+            if zarr_format is None:
+                import anndata
+
+                zarr_format = int(getattr(anndata.settings, "zarr_write_format", 2))
+            self.root = zarr.open_group(str(self.stage), mode="w", zarr_format=zarr_format)
+
+    def commit(self) -> Path:
+        """Close, consolidate (zarr), and move the staged file into place."""
+        if self.kind == "h5":
+            self.root.close()
+        else:
+            zarr.consolidate_metadata(str(self.stage))
+        if self.path.exists() or self.path.is_symlink():
+            # freeing the blocks of a large old file takes a while: move it aside now, delete it in the background
+            old = self.path.with_name(f".{self.path.name}.shadows-old-{uuid.uuid4().hex[:8]}")
+            os.replace(self.path, old)
+            os.replace(self.stage, self.path)
+            threading.Thread(target=_remove, args=(old,), name="shadows-remove-old", daemon=False).start()
+        else:
+            os.replace(self.stage, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the staged file (the destination is left as it was)."""
+        if self.kind == "h5":
+            try:
+                self.root.close()
+            except Exception:  # already closed or broken: the staged file is removed anyway
+                pass
+        _remove(self.stage)
+
+    def __enter__(self) -> Output:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir():
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.exists():
+        p.unlink()

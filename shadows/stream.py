@@ -1,0 +1,252 @@
+"""Out-of-core work on a shadow: chunked iteration, and streaming a shadow or a view into a new file.
+
+* :func:`chunked` yields ``(start, stop, block)`` over the rows (or columns) of any matrix element of a shadow or
+  a view, in bounded memory (``AnnDataShadow.chunked_X`` calls it);
+* :func:`write_subset` streams a shadow or a view into a new ``.h5ad`` file or zarr store without materialising
+  any whole matrix (``AnnDataShadow.write_h5ad``/``write_zarr`` call it); the file equals what anndata writes
+  for ``anndata.read_h5ad(src)[idx]``;
+* :func:`write_anndata` does the same into a group of a file the caller has open (MuData writers use it for
+  each modality).
+
+Matrices (``X``, ``layers``, ``obsm``, ``varm``, ``obsp``, ``varp``, ``raw/X``) are read block by block and
+appended to the output; tables, ``uns`` and other small elements go through ``anndata.io.write_elem``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .blocks import MatrixPart, in_memory_blocks, is_matrix, iter_major, part_of, prefetched
+from .mapping import ALIGNMENT
+from .matrix_write import WriteOptions
+from .progress import progress_bar
+from .settings import settings
+from .sink import Output
+from .transpose import transposed_blocks
+
+if TYPE_CHECKING:
+    from .anndata import AnnDataShadow
+
+_MAPPINGS = ("obsm", "varm", "obsp", "varp", "layers")
+
+
+# --- element lookup ---------------------------------------------------------------------------------------------------
+def sels_for(shadow: AnnDataShadow, path: str) -> tuple:
+    """The file-level selection a view applies to the element at ``path`` (``X``, ``layers/k``, ``raw/X``...)."""
+    group = path.split("/", 1)[0]
+    if path in ("X", "raw/X", "raw.X"):
+        return (shadow._oidx, shadow._vidx) if path == "X" else (shadow._oidx, None)
+    if group in ALIGNMENT:
+        return shadow._sel_for(group)
+    return ()
+
+
+def stored_path(shadow: AnnDataShadow, path: str) -> str:
+    """Where the element of ``path`` lies in the file (legacy neighbors graphs live in ``uns``)."""
+    if path in ("X", "raw/X", "raw.X") or "/" not in path:
+        return path
+    group, key = path.split("/", 1)
+    return shadow._elem_path(group, key)
+
+
+def _pending_value(shadow: AnnDataShadow, path: str) -> tuple[bool, Any]:
+    """``(True, value)`` when the element at ``path`` is an in-memory change (pending, or inherited by a view)."""
+    key = ("X", "") if path == "X" else tuple(path.split("/", 1)) if "/" in path else None
+    if key is None:
+        return False, None
+    for store in (shadow._pending, shadow._inherited):
+        if key in store:
+            return True, store[key]
+    if key in shadow._deleted:
+        raise KeyError(f"'{path}' was deleted from '{shadow._storage.describe()}' (pending write)")
+    return False, None
+
+
+def matrix_part(shadow: AnnDataShadow, path: str, budget: int | None = None) -> MatrixPart:
+    """The stored matrix at ``path`` with the shadow's view selection."""
+    root = shadow._root()
+    stored = stored_path(shadow, path)
+    if stored not in root:
+        raise KeyError(f"'{shadow._storage.describe()}' has no element '{path}'")
+    elem = root[stored]
+    if not is_matrix(elem):
+        raise TypeError(f"'{path}' of '{shadow._storage.describe()}' is not a matrix (sparse or numeric array)")
+    return part_of(elem, sels_for(shadow, path), shadow._ctx(), budget)
+
+
+# --- chunked iteration ------------------------------------------------------------------------------------------------
+def chunked(
+    shadow: AnnDataShadow,
+    chunk_size: int | None = 1000,
+    element: str = "X",
+    axis: int = 0,
+    progress: bool | None = None,
+) -> Iterator[tuple[int, int, Any]]:
+    """Yield ``(start, stop, block)`` over ``axis`` of a matrix element, ``chunk_size`` positions at a time.
+
+    Parameters
+    ----------
+    shadow
+        An :class:`~shadows.AnnDataShadow` or a view of one (blocks are of the view).
+    chunk_size
+        Rows (``axis=0``) or columns (``axis=1``) per block; ``None`` sizes blocks by
+        ``shadows.settings.memory_budget``.
+    element
+        ``"X"``, ``"layers/<key>"``, ``"obsm/<key>"``, ``"raw/X"``... any matrix element.
+    axis
+        0: blocks of rows (``X[start:stop]``); 1: blocks of columns (``X[:, start:stop]``).
+    progress
+        Show a progress bar (``None``: follow ``shadows.settings.progress``).
+
+    Yields
+    ------
+    ``(start, stop, block)`` with ``block`` in the stored format (CSR, CSC or a numpy array), converted to the
+    shadow's array backend.  Blocks along the stored major axis (rows of CSR, columns of CSC) are single reads;
+    along the other axis the matrix is regrouped once through a scratch file (no repeated scans).
+    """
+    if axis not in (0, 1):
+        raise ValueError(f"axis must be 0 or 1, got {axis!r}")
+    if chunk_size is not None and int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be a positive number of positions, got {chunk_size!r}")
+    return _convert_blocks(shadow, _blocks(shadow, chunk_size, element, axis, progress))
+
+
+def _blocks(shadow, chunk_size, element, axis, progress) -> Iterator[tuple[int, int, Any]]:
+    found, value = _pending_value(shadow, element)
+    if found:
+        if value is None:
+            raise KeyError(f"'{element}' of '{shadow._storage.describe()}' is None")
+        yield from in_memory_blocks(value, axis, chunk_size)
+        return
+    part = matrix_part(shadow, element)
+    bar = progress_bar(part.stored_bytes(), f"chunks of {element}", progress=progress)
+    try:
+        if axis == part.major_axis:
+            yield from iter_major(part, chunk_size, 32, None, bar)
+        elif not part.sparse:
+            yield from _dense_columns(part, chunk_size, bar)
+        else:
+            yield from _minor_blocks(part, chunk_size, bar)
+    finally:
+        bar.close()
+
+
+def _dense_columns(part: MatrixPart, chunk_size: int | None, bar: Any) -> Iterator[tuple[int, int, Any]]:
+    n_rows, n_cols = part.shape[0], part.shape[1]
+    step = chunk_size or max(1, settings.memory_budget // (4 * max(1, n_rows) * part.dtype.itemsize))
+
+    def job(a: int, b: int):
+        return lambda: part.read(1, a, b)
+
+    jobs = [(a, min(n_cols, a + step), job(a, min(n_cols, a + step))) for a in range(0, n_cols, step)]
+    for a, b, block in prefetched(jobs):
+        bar.update(block.nbytes)
+        yield a, b, block
+
+
+def _minor_blocks(part: MatrixPart, chunk_size: int | None, bar: Any) -> Iterator[tuple[int, int, Any]]:
+    """Blocks across the stored minor axis (columns of CSR, rows of CSC): one regrouping pass, not a scan each."""
+    shape = part.shape
+    major = part.major_axis
+    n_out = shape[1 - major]
+    budget = settings.memory_budget
+    if part.stored_bytes() <= budget // 4:  # small: read once, cut in memory
+        whole = part.read(major, 0, shape[major])
+        bar.update(part.stored_bytes())
+        step = chunk_size or n_out
+        for a in range(0, n_out, step):
+            b = min(n_out, a + step)
+            yield a, b, (whole[:, a:b] if major == 0 else whole[a:b, :])
+        return
+    # rows of M: for CSR, M = A (pieces are columns of A); for CSC, M = A.T (pieces are rows of A)
+    blocks = iter_major(part, None, 32, budget, bar)
+    rows_of_m = ((a, b, blk if major == 0 else blk.T.tocsr()) for a, b, blk in blocks)
+    m_rows, m_cols = (shape[0], shape[1]) if major == 0 else (shape[1], shape[0])
+    step = chunk_size or None
+    pieces = transposed_blocks(rows_of_m, m_rows, m_cols, part.dtype, budget=budget, align=step or 1, bar=bar)
+    for c0, c1, piece in pieces:
+        for a in range(c0, c1, step or (c1 - c0)):
+            b = min(c1, a + (step or (c1 - c0)))
+            sub = piece[a - c0 : b - c0]  # rows of M.T
+            yield a, b, (sub.T.tocsr() if major == 0 else sub.tocsc())
+
+
+def _convert_blocks(shadow: AnnDataShadow, blocks: Iterator) -> Iterator[tuple[int, int, Any]]:
+    name = shadow._array_backend
+    if name == "numpy" or shadow._lazy:
+        yield from blocks
+        return
+    from .backends import get_array_backend
+
+    backend = get_array_backend(name)
+    for a, b, block in blocks:
+        yield a, b, (block if backend.from_source else backend.convert(block))
+
+
+# --- streaming a shadow into a new file -------------------------------------------------------------------------------
+def write_subset(
+    shadow: AnnDataShadow,
+    path: str | os.PathLike,
+    file_format: str = "h5ad",
+    *,
+    chunk_size: int | None = None,
+    progress: bool | None = None,
+    compression: str | None = None,
+    compression_opts: Any = None,
+    zarr_format: int | None = None,
+    options: WriteOptions | None = None,
+) -> Path:
+    """Stream a shadow (or a view) into a new ``.h5ad`` file or zarr store.
+
+    No whole matrix is held: sparse matrices are appended in blocks of rows (columns for CSC), dense ones in
+    blocks of rows; obs/var/uns and other small elements are written by ``anndata.io.write_elem``.  The result
+    equals ``anndata.read_h5ad(src)[idx]`` written by anndata (unused categories of obs/var dropped, colors in
+    ``uns`` trimmed, ``raw`` with the view's cells and all its genes), and pending in-memory changes are included.
+
+    Parameters
+    ----------
+    shadow
+        The shadow or view to write.
+    path
+        Destination file (h5ad) or directory (zarr); replaced if it exists.  It is written under a staging name
+        and moved into place at the end, so a crash never leaves a half-written destination.
+    file_format
+        ``"h5ad"`` or ``"zarr"``.
+    chunk_size
+        Major positions per block (default: sized by ``shadows.settings.memory_budget``).
+    progress
+        Show a progress bar (``None``: follow ``shadows.settings``).
+    compression, compression_opts
+        h5py compression for every array (as in ``AnnData.write_h5ad``).
+    zarr_format
+        2 or 3 (default ``anndata.settings.zarr_write_format``).
+    options
+        Advanced: a :class:`~shadows.matrix_write.WriteOptions` (conversions and transforms, used by
+        :func:`shadows.convert` and :mod:`shadows.pp`); the keyword arguments above override its fields.
+
+    Returns
+    -------
+    The path written.
+    """
+    if file_format not in ("h5ad", "zarr"):
+        raise ValueError(f"file_format must be 'h5ad' or 'zarr', got {file_format!r}")
+    dst = Path(os.fspath(path))
+    src = Path(shadow._storage.filename)
+    if dst.exists() and src.exists() and os.path.samefile(dst, src):
+        raise ValueError(f"Cannot stream '{shadow._storage.describe()}' into the file it is read from ('{dst}')")
+    opts = options or WriteOptions()
+    if chunk_size is not None:
+        opts.chunk_size = chunk_size
+    if compression is not None:
+        opts.compression, opts.compression_opts = compression, compression_opts
+    if opts.tmpdir is None:
+        opts.tmpdir = dst.parent
+    out = Output(dst, "h5" if file_format == "h5ad" else "zarr", zarr_format)
+    from .stream_write import write_anndata
+
+    with out:
+        write_anndata(shadow, out.root, options=opts, progress=progress)
+        return out.commit()

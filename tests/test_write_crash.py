@@ -1,0 +1,336 @@
+"""Crash safety of write(): a writer killed with SIGKILL at any moment leaves a file anndata still reads, with every
+earlier element intact and each element being written either absent or complete; a later writer then works.
+
+Kill points are of two kinds: *in the data* (once a given fraction of the bytes that the same write puts down
+uninterrupted has reached the disk: the HDF5 file's size, the zarr staging directory's) and *at a step* (the child
+is paused right after a named step of ``shadows.write_h5`` / ``shadows.write_zarr`` and killed there).  Children are
+started ahead of time, so that their imports overlap with the checks of earlier kill points.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from oracle import assert_element_equal, read_oracle, store_path, write_adata
+
+from shadows import AnnDataShadow
+
+N_OBS = 2000
+
+# The child: imports, then waits for its orders on stdin, so that it can be started before it is needed.
+_CHILD = textwrap.dedent(
+    """
+    import json, sys, time
+    import numpy as np
+    import shadows.write_h5 as wh
+    import shadows.write_zarr as wz
+    from shadows import AnnDataShadow
+
+    print("ready", flush=True)
+    cfg = json.loads(sys.stdin.readline())
+
+    def pause(tag):
+        print(tag, flush=True)
+        time.sleep(600)  # the parent kills us here
+
+    def after(module, name, nth=1):
+        # pause right after the nth call of module.name returns
+        orig, calls = getattr(module, name), [0]
+        def wrapped(*a, **k):
+            out = orig(*a, **k)
+            calls[0] += 1
+            if calls[0] == nth:
+                pause(f"paused after {name}")
+            return out
+        setattr(module, name, wrapped)
+
+    def before(module, name):
+        orig = getattr(module, name)
+        def wrapped(*a, **k):
+            pause(f"paused before {name}")
+            return orig(*a, **k)
+        setattr(module, name, wrapped)
+
+    step = cfg["step"]
+    if step:
+        kind, module, name, *nth = step
+        (after if kind == "after" else before)(wh if module == "h5" else wz, name, *nth)
+    exec(cfg["edits"])
+    print("writing", flush=True)
+    s.write(overwrite=True)
+    print("done", flush=True)
+    """
+)
+
+# The write every child (and the timing run) makes: a large new element, a replaced one, a new and a changed obs
+# column, a small uns entry.
+_EDITS = """
+s = AnnDataShadow(cfg["path"], mode="r+")
+s.obsm["huge"] = np.random.default_rng(0).random((cfg["n_obs"], cfg["n_cols"]), dtype=np.float32)
+s.obsm["X_pca"] = np.full((cfg["n_obs"], 4), 7.0, dtype=np.float32)
+s.obs["newcol"] = np.arange(cfg["n_obs"], dtype=np.int64)
+s.obs["score"] = np.ones(cfg["n_obs"])
+s.uns["after"] = "x"
+"""
+
+
+def base_adata() -> ad.AnnData:
+    rng = np.random.default_rng(0)
+    a = ad.AnnData(
+        X=sp.random(N_OBS, 50, density=0.05, format="csr", random_state=0, dtype=np.float32),
+        obs=pd.DataFrame(
+            {"group": pd.Categorical(rng.choice(["a", "b"], N_OBS)), "score": rng.normal(size=N_OBS)},
+            index=[f"c{i}" for i in range(N_OBS)],
+        ),
+    )
+    a.obsm["X_pca"] = rng.normal(size=(N_OBS, 4)).astype(np.float32)
+    a.layers["dense"] = rng.random((N_OBS, 50)).astype(np.float32)
+    a.obsp["graph"] = sp.random(N_OBS, N_OBS, density=0.001, format="csr", random_state=1)
+    a.uns["params"] = {"k": 3}
+    return a
+
+
+class Children:
+    """Child writers started ahead of time; each takes one set of orders."""
+
+    def __init__(self, n: int, log_dir: Path):
+        self.log_dir = log_dir
+        self.started = 0
+        self.waiting = [self._start() for _ in range(min(n, 3))]
+        self.left = n - len(self.waiting)
+
+    def _start(self) -> subprocess.Popen:
+        env = {**os.environ, "PYTHONWARNINGS": "ignore"}  # anndata/zarr format advice would flood the log
+        self.started += 1
+        err = open(self.log_dir / f"child{self.started}.err", "w")  # noqa: SIM115 - the child writes it
+        p = subprocess.Popen(
+            [sys.executable, "-c", _CHILD],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+        )
+        p.err_path = Path(err.name)
+        err.close()
+        return p
+
+    def take(self) -> subprocess.Popen:
+        p = self.waiting.pop(0)
+        if self.left > 0:  # keep the pipeline full without holding many idle interpreters
+            self.waiting.append(self._start())
+            self.left -= 1
+        line = p.stdout.readline().strip()
+        assert line == "ready", f"child writer failed to start: {p.err_path.read_text()[-2000:]}"
+        return p
+
+    def close(self) -> None:
+        for p in self.waiting:
+            p.kill()
+            p.wait()
+
+
+def written_bytes(path: Path) -> int:
+    """Bytes the writer has put down so far: the HDF5 file's size, or the zarr staging directory's."""
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for stage in path.parent.glob(f".{path.name}.shadows-write-*"):
+        for f in stage.rglob("*"):
+            try:
+                total += f.stat().st_size
+            except FileNotFoundError:  # moved or removed meanwhile
+                pass
+    return total
+
+
+def kill_at(children: Children, path: Path, n_cols: int, *, step=None, target: int | None = None) -> str:
+    """Run one child writer on ``path`` and SIGKILL it right after ``step``, or once ``target`` bytes are written.
+
+    Returns what the child had reached: ``"killed at <n> MB"``, ``"killed after <step>"`` or ``"finished"``.
+    """
+    p = children.take()
+    cfg = {"path": str(path), "n_obs": N_OBS, "n_cols": n_cols, "step": step, "edits": _EDITS}
+    p.stdin.write(json.dumps(cfg) + "\n")
+    p.stdin.flush()
+    line = p.stdout.readline().strip()
+    assert line == "writing", f"child stopped before writing: {line!r} {p.err_path.read_text()[-2000:]}"
+    if step is not None:
+        line = p.stdout.readline().strip()
+        assert line.startswith("paused"), f"child never reached {step}: {line!r}"
+        outcome = f"killed {line[len('paused ') :]}"
+    else:
+        deadline = time.monotonic() + 300
+        while (n := written_bytes(path)) < target and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        outcome = f"killed at {n / 1e6:.0f} MB written"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    rest = p.stdout.read()
+    p.stdout.close()
+    p.stdin.close()
+    if "done" in rest:
+        outcome = "finished"
+    return outcome
+
+
+def expected_values(n_cols: int) -> dict:
+    return {
+        "huge": np.random.default_rng(0).random((N_OBS, n_cols), dtype=np.float32),
+        "X_pca": np.full((N_OBS, 4), 7.0, dtype=np.float32),
+        "newcol": np.arange(N_OBS, dtype=np.int64),
+        "score": np.ones(N_OBS),
+    }
+
+
+def check_file(path: Path, before: ad.AnnData, new: dict) -> dict:
+    """anndata reads the file; untouched elements are intact; each element being written is absent or whole."""
+    after = read_oracle(path)
+    assert_element_equal(after.X, before.X, "X")
+    assert_element_equal(after.layers["dense"], before.layers["dense"], "layers/dense")
+    assert_element_equal(after.obsp["graph"], before.obsp["graph"], "obsp/graph")
+    assert_element_equal(after.obs["group"], before.obs["group"], "obs/group")
+    assert after.uns["params"]["k"] == 3
+    seen = {}
+    seen["huge"] = "huge" in after.obsm
+    if seen["huge"]:
+        np.testing.assert_array_equal(after.obsm["huge"], new["huge"], err_msg="obsm/huge is incomplete")
+    if "X_pca" in after.obsm:  # replaced: the old one or the new one, never a mixture
+        old = np.array_equal(after.obsm["X_pca"], before.obsm["X_pca"])
+        assert old or np.array_equal(after.obsm["X_pca"], new["X_pca"]), "obsm/X_pca is neither old nor new"
+    if "newcol" in after.obs.columns:
+        np.testing.assert_array_equal(after.obs["newcol"].to_numpy(), new["newcol"])
+    if "score" in after.obs.columns:
+        sc = after.obs["score"].to_numpy()
+        assert np.array_equal(sc, before.obs["score"].to_numpy()) or np.array_equal(sc, new["score"])
+    if "after" in after.uns:
+        assert after.uns["after"] == "x"
+    return seen
+
+
+def later_writer(path: Path, i: int, before: ad.AnnData, new: dict) -> None:
+    """After a crash, a new writer works, and what the killed one left stays consistent."""
+    s = AnnDataShadow(path, mode="r+")
+    s.obsm[f"later{i}"] = np.full((N_OBS, 2), float(i))
+    s.write()
+    s.close()
+    assert f"later{i}" in read_oracle(path).obsm
+    check_file(path, before, new)  # zarr: consolidating again surfaces what was moved in; it must be whole
+
+
+def reference_run(path: Path, n_cols: int) -> tuple[float, int, int]:
+    """The same write uninterrupted, on a copy: its duration, the bytes before it and the bytes it puts down."""
+    copy = _copy(path, path.with_name("reference" + path.suffix))
+    cfg = {"path": str(copy), "n_obs": N_OBS, "n_cols": n_cols}
+    exec(_EDITS, {"AnnDataShadow": AnnDataShadow, "np": np, "cfg": cfg}, scope := {})
+    base = copy.stat().st_size if copy.is_file() else 0
+    t0 = time.perf_counter()
+    scope["s"].write(overwrite=True)
+    elapsed = time.perf_counter() - t0
+    scope["s"].close()
+    if copy.is_file():
+        grown = copy.stat().st_size - base
+    else:
+        grown = sum(f.stat().st_size for f in (copy / "obsm" / "huge").rglob("*") if f.is_file())
+    shutil.rmtree(copy) if copy.is_dir() else copy.unlink()
+    return elapsed, base, grown
+
+
+H5_STEPS = [
+    ("before", "h5", "_commit"),  # everything staged and flushed, nothing linked
+    ("after", "h5", "_commit", 1),  # the large element linked, the rest not
+    ("after", "h5", "_link", 5),  # obs: the new column linked, column-order not yet updated
+    ("before", "h5", "_commit_frame"),
+]
+ZARR_STEPS = [
+    ("after", "zarr", "_hide_from_consolidated"),  # replaced elements dropped from the metadata, nothing moved
+    ("after", "zarr", "_commit", 1),  # the large element moved in, not yet consolidated
+    ("after", "zarr", "_commit_frame"),  # everything moved, not yet consolidated
+]
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    if dst.exists():
+        shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
+    shutil.copytree(src, dst) if src.is_dir() else shutil.copyfile(src, dst)
+    return dst
+
+
+def run_kills(tmp_path: Path, fmt: str, zarr_format: int | None, n_cols: int, fractions, steps) -> list[tuple]:
+    pristine = Path(write_adata(base_adata(), store_path(tmp_path, fmt, zarr_format), zarr_format=zarr_format))
+    path = pristine.with_name("work" + pristine.suffix)
+    before = read_oracle(pristine)
+    new = expected_values(n_cols)
+    children = Children(len(fractions) + len(steps), tmp_path)
+    report = []
+    try:
+        duration, base, grown = reference_run(pristine, n_cols)
+        plan = [("data", f) for f in fractions] + [("step", s) for s in steps]
+        for i, (kind, arg) in enumerate(plan):
+            _copy(pristine, path)  # each kill point starts from the same file
+            if kind == "data":
+                outcome = kill_at(children, path, n_cols, target=base + int(arg * grown))
+            else:
+                outcome = kill_at(children, path, n_cols, step=list(arg))
+            seen = check_file(path, before, new)
+            report.append((kind, arg, outcome, "huge present" if seen["huge"] else "huge absent"))
+            later_writer(path, i, before, new)
+    finally:
+        children.close()
+    print(f"\n{fmt}{zarr_format or ''}: uninterrupted write {duration:.2f}s, {grown / 1e6:.0f} MB")
+    for row in report:
+        print("  ", *row)
+    return report
+
+
+def _assert_killed_mid_write(report: list[tuple]) -> None:
+    assert all(r[2] != "finished" for r in report), f"a writer finished before it was killed: {report}"
+
+
+@pytest.mark.parametrize(("fmt", "zarr_format"), [("h5ad", None), ("zarr", 3)], ids=["h5ad", "zarr3"])
+def test_killed_writer_leaves_file_readable(tmp_path, fmt, zarr_format):
+    # ~100 MB written per attempt; a few kill points (the slow variant below has more, and larger)
+    steps = H5_STEPS[:2] if fmt == "h5ad" else ZARR_STEPS[::2]
+    fractions = (0.2, 0.7) if fmt == "h5ad" else (0.5,)
+    report = run_kills(tmp_path, fmt, zarr_format, 12_500, fractions, steps)
+    _assert_killed_mid_write(report)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("fmt", "zarr_format"), [("h5ad", None), ("zarr", 2), ("zarr", 3)], ids=["h5ad", "zarr2", "zarr3"]
+)
+def test_killed_writer_leaves_file_readable_large(tmp_path, fmt, zarr_format):
+    # 480 MB per attempt, ten or eleven kill points
+    steps = H5_STEPS if fmt == "h5ad" else ZARR_STEPS
+    fractions = (0.02, 0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 0.97)[: 11 - len(steps)]
+    report = run_kills(tmp_path, fmt, zarr_format, 60_000, fractions, steps)
+    _assert_killed_mid_write(report)
+
+
+def test_h5_file_reopens_for_writing_after_a_crash(tmp_path):
+    """A killed HDF5 writer leaves no lock and no 'file is open for writing' mark behind."""
+    import h5py
+
+    path = Path(write_adata(base_adata(), tmp_path / "k.h5ad"))
+    children = Children(1, tmp_path)
+    try:
+        kill_at(children, path, 2_000, step=["after", "h5", "_commit", 1])
+    finally:
+        children.close()
+    with h5py.File(path, "r+") as f:
+        assert "obsm" in f
+    assert "huge" in read_oracle(path).obsm
