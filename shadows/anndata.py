@@ -18,7 +18,7 @@ import scipy.sparse as sp
 
 from . import index as ix
 from .backends import check_backend_name, get_array_backend, get_table_backend
-from .compat import check_attached, detach, matrix_is_only_sliced, subset_in_place
+from .compat import SlicedMatrix, check_attached, detach, matrix_is_only_sliced, subset_in_place
 from .elements import ReadContext, encoding_of, read_element, read_frame_parts
 from .elements.frames import inferred_strings
 from .elements.legacy import categories_from_uns, legacy_uns_keys
@@ -407,7 +407,7 @@ class AnnDataShadow(anndata.AnnData):
             if "X" not in self._root():
                 return None
             if matrix_is_only_sliced():  # sc.get.obs_df & co. slice a few genes out of it: read only those
-                return LazyArray(ElementSource.from_storage(self._storage, "X", (self._oidx, self._vidx)))
+                return SlicedMatrix(self, "X", (self._oidx, self._vidx))
             self._cache[k] = self._read("X", (self._oidx, self._vidx))
         return self._cache[k]
 
@@ -683,6 +683,7 @@ class AnnDataShadow(anndata.AnnData):
     def _inherit(self, parent: AnnDataShadow, o: ix.Sel, v: ix.Sel) -> None:
         """In-memory additions of the parent are seen, sliced, by its views (as anndata's views see them)."""
         sels = (o, v)
+        self._deleted |= parent._deleted  # and so are its pending deletions
         sources = {**parent._inherited, **parent._pending}
         for k in ("obs", "var"):
             if (

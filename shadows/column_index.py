@@ -93,7 +93,11 @@ def add_column_index(shadow: AnnDataShadow, element: str = "X", *, progress: boo
         else:
             gdir, staging_dir = _zarr_dirs(group)
             _remove_dir(staging_dir)
-            build(zarr.open_group(str(staging_dir), mode="w", zarr_format=group.metadata.zarr_format))
+            try:
+                build(zarr.open_group(str(staging_dir), mode="w", zarr_format=group.metadata.zarr_format))
+            except BaseException:
+                _remove_dir(staging_dir)  # a half-built copy never becomes visible
+                raise
             os.replace(staging_dir, gdir / COLUMN_INDEX)
             _refresh_zarr(shadow)
     finally:

@@ -10,13 +10,15 @@
   Selecting everything changes nothing (``normalize_per_cell`` always "subsets").
 * **Column-only reads.**  ``sc.get.obs_df`` / ``var_df`` (and every plot built on them: violin, dotplot, matrixplot,
   heatmap, ...) take ``adata.X`` (or ``adata.raw.X``) only to slice a few genes (cells) out of it.  When a shadow's
-  matrix is asked for from there, it hands out a :class:`~shadows.lazy.LazyArray`, so only those columns are read.
+  matrix is asked for from there, it hands out a :class:`SlicedMatrix`, so only those columns are read.
 """
 
 from __future__ import annotations
 
 import sys
 from typing import TYPE_CHECKING, Any
+
+from . import index as ix
 
 if TYPE_CHECKING:
     from .anndata import AnnDataShadow
@@ -42,6 +44,36 @@ def matrix_is_only_sliced(depth: int = 2) -> bool:
         return False
 
 
+class SlicedMatrix:
+    """A stored matrix that reads only what it is sliced with, through its shadow's own connection.
+
+    Unlike :class:`~shadows.lazy.LazyArray` (which reads through a per-thread connection cache, so that it pickles)
+    it keeps no file open of its own: ``reopen("r+")`` of the shadow still works afterwards.
+    """
+
+    def __init__(self, shadow: AnnDataShadow, path: str, sel: tuple):
+        from .elements import matrix_info
+        from .storage import is_group
+
+        self._shadow, self._path, self._sel = shadow, path, sel
+        elem = shadow._root()[path]
+        if is_group(elem):
+            self.stored_shape = matrix_info(elem)[1]
+            self.dtype = elem["data"].dtype
+        else:
+            self.stored_shape, self.dtype = tuple(elem.shape), elem.dtype
+        self.shape = tuple(ix.length(s, n) for s, n in zip(sel, self.stored_shape, strict=True))
+        self.ndim = 2
+
+    def __getitem__(self, key: Any) -> Any:
+        from .elements import read_element
+
+        key = key if isinstance(key, tuple) else (key, slice(None))
+        sub = [ix.normalize(k, None, n, axis) for axis, (k, n) in enumerate(zip(key, self.shape, strict=True))]
+        sel = tuple(ix.compose(s, k, n) for s, k, n in zip(self._sel, sub, self.stored_shape, strict=True))
+        return read_element(self._shadow._root()[self._path], sel, self._shadow._ctx())
+
+
 def detach(shadow: AnnDataShadow) -> None:
     """Turn a view into a shadow of its own (anndata's copy-on-write) without reading its elements."""
     if not shadow.is_view:
@@ -56,8 +88,6 @@ def detach(shadow: AnnDataShadow) -> None:
 
 def subset_in_place(shadow: AnnDataShadow, index: Any, axis: int) -> None:
     """``adata._inplace_subset_obs/var(index)`` on a shadow: it becomes a detached shadow of that subset."""
-    from . import index as ix
-
     if axis == 0:
         sel = ix.normalize(index, shadow.obs_names, shadow.n_obs, 0)
         if ix.is_identity(sel, shadow.n_obs):

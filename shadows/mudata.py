@@ -18,7 +18,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import anndata
 import mudata
 import numpy as np
 
@@ -26,24 +25,10 @@ from . import index as ix
 from . import mudata_layout as lay
 from .anndata import AnnDataShadow, _LazyNames
 from .backends import check_backend_name
-from .elements import ReadContext
 from .mapping import ElementMapping
+from .mudata_parts import FileMaps, GlobalShadow, Modalities
 from .mudata_repr import html_repr, text_repr
 from .storage import Storage
-
-
-class _GlobalShadow(AnnDataShadow):
-    """The MuData's own elements over its root group; what ``shadows.write.write_pending`` writes for the MuData."""
-
-    _mudata_root = True
-
-    def _fix_categories(self, name: str, parts: Any, sel: ix.Sel) -> None:
-        # mudata's views slice the global tables with .iloc and keep every category (anndata's views drop unused ones)
-        with anndata.settings.override(remove_unused_categories=False):
-            super()._fix_categories(name, parts, sel)
-
-    def _view_colors(self, key: str, colors: Any) -> Any:
-        return colors  # mudata's views hand out the parent's uns as it is
 
 
 class MuDataShadow(mudata.MuData):
@@ -101,13 +86,13 @@ class MuDataShadow(mudata.MuData):
             raise
         self._backends = {"array_backend": array_backend, "table_backend": table_backend, "lazy": bool(lazy)}
         self._is_view_flag = _view is not None
-        self._global = _GlobalShadow(where, _storage=st.child(""), _view=_view, **self._backends)
+        self._global = GlobalShadow(where, _storage=st.child(""), _view=_view, **self._backends)
         if self._is_view_flag:  # a view stays a view (as mudata's m[:]) even when it selects everything
             g = self._global
             g._oidx = g._oidx if g._oidx is not None else slice(0, g._n_obs_file, 1)
             g._vidx = g._vidx if g._vidx is not None else slice(0, g._n_vars_file, 1)
         self._mods: dict[str, AnnDataShadow] = {}
-        self._maps: dict[tuple[str, str], np.ndarray] = {}
+        self._file_maps = FileMaps(self._global, self._order)
 
     # --- identity -------------------------------------------------------------------------------------------------
     @property
@@ -235,27 +220,8 @@ class MuDataShadow(mudata.MuData):
 
     # --- maps -----------------------------------------------------------------------------------------------------
     def _file_map(self, axis_name: str, mod: str) -> np.ndarray:
-        """``<axis>map/<mod>`` over the file's global axis (derived from the names for mudata < 0.2 files)."""
-        k = (axis_name, mod)
-        if k not in self._maps:
-            root = self._global._root()
-            value = lay.stored_map(root, axis_name, mod)
-            n = self._global._n_obs_file if axis_name == "obs" else self._global._n_vars_file
-            if value is None:
-                ctx = ReadContext(indptr_cache={})
-                names = {m: lay.index_of(root[f"mod/{m}/{axis_name}"], ctx) for m in self._order}
-                derived = lay.derive_maps(
-                    lay.index_of(root[axis_name], ctx), names, self._storage.describe(), axis_name
-                )
-                self._maps.update({(axis_name, m): v for m, v in derived.items()})
-            else:
-                if value.shape[0] != n:
-                    raise ValueError(
-                        f"'{self._storage.describe()}': {axis_name}map/{mod} has {value.shape[0]} entries but the "
-                        f"global {axis_name} has {n}"
-                    )
-                self._maps[k] = value.reshape(-1)  # mudata hands the maps out flat, whatever their stored shape
-        return self._maps[k]
+        """``<axis>map/<mod>`` over the file's global axis."""
+        return self._file_maps.get(axis_name, mod)
 
     def _map(self, axis_name: str, mod: str) -> np.ndarray:
         sel = self._oidx if axis_name == "obs" else self._vidx
@@ -324,6 +290,7 @@ class MuDataShadow(mudata.MuData):
         file_v = ix.compose(self._vidx, v, self._global._n_vars_file)
         st = Storage(self._storage.describe(), mode="r", format=self._storage.format)
         view = type(self)(st.describe(), _storage=st, _view=(file_o, file_v), **self._backends)
+        view._file_maps._maps.update(self._file_maps._maps)  # the same file: maps already read need no second read
         view._inherit(self, o, v)
         return view
 
@@ -451,35 +418,6 @@ class MuDataShadow(mudata.MuData):
         return self is other
 
     __hash__ = object.__hash__
-
-
-class Modalities(Mapping):
-    """``MuDataShadow.mod``: modality name to :class:`AnnDataShadow`, each made on first access and then kept."""
-
-    def __init__(self, mdata: MuDataShadow):
-        self._mdata = mdata
-
-    def __getitem__(self, name: str) -> AnnDataShadow:
-        return self._mdata._modality(name)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self._mdata._order))
-
-    def __len__(self) -> int:
-        return len(self._mdata._order)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._mdata._order
-
-    def __setitem__(self, name: str, value: Any) -> None:
-        raise TypeError(
-            "The modalities of a MuDataShadow are the file's; call .to_memory() for a MuData whose modalities "
-            "can be replaced"
-        )
-
-    def __repr__(self) -> str:
-        parts = [f"{k}: {self[k].n_obs} × {self[k].n_vars}" for k in self]
-        return "Modalities of a MuDataShadow (" + ", ".join(parts) + ")"
 
 
 def _restore(path, mode, format, backends, view) -> MuDataShadow:

@@ -9,9 +9,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from . import index as ix
-from .compat import matrix_is_only_sliced
+from .compat import SlicedMatrix, matrix_is_only_sliced
 from .elements import read_element, read_frame_parts
-from .lazy import ElementSource, LazyArray
 from .storage import attr, is_group
 
 if TYPE_CHECKING:
@@ -55,10 +54,8 @@ class RawShadow:
     def X(self) -> Any:
         cache = self._shadow._cache if self._vidx is None else self._own
         if ("raw", "X:") not in cache and self._path("X") in self._shadow._root() and matrix_is_only_sliced():
-            # sc.get.obs_df & co. slice a few genes out of it: hand out a LazyArray that reads only those
-            return LazyArray(
-                ElementSource.from_storage(self._shadow._storage, self._path("X"), (self._shadow._oidx, self._vidx))
-            )
+            # sc.get.obs_df & co. slice a few genes out of it: hand out a matrix that reads only those
+            return SlicedMatrix(self._shadow, self._path("X"), (self._shadow._oidx, self._vidx))
 
         def read():
             if self._path("X") not in self._shadow._root():

@@ -55,6 +55,8 @@ def new_array(
             kw["maxshape"] = (None,) * len(shape)
         if resizable or compression:
             kw["chunks"] = chunks or _default_chunks(shape, dtype)
+            if not resizable:  # HDF5 refuses chunks larger than a fixed shape
+                kw["chunks"] = tuple(max(1, min(c, n)) for c, n in zip(kw["chunks"], shape, strict=True))
         if compression:
             kw["compression"] = compression
             kw["compression_opts"] = compression_opts

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from .anndata import AnnDataShadow
 
 DELETE = object()  # the value of an operation that removes an element
-_MAPPINGS = ("layers", "obsm", "varm", "obsp", "varp")
 _LEGACY_RAW = ("raw.X", "raw.var", "raw.varm")
 
 

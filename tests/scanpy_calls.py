@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-GENES = ["CD79A", "MS4A1", "CD3D", "FCER1G", "FCGR3A", "NKG7", "PPBP", "LYZ"]
+GENES = ["CD79A", "MS4A1", "CD3D", "FCER1G", "FCGR3A", "NKG7", "GNLY", "LYZ"]
 MARKERS = {"B": ["CD79A", "MS4A1"], "T": ["CD3D"], "NK": ["NKG7"], "Mono": ["FCER1G", "LYZ"]}
 GROUP = "bulk_labels"
 

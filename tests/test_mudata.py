@@ -4,8 +4,13 @@ that object give.
 
 MuData objects are random (2-3 modalities, axis 0 and 1, modalities with different cells or features in their own
 order, sparse and dense X, obsm/obsp/uns on the global and the modality level) and are written by mudata itself to
-``.h5mu`` and to zarr v2 and v3 stores.  Global tables are compared as stored: mudata's ``pull_on_update`` (which
-copies modality columns into the global tables on read in mudata 0.3) is switched off, as mudata 0.4 does by default.
+``.h5mu`` and to zarr v2 and v3 stores.
+
+The shadow's global ``obs``/``var`` are the tables as stored.  mudata's differ in two ways, both undone here to
+compare: mudata 0.3 copies modality columns into them on read unless ``pull_on_update`` is off (it is switched off,
+as in mudata 0.4); and mudata's ``update()`` on read passes them through ``convert_dtypes()`` and back, which changes
+some dtypes (``as_mudata_reads``).  Where mudata itself is wrong (``read_zarr`` of mudata < 0.4 ignores ``axis``;
+views of views; negative int indexers), the oracle is mudata's reading of the same data by another route.
 """
 
 from __future__ import annotations
@@ -334,7 +339,8 @@ def _view_cases(ref):
 
 
 # zarr reads cost ~100x more per element access than HDF5: zarr stores get the cases that differ in kind
-ZARR_VIEW_CASES = ("reverse", "mask", "cells_features", "features_only")
+# (selection logic is the same for every format; these cover reordering, and both axes at once)
+ZARR_VIEW_CASES = ("reverse", "cells_features")
 
 
 def test_views_equal_mudata_views(stored):
@@ -524,17 +530,6 @@ def test_import_without_mudata():
 # --------------------------------------------------------------------------------------
 
 
-def _writer_available() -> bool:
-    try:
-        import shadows.write  # noqa: F401
-        import shadows.write_h5  # noqa: F401
-        import shadows.write_zarr  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _writer_available(), reason="shadows.write (issue #8) not available yet")
 @pytest.mark.parametrize("fmt", [("h5mu", None), ("zarr", 3)], ids=lambda f: f"{f[0]}{f[1] or ''}")
 def test_write_pushes_global_and_modality_changes(tmp_path, fmt):
     m = build_mudata(5, 0, 2, POOL, SUBSETS, [6, 4])
@@ -547,6 +542,8 @@ def test_write_pushes_global_and_modality_changes(tmp_path, fmt):
     sh.uns["added"] = "yes"
     sh.mod["rna"].obsm["X_new"] = emb
     sh.mod["prot"].uns["note"] = prot_note
+    sh.obs["g_new"] = np.arange(12)
+    sh.mod["rna"].obs["c_new"] = [f"x{i}" for i in range(12)]
     assert "▲" in repr(sh)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -558,6 +555,8 @@ def test_write_pushes_global_and_modality_changes(tmp_path, fmt):
     assert ref.uns["added"] == "yes"
     assert_element_equal(ref["rna"].obsm["X_new"], emb, "mudata reads rna obsm")
     assert dict(ref["prot"].uns["note"]) == prot_note
+    assert list(stored_tables(path)["obs"]["g_new"]) == list(range(12))
+    assert list(ref["rna"].obs["c_new"]) == [f"x{i}" for i in range(12)]
     assert_mudata_equal(MuDataShadow(path), ref, "after write", stored=stored_tables(path))
     sh.reopen("r+")
     sh.obsm["X_new"] = joint * 2

@@ -208,3 +208,20 @@ def test_whole_matrix_is_read_once(data):
     sc.pp.pca(s, n_comps=5)
     assert s.X is x1
     assert ("X", "") in s._cache and ("X", "") not in s._pending
+
+
+def test_scanpy_leaves_no_file_open(data, tmp_path):
+    """After plots and column reads, the shadow can still be reopened for writing (HDF5 refuses that while any
+    other handle of the same process has the file open)."""
+    import shutil
+
+    path = tmp_path / "copy.h5ad"
+    shutil.copy(data["dense"]["h5ad"], path)
+    s = AnnDataShadow(path)
+    sc.pl.umap(s, color=[GENES[0], "bulk_labels"], show=False)
+    sc.pl.dotplot(s, GENES[:3], groupby="bulk_labels", show=False)
+    sc.get.obs_df(s, GENES[:2])
+    render_figures()
+    s.obsm["X_test"] = np.zeros((s.n_obs, 2), dtype=np.float32)
+    s.reopen("r+").write().reopen("r")
+    assert "X_test" in AnnDataShadow(path).obsm

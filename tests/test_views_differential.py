@@ -200,7 +200,7 @@ ZARR_STORED = [p for p in STORED if p[0] == "zarr"]
 
 
 @pytest.mark.parametrize("stored", ZARR_STORED, ids=[f"{f}{z}-{x}" for f, z, x in ZARR_STORED], indirect=True)
-@settings(HYPOTHESIS, max_examples=10)
+@settings(HYPOTHESIS, max_examples=8)
 @given(data=st.data())
 def test_random_views_fixed_store(stored, data):
     """Random view chains on fixed zarr stores (zarr writes are slow; h5ad: test_random_views_h5ad)."""

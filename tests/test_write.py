@@ -355,16 +355,24 @@ def test_raw_assignment(path):
     assert s.raw.X.shape == (N_OBS, 5)
 
 
-def test_lazy_and_backend_values_are_written(path):
+def test_lazy_values_are_written(path):
     s = AnnDataShadow(path, mode="r+", lazy=True)
     s.layers["copy"] = s.X  # a LazyArray: read in full when written
     s.write()
     after = read_oracle(path)
     assert_element_equal(after.layers["copy"], after.X, "layers/copy")
+
+
+def test_backend_arrays_are_written(templates, tmp_path):
     torch = pytest.importorskip("torch")
-    s.obsm["t"] = torch.ones((N_OBS, 2))
+    p = fresh(templates, ("h5ad", None), tmp_path)
+    s = AnnDataShadow(p, mode="r+", array_backend="torch")
+    s.obsm["t"] = s.obsm["X_pca"] * 2  # a torch tensor, as this backend hands out
+    s.layers["t"] = torch.ones((N_OBS, N_VARS))
     s.write()
-    np.testing.assert_array_equal(read_oracle(path).obsm["t"], np.ones((N_OBS, 2), dtype=np.float32))
+    after = read_oracle(p)
+    np.testing.assert_array_equal(after.obsm["t"], after.obsm["X_pca"] * 2)
+    np.testing.assert_array_equal(after.layers["t"], np.ones((N_OBS, N_VARS), dtype=np.float32))
 
 
 def test_failed_encoding_links_nothing(path):

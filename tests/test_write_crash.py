@@ -316,7 +316,7 @@ def test_killed_writer_leaves_file_readable(tmp_path, fmt, zarr_format):
 def test_killed_writer_leaves_file_readable_large(tmp_path, fmt, zarr_format):
     # 480 MB per attempt, ten or eleven kill points
     steps = H5_STEPS if fmt == "h5ad" else ZARR_STEPS
-    fractions = (0.02, 0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 0.97)[: 11 - len(steps)]
+    fractions = (0.02, 0.1, 0.25, 0.4, 0.55, 0.7, 0.8, 0.9)[: 11 - len(steps)]
     report = run_kills(tmp_path, fmt, zarr_format, 60_000, fractions, steps)
     _assert_killed_mid_write(report)
 

@@ -36,7 +36,7 @@ _DENSE_HITS = 64
 # Up to this many wanted minor positions, comparisons beat a lookup table (no gather temporary per chunk).
 _FEW_TARGETS = 8
 # Up to this many major positions, read only their indptr entries when indptr is not cached yet.
-_FEW_MAJOR = 256
+_FEW_MAJOR = 4096
 
 
 def matrix_info(group: Any) -> tuple[str, tuple[int, int]]:
@@ -178,6 +178,12 @@ class SparseReader:
         selection), so that "these 6 cells" costs 12 numbers instead of the whole ``indptr``.
         """
         cache = self.ctx.indptr_cache if self.ctx is not None else {}
+        n_major = self.shape[0] if self.format == "csr" else self.shape[1]
+        if self.group.name not in cache and 0 < len(maj_pos) < n_major:
+            lo, hi = int(maj_pos[0]), int(maj_pos[-1]) + 1
+            if hi - lo == len(maj_pos):  # a contiguous range: one slice of indptr
+                part = np.asarray(self.group["indptr"][lo : hi + 1], dtype=np.int64)
+                return part[:-1], part[1:]
         if self.group.name not in cache and 0 < len(maj_pos) <= _FEW_MAJOR:
             want = np.unique(np.concatenate([maj_pos, maj_pos + 1]))
             got = _read_points(self.group["indptr"], want, block_len=len(want) * _DENSE_HITS + 1).astype(np.int64)
@@ -233,6 +239,10 @@ class SparseReader:
             lut = np.full(n_minor, -1, dtype=np.int16 if len(min_pos) < 2**15 else np.int32)
             lut[min_pos] = np.arange(len(min_pos))
         step = scan_step(self.budget)
+        if not is_h5(self.indices) and self.indices.chunks:
+            # whole zarr chunks per step: a chunk cut in two would be decompressed twice
+            c = int(self.indices.chunks[0])
+            step = max(c, step - step % c)
         reader = _ChunkReader(self.indices, step)
         n_major = len(maj_pos)
         # hits arrive in stored order: major non-decreasing, minor increasing within a major position (the lookup
