@@ -103,7 +103,17 @@ class Storage:
         mode = mode or self.mode
         if mode not in MODES:
             raise ValueError(f"Unknown mode {mode!r}; choose one of {list(MODES)}")
+        previous = self.mode if self.file is not None else None
         self.close()
+        try:
+            self._open(mode)
+        except Exception:
+            if previous is not None and previous != mode:
+                self._open(previous)  # a refused reopen("r+") leaves the shadow as it was, still readable
+            raise
+        self.indptr_cache.clear()
+
+    def _open(self, mode: str) -> None:
         self.mode = mode
         if self.kind == "h5":
             try:
@@ -116,6 +126,11 @@ class Storage:
                     f"'{self.filename}' is opened by another process; cannot open it with mode {mode!r} ({e})"
                 ) from e
             except OSError as e:
+                if "already open" in str(e).lower():
+                    raise StorageError(
+                        f"'{self.filename}' is still open in this process in another mode (a view or a lazy array "
+                        f"of it?); close those before opening it with mode {mode!r}: {e}"
+                    ) from e
                 if "lock" in str(e).lower():
                     raise StorageError(
                         f"'{self.filename}' is locked by another process (a writer or readers); "
@@ -127,7 +142,6 @@ class Storage:
                 self.file = zarr.open_group(self.filename, mode=mode)
             except Exception as e:  # zarr raises several types for a broken store
                 raise OSError(f"Cannot open '{self.filename}' as a zarr store: {e}") from e
-        self.indptr_cache.clear()
 
     def close(self) -> None:
         if self.file is not None and self.kind == "h5":

@@ -52,10 +52,10 @@ def assert_same(got: Any, want: Any, where: str = "result") -> None:
         if len(want.columns) == 0 and len(got.columns) == 0:  # the dtype of an empty column index says nothing
             got = got.set_axis(want.columns, axis=1)
         pd.testing.assert_frame_equal(
-            got, want, check_exact=False, rtol=_TOL['rtol'], atol=_TOL['atol'], check_frame_type=False, obj=where
+            got, want, check_exact=False, rtol=_TOL["rtol"], atol=_TOL["atol"], check_frame_type=False, obj=where
         )
     elif isinstance(want, pd.Series):
-        pd.testing.assert_series_equal(got, want, check_exact=False, rtol=_TOL['rtol'], atol=_TOL['atol'], obj=where)
+        pd.testing.assert_series_equal(got, want, check_exact=False, rtol=_TOL["rtol"], atol=_TOL["atol"], obj=where)
     elif isinstance(want, pd.Index):
         pd.testing.assert_index_equal(got, want, obj=where)
     elif isinstance(want, pd.Categorical):
@@ -77,7 +77,9 @@ def assert_same(got: Any, want: Any, where: str = "result") -> None:
     elif _is_plot(want):
         assert type(got) is type(want), f"{where}: {type(got).__name__} vs {type(want).__name__}"
     elif isinstance(want, float | np.floating):
-        assert np.isclose(got, want, rtol=_TOL['rtol'], atol=_TOL['atol'], equal_nan=True), f"{where}: {got!r} != {want!r}"
+        assert np.isclose(got, want, rtol=_TOL["rtol"], atol=_TOL["atol"], equal_nan=True), (
+            f"{where}: {got!r} != {want!r}"
+        )
     else:
         assert got == want, f"{where}: {got!r} != {want!r}"
 
@@ -93,7 +95,7 @@ def assert_array_same(got: np.ndarray, want: np.ndarray, where: str) -> None:
         np.testing.assert_array_equal(g, w, err_msg=f"{where} (missing values)")
         np.testing.assert_array_equal(got.ravel()[~g], want.ravel()[~w], err_msg=where)
     elif want.dtype.kind in "fc" or got.dtype.kind in "fc":
-        np.testing.assert_allclose(got, want, rtol=_TOL['rtol'], atol=_TOL['atol'], equal_nan=True, err_msg=where)
+        np.testing.assert_allclose(got, want, rtol=_TOL["rtol"], atol=_TOL["atol"], equal_nan=True, err_msg=where)
     else:
         np.testing.assert_array_equal(got, want, err_msg=where)
 

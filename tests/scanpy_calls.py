@@ -78,8 +78,14 @@ def _pp(sc) -> list[Call]:
     pp = sc.pp
     return [
         Call("pp.calculate_qc_metrics", lambda a: pp.calculate_qc_metrics(a, inplace=True), "counts", zarr=True),
-        Call("pp.calculate_qc_metrics(qc_vars)", _seq(_mt, lambda a: pp.calculate_qc_metrics(a, qc_vars=["ribo"])), "counts"),
-        Call("pp.calculate_qc_metrics(inplace=False)", lambda a: pp.calculate_qc_metrics(a, percent_top=None), "counts"),
+        Call(
+            "pp.calculate_qc_metrics(qc_vars)",
+            _seq(_mt, lambda a: pp.calculate_qc_metrics(a, qc_vars=["ribo"])),
+            "counts",
+        ),
+        Call(
+            "pp.calculate_qc_metrics(inplace=False)", lambda a: pp.calculate_qc_metrics(a, percent_top=None), "counts"
+        ),
         Call("pp.combat", lambda a: pp.combat(a, key="phase")),
         Call("pp.downsample_counts", lambda a: pp.downsample_counts(a, counts_per_cell=200, random_state=0), "counts"),
         Call("pp.filter_cells(inplace=False)", lambda a: pp.filter_cells(a, min_genes=150, inplace=False), "counts"),
@@ -88,8 +94,14 @@ def _pp(sc) -> list[Call]:
         Call("pp.filter_genes", lambda a: pp.filter_genes(a, min_cells=30), "counts"),
         Call("pp.filter_genes_dispersion", lambda a: pp.filter_genes_dispersion(a, subset=False)),
         Call("pp.highly_variable_genes", lambda a: pp.highly_variable_genes(a, n_top_genes=100)),
-        Call("pp.highly_variable_genes(cell_ranger)", lambda a: pp.highly_variable_genes(a, flavor="cell_ranger", n_top_genes=100)),
-        Call("pp.highly_variable_genes(batch_key)", lambda a: pp.highly_variable_genes(a, n_top_genes=100, batch_key="phase")),
+        Call(
+            "pp.highly_variable_genes(cell_ranger)",
+            lambda a: pp.highly_variable_genes(a, flavor="cell_ranger", n_top_genes=100),
+        ),
+        Call(
+            "pp.highly_variable_genes(batch_key)",
+            lambda a: pp.highly_variable_genes(a, n_top_genes=100, batch_key="phase"),
+        ),
         Call("pp.log1p", lambda a: pp.log1p(a), "counts", zarr=True),
         Call("pp.neighbors", lambda a: pp.neighbors(a, n_neighbors=10), zarr=True),
         Call("pp.neighbors(key_added)", lambda a: pp.neighbors(a, n_neighbors=5, n_pcs=10, key_added="nn5")),
@@ -131,7 +143,9 @@ def _tl(sc) -> list[Call]:
         Call("tl.paga_degrees", _seq(_paga, lambda a: tl.paga_degrees(a))),
         Call("tl.paga_expression_entropies", _seq(_paga, lambda a: tl.paga_expression_entropies(a))),
         Call("tl.rank_genes_groups", lambda a: tl.rank_genes_groups(a, GROUP), zarr=True),
-        Call("tl.rank_genes_groups(wilcoxon, pts)", lambda a: tl.rank_genes_groups(a, GROUP, method="wilcoxon", pts=True)),
+        Call(
+            "tl.rank_genes_groups(wilcoxon, pts)", lambda a: tl.rank_genes_groups(a, GROUP, method="wilcoxon", pts=True)
+        ),
         Call("tl.rank_genes_groups(logreg)", lambda a: tl.rank_genes_groups(a, "phase", method="logreg", max_iter=50)),
         Call(
             "tl.rank_genes_groups(reference, use_raw=False)",
@@ -154,20 +168,47 @@ def _pl(sc) -> list[Call]:
     return [
         Call("pl.umap(color=gene)", lambda a: pl.umap(a, color="CD79A", **kw), zarr=True),
         Call("pl.umap(color=category)", lambda a: pl.umap(a, color=GROUP, **kw), zarr=True),
-        Call("pl.umap(use_raw=False, several)", lambda a: pl.umap(a, color=["CD3D", "phase", "n_genes"], use_raw=False, **kw)),
-        Call("pl.umap(groups, on data)", lambda a: pl.umap(a, color="louvain", groups=["1", "2"], legend_loc="on data", **kw)),
+        Call(
+            "pl.umap(use_raw=False, several)",
+            lambda a: pl.umap(a, color=["CD3D", "phase", "n_genes"], use_raw=False, **kw),
+        ),
+        Call(
+            "pl.umap(groups, on data)",
+            lambda a: pl.umap(a, color="louvain", groups=["1", "2"], legend_loc="on data", **kw),
+        ),
         Call("pl.umap(view)", lambda a: pl.umap(a[a.obs["phase"] == "G1"], color=["CD79A", GROUP], **kw)),
-        Call("pl.umap(new string column)", _seq(lambda a: a.obs.__setitem__("tag", np.where(a.obs["n_genes"] > 200, "hi", "lo")), lambda a: pl.umap(a, color="tag", **kw))),
+        Call(
+            "pl.umap(new string column)",
+            _seq(
+                lambda a: a.obs.__setitem__("tag", np.where(a.obs["n_genes"] > 200, "hi", "lo")),
+                lambda a: pl.umap(a, color="tag", **kw),
+            ),
+        ),
         Call("pl.embedding", lambda a: pl.embedding(a, basis="X_pca", color=[GROUP, "NKG7"], **kw)),
         Call("pl.pca", lambda a: pl.pca(a, color=GROUP, **kw)),
         Call("pl.pca_loadings", lambda a: pl.pca_loadings(a, components=[1, 2], **kw)),
         Call("pl.pca_overview", lambda a: pl.pca_overview(a, color=GROUP, **kw)),
         Call("pl.pca_variance_ratio", lambda a: pl.pca_variance_ratio(a, **kw)),
         # tl.tsne takes ~30 s of CPU (it is in the table, marked slow); the plot only needs an embedding
-        Call("pl.tsne", _seq(lambda a: a.obsm.__setitem__("X_tsne", a.obsm["X_umap"][:, ::-1]), lambda a: pl.tsne(a, color=GROUP, **kw))),
+        Call(
+            "pl.tsne",
+            _seq(
+                lambda a: a.obsm.__setitem__("X_tsne", a.obsm["X_umap"][:, ::-1]),
+                lambda a: pl.tsne(a, color=GROUP, **kw),
+            ),
+        ),
         Call("pl.diffmap", _seq(_diffmap, lambda a: pl.diffmap(a, color=GROUP, **kw))),
-        Call("pl.draw_graph", _seq(lambda a: sc.tl.draw_graph(a, layout="fr", maxiter=20), lambda a: pl.draw_graph(a, color=GROUP, **kw))),
-        Call("pl.embedding_density", _seq(lambda a: sc.tl.embedding_density(a, basis="umap"), lambda a: pl.embedding_density(a, basis="umap", **kw))),
+        Call(
+            "pl.draw_graph",
+            _seq(lambda a: sc.tl.draw_graph(a, layout="fr", maxiter=20), lambda a: pl.draw_graph(a, color=GROUP, **kw)),
+        ),
+        Call(
+            "pl.embedding_density",
+            _seq(
+                lambda a: sc.tl.embedding_density(a, basis="umap"),
+                lambda a: pl.embedding_density(a, basis="umap", **kw),
+            ),
+        ),
         Call("pl.scatter(obs)", lambda a: pl.scatter(a, x="n_counts", y="n_genes", color=GROUP, **kw)),
         Call("pl.scatter(genes)", lambda a: pl.scatter(a, x="CD79A", y="MS4A1", **kw)),
         Call("pl.violin", lambda a: pl.violin(a, ["CD79A", "n_genes"], groupby=GROUP, **kw)),
@@ -182,27 +223,67 @@ def _pl(sc) -> list[Call]:
         Call("pl.correlation_matrix", lambda a: pl.correlation_matrix(a, GROUP, **kw)),
         Call("pl.dendrogram", lambda a: pl.dendrogram(a, GROUP, **kw)),
         Call("pl.highest_expr_genes", lambda a: pl.highest_expr_genes(a, n_top=10, **kw)),
-        Call("pl.highly_variable_genes", _seq(lambda a: sc.pp.highly_variable_genes(a, n_top_genes=100), lambda a: pl.highly_variable_genes(a, **kw))),
+        Call(
+            "pl.highly_variable_genes",
+            _seq(
+                lambda a: sc.pp.highly_variable_genes(a, n_top_genes=100), lambda a: pl.highly_variable_genes(a, **kw)
+            ),
+        ),
         Call("pl.ranking", lambda a: pl.ranking(a, "obsm", "X_pca", **kw)),
         Call("pl.paga", _seq(_paga, lambda a: pl.paga(a, random_state=0, **kw))),
-        Call("pl.paga_compare", _seq(_paga, lambda a: sc.tl.draw_graph(a, layout="fr", maxiter=20, init_pos="paga"), lambda a: pl.paga_compare(a, basis="draw_graph_fr", **kw))),
-        Call("pl.paga_path", _seq(_paga, _diffmap, _iroot, lambda a: sc.tl.dpt(a), lambda a: pl.paga_path(a, ["0", "1"], genes[:2], **kw))),
-        Call("pl.dpt_groups_pseudotime", _seq(_diffmap, _iroot, lambda a: sc.tl.dpt(a, n_branchings=1), lambda a: pl.dpt_groups_pseudotime(a, show=False))),
-        Call("pl.dpt_timeseries", _seq(_diffmap, _iroot, lambda a: sc.tl.dpt(a, n_branchings=1), lambda a: pl.dpt_timeseries(a, show=False))),
+        Call(
+            "pl.paga_compare",
+            _seq(
+                _paga,
+                lambda a: sc.tl.draw_graph(a, layout="fr", maxiter=20, init_pos="paga"),
+                lambda a: pl.paga_compare(a, basis="draw_graph_fr", **kw),
+            ),
+        ),
+        Call(
+            "pl.paga_path",
+            _seq(
+                _paga, _diffmap, _iroot, lambda a: sc.tl.dpt(a), lambda a: pl.paga_path(a, ["0", "1"], genes[:2], **kw)
+            ),
+        ),
+        Call(
+            "pl.dpt_groups_pseudotime",
+            _seq(
+                _diffmap,
+                _iroot,
+                lambda a: sc.tl.dpt(a, n_branchings=1),
+                lambda a: pl.dpt_groups_pseudotime(a, show=False),
+            ),
+        ),
+        Call(
+            "pl.dpt_timeseries",
+            _seq(_diffmap, _iroot, lambda a: sc.tl.dpt(a, n_branchings=1), lambda a: pl.dpt_timeseries(a, show=False)),
+        ),
         Call("pl.rank_genes_groups", lambda a: pl.rank_genes_groups(a, n_genes=5, **kw)),
         Call("pl.rank_genes_groups_dotplot", lambda a: pl.rank_genes_groups_dotplot(a, n_genes=2, **kw)),
         Call("pl.rank_genes_groups_heatmap", lambda a: pl.rank_genes_groups_heatmap(a, n_genes=2, **kw)),
         Call("pl.rank_genes_groups_matrixplot", lambda a: pl.rank_genes_groups_matrixplot(a, n_genes=2, **kw)),
-        Call("pl.rank_genes_groups_stacked_violin", lambda a: pl.rank_genes_groups_stacked_violin(a, groups=["CD14+ Monocyte", "Dendritic"], n_genes=2, **kw)),
+        Call(
+            "pl.rank_genes_groups_stacked_violin",
+            lambda a: pl.rank_genes_groups_stacked_violin(a, groups=["CD14+ Monocyte", "Dendritic"], n_genes=2, **kw),
+        ),
         Call("pl.rank_genes_groups_tracksplot", lambda a: pl.rank_genes_groups_tracksplot(a, n_genes=2, **kw)),
-        Call("pl.rank_genes_groups_violin", lambda a: pl.rank_genes_groups_violin(a, groups=["CD14+ Monocyte"], n_genes=3, **kw)),
-        Call("pl.scrublet_score_distribution", _seq(lambda a: sc.pp.scrublet(a, random_state=0), lambda a: pl.scrublet_score_distribution(a, **kw)), "counts"),
+        Call(
+            "pl.rank_genes_groups_violin",
+            lambda a: pl.rank_genes_groups_violin(a, groups=["CD14+ Monocyte"], n_genes=3, **kw),
+        ),
+        Call(
+            "pl.scrublet_score_distribution",
+            _seq(lambda a: sc.pp.scrublet(a, random_state=0), lambda a: pl.scrublet_score_distribution(a, **kw)),
+            "counts",
+        ),
     ]
 
 
 def _get_metrics(sc) -> list[Call]:
     return [
-        Call("get.obs_df", lambda a: sc.get.obs_df(a, ["CD79A", GROUP, "n_genes"], obsm_keys=[("X_umap", 0)]), zarr=True),
+        Call(
+            "get.obs_df", lambda a: sc.get.obs_df(a, ["CD79A", GROUP, "n_genes"], obsm_keys=[("X_umap", 0)]), zarr=True
+        ),
         Call("get.obs_df(use_raw)", lambda a: sc.get.obs_df(a, ["CD79A", "MS4A1"], use_raw=True)),
         Call("get.obs_df(counts)", lambda a: sc.get.obs_df(a, ["CD79A", GROUP]), "counts"),
         Call("get.var_df", lambda a: sc.get.var_df(a, [a.obs_names[3], "n_counts"], varm_keys=[("PCs", 1)])),
@@ -222,7 +303,13 @@ def _anndata_api(sc) -> list[Call]:
         Call("AnnData.raw.to_adata", lambda a: a.raw.to_adata()),
         Call("AnnData[hvg].copy", lambda a: a[:, a.var["highly_variable"]].copy()),
         Call("AnnData.obs_vector", lambda a: a.obs_vector("CD79A")),
-        Call("AnnData.strings_to_categoricals", _seq(lambda a: a.obs.__setitem__("tag", np.where(a.obs["n_genes"] > 200, "hi", "lo")), lambda a: a.strings_to_categoricals())),
+        Call(
+            "AnnData.strings_to_categoricals",
+            _seq(
+                lambda a: a.obs.__setitem__("tag", np.where(a.obs["n_genes"] > 200, "hi", "lo")),
+                lambda a: a.strings_to_categoricals(),
+            ),
+        ),
         Call("AnnData.to_df", lambda a: a.to_df()),
     ]
 

@@ -1,0 +1,176 @@
+"""``shadows.convert`` (out-of-core CSR <-> CSC <-> dense) and ``shadows.stats`` (one-pass statistics).
+
+Oracles: the converted file read by anndata equals the source's matrices (in the new format); statistics equal
+numpy's on the dense matrix and scanpy's ``calculate_qc_metrics`` / ``_get_mean_var``.
+"""
+
+from __future__ import annotations
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from oracle import assert_adata_equal, read_oracle
+from stream_data import SOURCES, as_kind, counts, dense_of, rich, write_source
+
+import shadows
+from shadows import AnnDataShadow
+from shadows.transpose import plan_buckets, transposed_blocks
+
+
+# --- convert ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("fmt", "zf", "src_kind", "target"),
+    [
+        ("h5ad", None, "csr", "csc"),
+        ("zarr", 2, "csc", "csr"),
+        ("zarr", 3, "dense", "csc"),
+        ("h5ad", None, "csc", "dense"),
+        ("h5ad", None, "dense", "csr"),
+    ],
+)
+def test_convert_changes_x_and_layers_only(tmp_path, fmt, zf, src_kind, target):
+    path = write_source(rich(kind=src_kind, seed=1), tmp_path, fmt, zf)
+    out = tmp_path / ("out.zarr" if fmt == "zarr" else "out.h5ad")
+    assert shadows.convert(path, out, matrix_format=target) == out
+    back, ref = read_oracle(out), read_oracle(path)
+    for name, got, want in [("X", back.X, ref.X)] + [(k, back.layers[k], ref.layers[k]) for k in ref.layers]:
+        kind = got.format if sp.issparse(got) else "dense"
+        assert kind == target, (name, kind)
+        assert got.dtype == want.dtype, name
+        np.testing.assert_array_equal(dense_of(got), dense_of(want), err_msg=name)
+    # everything else is as it was
+    ref.X = back.X
+    for k in ref.layers:
+        ref.layers[k] = back.layers[k]
+    assert_adata_equal(back, ref, "converted", vectors=False, to_memory=False)
+
+
+def test_convert_out_of_core_with_a_tiny_budget(tmp_path):
+    # the budget forces the scratch file and many buckets: results must not depend on it
+    x = counts(500, 60, seed=9, density=0.2)
+    path = write_source(ad.AnnData(X=sp.csr_matrix(x)), tmp_path, "h5ad", None)
+    with shadows.settings.override(memory_budget=2**16):
+        shadows.convert(path, tmp_path / "csc.h5ad", "csc", layers=False)
+        shadows.convert(tmp_path / "csc.h5ad", tmp_path / "back.h5ad", "csr")
+    csc, csr = read_oracle(tmp_path / "csc.h5ad").X, read_oracle(tmp_path / "back.h5ad").X
+    assert csc.format == "csc" and csr.format == "csr"
+    assert csc.has_sorted_indices and csr.has_sorted_indices
+    np.testing.assert_array_equal(csc.toarray(), x)
+    np.testing.assert_array_equal(csr.toarray(), x)
+    with h5py.File(tmp_path / "csc.h5ad") as f:
+        assert f["X/data"].chunks is None  # the size is known in advance: contiguous, like anndata's
+
+
+def test_convert_a_view_and_refuse_unknown_formats(tmp_path):
+    a = rich(kind="csr")
+    path = write_source(a, tmp_path, "h5ad", None)
+    cells, genes = np.arange(1, 40, 2), np.array([5, 0, 9, 3])
+    with AnnDataShadow(path) as s:
+        shadows.convert(s[cells, genes], tmp_path / "v.h5ad", "csc")
+        with pytest.raises(ValueError, match="matrix_format"):
+            shadows.convert(s, tmp_path / "x.h5ad", "coo")
+    back = read_oracle(tmp_path / "v.h5ad")
+    assert back.X.format == "csc"
+    np.testing.assert_array_equal(back.X.toarray(), dense_of(read_oracle(path)[cells, genes].X))
+
+
+def test_transposer_pieces_and_bucket_plans():
+    rng = np.random.default_rng(0)
+    m = sp.random(97, 31, density=0.2, format="csr", random_state=1, dtype=np.float32)
+    blocks = [(a, min(97, a + 10), m[a : a + 10]) for a in range(0, 97, 10)]
+    for in_memory in (True, False):
+        pieces = list(transposed_blocks(iter(blocks), 97, 31, np.float32, budget=2**16, in_memory=in_memory, align=4))
+        assert all(c0 % 4 == 0 for c0, _, _ in pieces) and pieces[-1][1] == 31
+        got = sp.vstack([p for _, _, p in pieces]).T
+        np.testing.assert_array_equal(got.toarray(), m.toarray())
+    plan = plan_buckets(rng.integers(0, 100, 50), target=300, align=5, max_cols=15)
+    assert plan[0][0] == 0 and plan[-1][1] == 50
+    assert all(b - a <= 15 and a % 5 == 0 for a, b in plan)
+    with pytest.raises(ValueError, match="consecutive"):
+        list(transposed_blocks(iter(blocks[1:]), 97, 31, np.float32))
+
+
+# --- stats --------------------------------------------------------------------------------------------------------------
+def _signed(kind: str) -> ad.AnnData:
+    """Negative values, explicit zeros, a full column and an integer layer: the corners of the statistics."""
+    x = counts(45, 12, seed=4)
+    x[::3] -= 2.5 * (x[::3] > 0)  # negative values
+    x[:, 5] = np.arange(45) + 1  # a column without zeros: its minimum comes from the values
+    m = as_kind(x, kind)
+    if sp.issparse(m):
+        m.data[:4] = 0  # explicit zeros: stored but not non-zero
+    a = ad.AnnData(X=m)
+    a.layers["ints"] = sp.csr_matrix(np.abs(x).astype(np.int32))
+    return a
+
+
+@pytest.mark.parametrize(("fmt", "zf"), SOURCES)
+@pytest.mark.parametrize("kind", ["csr", "csc", "dense"])
+def test_stats_equal_numpy(tmp_path, fmt, zf, kind):
+    a = _signed(kind)
+    path = write_source(a, tmp_path, fmt, zf)
+    cells, genes = np.array([3, 1, 2, 10, 11, 12, 30, 44]), np.array([5, 0, 7, 11])
+    with AnnDataShadow(path) as s:
+        for obj, x in ((s, dense_of(a.X)), (s[cells, genes], dense_of(a.X)[np.ix_(cells, genes)])):
+            for axis in (0, 1):
+                for chunk in (None, 4):
+                    st = shadows.stats(obj, axis=axis, chunk_size=chunk)
+                    _check_stats(st, x, axis)
+        st = shadows.stats(s, axis=0, layer="ints")
+        _check_stats(st, dense_of(a.layers["ints"]), 0)
+        assert st["min"].dtype == np.int32
+
+
+def _check_stats(st: dict, x: np.ndarray, axis: int) -> None:
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(st["sum"], x64.sum(axis=axis), rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(st["mean"], x64.mean(axis=axis), rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(st["var"], x64.var(axis=axis, ddof=1), rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(st["nnz"], (x != 0).sum(axis=axis))
+    np.testing.assert_array_equal(st["min"], x.min(axis=axis))
+    np.testing.assert_array_equal(st["max"], x.max(axis=axis))
+
+
+def test_stats_with_a_tiny_budget_pending_values_and_frames(tmp_path):
+    x = counts(400, 30, seed=2)
+    path = write_source(ad.AnnData(X=sp.csr_matrix(x)), tmp_path, "h5ad", None)
+    with shadows.settings.override(memory_budget=2**16), AnnDataShadow(path) as s:
+        _check_stats(shadows.stats(s, axis=0), x, 0)
+        df = shadows.stats(s, axis=1, as_frame=True)
+        assert list(df.index) == list(s.obs_names) and list(df.columns) == ["sum", "mean", "var", "nnz", "min", "max"]
+        s.layers["scaled"] = x * 3
+        _check_stats(shadows.stats(s, axis=0, layer="scaled"), x * 3, 0)
+    _check_stats(shadows.stats(path, axis=1), x, 1)  # a path works too
+    with pytest.raises(ValueError, match="axis"):
+        shadows.stats(path, axis=2)
+
+
+def test_stats_equal_scanpy(tmp_path):
+    sc = pytest.importorskip("scanpy")
+    from scanpy.preprocessing._utils import _get_mean_var
+
+    x = counts(60, 20, seed=8)
+    a = ad.AnnData(X=sp.csr_matrix(x))
+    path = write_source(a, tmp_path, "h5ad", None)
+    genes = shadows.stats(path, axis=0)
+    cells = shadows.stats(path, axis=1)
+    qc_cells, qc_genes = sc.pp.calculate_qc_metrics(a, percent_top=None, inplace=False)
+    np.testing.assert_array_equal(genes["nnz"], qc_genes["n_cells_by_counts"].to_numpy())
+    np.testing.assert_allclose(genes["sum"], qc_genes["total_counts"].to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(genes["mean"], qc_genes["mean_counts"].to_numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(cells["nnz"], qc_cells["n_genes_by_counts"].to_numpy())
+    np.testing.assert_allclose(cells["sum"], qc_cells["total_counts"].to_numpy(), rtol=1e-6)
+    mean, var = _get_mean_var(a.X)
+    np.testing.assert_allclose(genes["mean"], mean, rtol=1e-6)
+    np.testing.assert_allclose(genes["var"], var, rtol=1e-6)
+    # highly_variable_genes' dispersions (cell_ranger flavour works on the values as they are)
+    hvg = sc.pp.highly_variable_genes(a, flavor="cell_ranger", inplace=False, n_top_genes=5)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dispersion = genes["var"] / genes["mean"]
+    np.testing.assert_allclose(hvg["means"].to_numpy(), genes["mean"], rtol=1e-5, atol=1e-9)  # scanpy: 0 -> 1e-12
+    ok = np.isfinite(dispersion)
+    np.testing.assert_allclose(hvg["dispersions"].to_numpy()[ok], dispersion[ok], rtol=1e-5)
+    assert isinstance(shadows.stats(path, as_frame=True), pd.DataFrame)
