@@ -495,7 +495,7 @@ class AnnDataShadow(anndata.AnnData):
             sel = self._oidx if name == "obs" else self._vidx
             if is_group(g):
                 idx_key = attr(g, "_index")
-                values = inferred_strings(read_element(g[idx_key], (sel,), self._ctx()))
+                values = inferred_strings(read_element(g[idx_key], (sel,), self._ctx()), g[idx_key])
                 self._cache[k] = pd.Index(values, name=None if idx_key == "_index" else idx_key)
             else:
                 self._cache[k] = pd.Index(read_frame_parts(g, (sel,), self._ctx()).index)

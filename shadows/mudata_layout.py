@@ -16,7 +16,7 @@ import pandas as pd
 
 from . import index as ix
 from .elements import ReadContext, read_frame_parts
-from .storage import attr, is_group
+from .storage import attr, is_group, is_h5
 
 AXES = ("obs", "var")
 
@@ -51,9 +51,13 @@ def modality_order(root: Any) -> list[str]:
     """Modality names in the user's order.
 
     The ``mod-order`` attribute of ``mod`` is used when it names exactly the stored modalities; mudata's
-    specification says to ignore it when it misses some (or names absent ones), and then the stored order is kept.
+    specification says to ignore it when it misses some (or names absent ones), and then the stored order is kept:
+    HDF5's (alphabetical, as the specification says they are stored), or alphabetical for zarr, whose listing
+    order depends on the store.
     """
     stored = [str(k) for k in root["mod"].keys()]
+    if not is_h5(root):
+        stored = sorted(stored)
     order = attr(root["mod"], "mod-order")
     if isinstance(order, str):
         order = [order]

@@ -50,8 +50,8 @@ def normalize_total(
     dst
         The new file (``.h5ad``) or store (``.zarr``); replaced if it exists.
     target_sum
-        Total of every cell after normalisation; ``None``: the median of the cells' totals (scanpy's rule: over
-        all cells for sparse matrices, over cells with non-zero totals for dense ones).
+        Total of every cell after normalisation; ``None``: the median of the non-zero totals of the cells (as
+        scanpy >= 1.12 does).
     exclude_highly_expressed, max_fraction
         Leave out of the totals the genes that make up more than ``max_fraction`` of some cell's total.
     key_added
@@ -84,8 +84,8 @@ def normalize_total(
         counts = counts.astype(out_dtype)
         if np.any(counts == 0):
             warnings.warn("Some cells have zero counts", UserWarning, stacklevel=2)
-        if target_sum is None:
-            target_sum = np.median(counts) if source.sparse else np.median(counts[counts > 0])
+        if target_sum is None:  # scanpy >= 1.12 (1.11 took all cells for CSR matrices)
+            target_sum = np.median(counts[counts > 0]) if np.any(counts > 0) else np.float32(1)
         factors = counts / target_sum
         divisors = factors + (factors == 0)  # scanpy leaves cells with no counts as they are
 

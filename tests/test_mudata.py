@@ -421,7 +421,8 @@ def test_missing_modality_lists_modalities(h5mu):
 def test_anndata_files_are_refused(tmp_path, h5mu):
     a = ad.AnnData(np.ones((3, 2), dtype=np.float32))
     for p in (tmp_path / "a.h5ad", tmp_path / "a.zarr"):
-        a.write_h5ad(p) if p.suffix == ".h5ad" else a.write_zarr(p)
+        with quiet():
+            a.write_h5ad(p) if p.suffix == ".h5ad" else a.write_zarr(p)
         with pytest.raises(ValueError, match="AnnDataShadow"):
             MuDataShadow(p)
     with pytest.raises(ValueError, match="AnnDataShadow"):

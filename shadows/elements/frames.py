@@ -97,18 +97,26 @@ def read_whole_then_take(elem: Any, sel: tuple, ctx: ReadContext) -> Any:
 _STRINGS = pd.Index(np.array(["a"], dtype=object)).dtype
 
 
-def inferred_strings(values: Any) -> Any:
-    """An empty array of strings (from an empty selection) as the dtype pandas infers for a non-empty one: pandas 3
-    infers "str" from strings but leaves an empty object array object, while anndata's views (slices of the whole
-    table) keep "str"."""
+def inferred_strings(values: Any, stored: Any) -> Any:
+    """An empty array of strings read from a non-empty stored one (an empty selection) as the dtype pandas infers
+    for strings: pandas 3 infers "str" from strings but leaves an empty object array object, while anndata's views
+    (slices of the whole table) keep "str".  An empty stored array stays as anndata reads it (object)."""
     if (
         _STRINGS != np.dtype(object)
         and isinstance(values, np.ndarray)
         and values.dtype.kind in "OUT"
         and len(values) == 0
+        and _stored_length(stored) > 0
     ):
         return pd.array(values.astype(object), dtype=_STRINGS)
     return values
+
+
+def _stored_length(elem: Any) -> int:
+    if is_group(elem):  # nullable-string-array and the like: their values array
+        elem = elem["values"] if "values" in elem else None
+    shape = getattr(elem, "shape", None)
+    return int(shape[0]) if shape else 0
 
 
 @dataclass
@@ -128,8 +136,8 @@ class FrameParts:
 
     def to_pandas(self) -> pd.DataFrame:
         df = pd.DataFrame(
-            {k: inferred_strings(self.columns[k]) for k in self.column_order},
-            index=inferred_strings(self.index),
+            {k: self.columns[k] for k in self.column_order},
+            index=self.index,
             columns=self.column_order if self.column_order else None,
         )
         if self.index_name is not None:
@@ -154,8 +162,8 @@ def read_frame_parts(
     row = sel[:1]
     cols = {}
     for k in order:
-        cols[k] = _read_column(elem, k, row, ctx, version)
-    index = _read_column(elem, idx_key, row, ctx, version)
+        cols[k] = inferred_strings(_read_column(elem, k, row, ctx, version), elem[k])
+    index = inferred_strings(_read_column(elem, idx_key, row, ctx, version), elem[idx_key])
     return FrameParts(
         index=index, index_name=None if idx_key == "_index" else idx_key, columns=cols, column_order=order
     )

@@ -239,6 +239,8 @@ class SparseReader:
             lut = np.full(n_minor, -1, dtype=np.int16 if len(min_pos) < 2**15 else np.int32)
             lut[min_pos] = np.arange(len(min_pos))
         step = scan_step(self.budget)
+        if not few:
+            step = max(2**16, step // 2)  # the lookup path holds more temporaries per value: halve the chunk
         if not is_h5(self.indices) and self.indices.chunks:
             # whole zarr chunks per step: a chunk cut in two would be decompressed twice
             c = int(self.indices.chunks[0])
