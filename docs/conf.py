@@ -43,6 +43,8 @@ nb_merge_streams = True
 # --- API reference --------------------------------------------------------------------------------------------------
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
+# the shadows' own docstrings only: anndata's and mudata's, inherited, refer to their own sites' glossaries and pages
+autodoc_inherit_docstrings = False
 autodoc_default_options = {"members": True, "show-inheritance": False}
 napoleon_numpy_docstring = True
 napoleon_google_docstring = False

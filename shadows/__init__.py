@@ -25,6 +25,7 @@ __all__ = [
     "pp",
     "register_array_backend",
     "register_table_backend",
+    "repack",
     "settings",
     "stats",
     "table_backends",

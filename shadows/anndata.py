@@ -18,7 +18,15 @@ import scipy.sparse as sp
 
 from . import index as ix
 from .backends import check_backend_name, get_array_backend, get_table_backend
-from .compat import SlicedMatrix, check_attached, detach, matrix_is_only_sliced, subset_in_place
+from .compat import (
+    NOT_A_REFERENCE,
+    SlicedMatrix,
+    accessor_get,
+    check_attached,
+    detach,
+    matrix_is_only_sliced,
+    subset_in_place,
+)
 from .elements import ReadContext, encoding_of, read_element, read_frame_parts
 from .elements.frames import inferred_strings
 from .elements.legacy import categories_from_uns, legacy_uns_keys
@@ -599,9 +607,9 @@ class AnnDataShadow(anndata.AnnData):
         """Values of obs column ``k``, or of gene ``k`` across cells (one column read, not the matrix)."""
         obs = self.obs if ("obs", "") in self._cache or ("obs", "") in self._pending else None
         if obs is not None and k in obs.columns:
-            return obs[k].values
+            return _column_vector(obs[k])
         if obs is None and k in self.obs_keys():
-            return self.obs[k].values
+            return _column_vector(self.obs[k])
         names = self.var_names
         if k not in names:
             raise KeyError(f"{k!r} is neither an obs column nor a var name of '{self._storage.describe()}'")
@@ -610,7 +618,7 @@ class AnnDataShadow(anndata.AnnData):
     def var_vector(self, k: str, *, layer: str | None = None) -> np.ndarray:
         """Values of var column ``k``, or of cell ``k`` across genes (one row read)."""
         if k in self.var_keys():
-            return self.var[k].values
+            return _column_vector(self.var[k])
         names = self.obs_names
         if k not in names:
             raise KeyError(f"{k!r} is neither a var column nor an obs name of '{self._storage.describe()}'")
@@ -663,6 +671,8 @@ class AnnDataShadow(anndata.AnnData):
     # --- views ----------------------------------------------------------------------------------------------------
     def __getitem__(self, index: Any) -> AnnDataShadow:
         """A view: a new shadow on its own connection that reads only the selected part of each element."""
+        if (ref := accessor_get(self, index)) is not NOT_A_REFERENCE:  # adata[A.obs["x"]] (anndata >= 0.13)
+            return ref
         oidx, vidx = ix.split_index(index)
         o = ix.normalize(oidx, _LazyNames(self, "obs"), self.n_obs, 0)
         v = ix.normalize(vidx, _LazyNames(self, "var"), self.n_vars, 1)
@@ -949,6 +959,14 @@ def _as_view_frame(value: Any, is_view: bool) -> Any:
     except ImportError:
         return value
     return DataFrameView(value, view_args=None)
+
+
+_ANNDATA_013 = tuple(int(p) for p in anndata.__version__.split(".")[:2] if p.isdigit()) >= (0, 13)
+
+
+def _column_vector(col: pd.Series) -> Any:
+    """A table column as ``obs_vector``/``var_vector`` hand it out: ``.array`` since anndata 0.13, ``.values`` before."""
+    return col.array if _ANNDATA_013 else col.values
 
 
 def _loaded_backends() -> set[str]:

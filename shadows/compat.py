@@ -9,8 +9,9 @@
   and the recipes call ``adata._inplace_subset_obs/var``: the shadow becomes a detached shadow of the subset.
   Selecting everything changes nothing (``normalize_per_cell`` always "subsets").
 * **Column-only reads.**  ``sc.get.obs_df`` / ``var_df`` (and every plot built on them: violin, dotplot, matrixplot,
-  heatmap, ...) take ``adata.X`` (or ``adata.raw.X``) only to slice a few genes (cells) out of it.  When a shadow's
-  matrix is asked for from there, it hands out a :class:`SlicedMatrix`, so only those columns are read.
+  heatmap, ...) take ``adata.X`` (or ``adata.raw.X``) only to slice a few genes (cells) out of it, and so does
+  muon's ``mu.pl.embedding`` with a modality's ``raw.X``.  When a shadow's matrix is asked for from there, it hands
+  out a :class:`SlicedMatrix`, so only those columns are read.
 """
 
 from __future__ import annotations
@@ -25,23 +26,52 @@ if TYPE_CHECKING:
 
 # scanpy functions that take the whole matrix from `_get_obs_rep` only to slice a few columns (rows) out of it
 _SLICING_CALLERS = {("scanpy.get.get", "obs_df"), ("scanpy.get.get", "var_df")}
+# functions that read a matrix attribute themselves only to slice it right away: (module, function, attribute)
+# muon's embedding plot: `data.mod[m].raw.X[:, keysidx]` for the genes it colours by
+_DIRECT_SLICERS = {("muon._core.plot", "embedding", "raw.X")}
 
 
-def matrix_is_only_sliced(depth: int = 2) -> bool:
-    """Whether the matrix property being evaluated was asked for by scanpy to be sliced right away.
+def matrix_is_only_sliced(what: str = "X", depth: int = 2) -> bool:
+    """Whether the matrix property ``what`` (``"X"`` or ``"raw.X"``) is being read only to be sliced right away.
 
-    ``depth`` is the number of frames between the caller of this function and scanpy's ``_get_obs_rep``
-    (2 from a property getter: the getter itself, then ``_get_obs_rep``).  Any surprise answers ``False``:
-    the caller then reads the whole matrix, which is always correct, only not bounded.
+    ``depth`` is the number of frames between the caller of this function and the code that asked for the matrix
+    (2 from a property getter).  Any surprise answers ``False``: the caller then reads the whole matrix, which is
+    always correct, only not bounded.
     """
     try:
-        rep = sys._getframe(depth)
-        if rep.f_code.co_name != "_get_obs_rep" or rep.f_globals.get("__name__") != "scanpy.get.get":
+        asker = sys._getframe(depth)
+        name, module = asker.f_code.co_name, asker.f_globals.get("__name__")
+        if (module, name, what) in _DIRECT_SLICERS:
+            return True
+        if name != "_get_obs_rep" or module != "scanpy.get.get":
             return False
-        caller = rep.f_back
+        caller = asker.f_back
         return (caller.f_globals.get("__name__"), caller.f_code.co_name) in _SLICING_CALLERS
     except (ValueError, AttributeError):  # a shallower stack than expected
         return False
+
+
+NOT_A_REFERENCE = object()
+
+
+def accessor_get(obj: Any, index: Any) -> Any:
+    """What anndata (>= 0.13) returns for an accessor reference: ``adata[A.obs["x"]]``, ``adata[A.X[:, "gene"]]``.
+
+    scanpy 1.12 colours its plots through these (``adata.raw[A.X[:, gene]]``); anndata answers them through the
+    object's own ``obs``, views and mappings, so a shadow reads one gene for them as for ``obs_vector``.  Returns
+    :data:`NOT_A_REFERENCE` for ordinary indexers (and with anndata versions that have no accessors).
+    """
+    try:
+        from anndata.acc import AdRef, MapAcc, RefAcc
+    except ImportError:
+        return NOT_A_REFERENCE
+    if isinstance(index, AdRef):
+        return index.acc.get(obj, index.idx)
+    if isinstance(index, RefAcc):
+        return index.get(obj)
+    if isinstance(index, MapAcc):
+        raise IndexError(f"Cannot index with {index} because this is not a path to an array-like structure.")
+    return NOT_A_REFERENCE
 
 
 class SlicedMatrix:

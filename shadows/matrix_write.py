@@ -22,7 +22,7 @@ import scipy.sparse as sp
 from .blocks import MatrixPart, iter_major
 from .settings import settings
 from .sink import DenseSink, SparseSink
-from .transpose import SPOOL_BYTES_PER_VALUE, transposed_blocks
+from .transpose import READ_SLOTS, SPOOL_BYTES_PER_VALUE, transposed_blocks
 
 Transform = Callable[[Any, int, int, int], Any]
 FORMATS = ("csr", "csc", "dense")
@@ -54,6 +54,8 @@ class WriteOptions:
         Columns added to (or replacing those of) ``obs``.
     uns
         Entries added to (or replacing those of) ``uns``.
+    convert_strings
+        Turn string columns of obs/var with repeated values into categoricals, as anndata's writers do.
     """
 
     chunk_size: int | None = None
@@ -66,6 +68,7 @@ class WriteOptions:
     dtypes: dict[str, Any] = field(default_factory=dict)
     obs_columns: dict[str, Any] = field(default_factory=dict)
     uns: dict[str, Any] = field(default_factory=dict)
+    convert_strings: bool = True
 
     @property
     def dataset_kwargs(self) -> dict[str, Any]:
@@ -127,8 +130,8 @@ def write_stored(part: MatrixPart, parent: Any, name: str, path: str, opts: Writ
         return
     # an orientation change: stream through the transposer, with smaller blocks (it holds more of them at once)
     blocks.close()
-    # (the transposer holds up to three blocks: being read, queued, being regrouped)
-    blocks = iter_major(part, opts.chunk_size, SPOOL_BYTES_PER_VALUE, budget, bar, reuse=3)
+    # (the transposer holds up to READ_SLOTS blocks: being read, queued, being regrouped)
+    blocks = iter_major(part, opts.chunk_size, SPOOL_BYTES_PER_VALUE, budget, bar, reuse=READ_SLOTS)
     write_transposed(part, blocks, parent, name, fmt, dtype, fix, opts, bar)
 
 

@@ -368,10 +368,10 @@ class MuDataShadow(mudata.MuData):
         if filename is not None:
             self.to_memory().write(filename)
             return self
-        from .write import write_pending
+        from .write import write_many
 
-        for s in list(self._shadows()):
-            write_pending(s, overwrite=overwrite, clear_cache=clear_cache)
+        # every part checked (views, modes, overwrites) before any part writes anything
+        write_many(list(self._shadows()), overwrite=overwrite, clear_cache=clear_cache)
         return self
 
     def write_h5mu(self, filename: os.PathLike, **kwargs: Any) -> None:

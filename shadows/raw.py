@@ -9,7 +9,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from . import index as ix
-from .compat import SlicedMatrix, matrix_is_only_sliced
+from .compat import NOT_A_REFERENCE, SlicedMatrix, accessor_get, matrix_is_only_sliced
 from .elements import read_element, read_frame_parts
 from .storage import attr, is_group
 
@@ -40,7 +40,8 @@ class RawShadow:
         g = root[self._path("var")]
         if not is_group(g):
             return int(g.shape[0])
-        return int(g[attr(g, "_index")].shape[0])
+        idx = g[attr(g, "_index")]
+        return int(idx["values"].shape[0] if is_group(idx) else idx.shape[0])  # a nullable-string group (pandas 3)
 
     def _cached(self, name: str, read) -> Any:
         # the whole raw is cached on the shadow; a subset only here (one key per subset would collide or pile up)
@@ -53,7 +54,7 @@ class RawShadow:
     @property
     def X(self) -> Any:
         cache = self._shadow._cache if self._vidx is None else self._own
-        if ("raw", "X:") not in cache and self._path("X") in self._shadow._root() and matrix_is_only_sliced():
+        if ("raw", "X:") not in cache and self._path("X") in self._shadow._root() and matrix_is_only_sliced("raw.X"):
             # sc.get.obs_df & co. slice a few genes out of it: hand out a matrix that reads only those
             return SlicedMatrix(self._shadow, self._path("X"), (self._shadow._oidx, self._vidx))
 
@@ -117,6 +118,8 @@ class RawShadow:
         return self.n_obs, self.n_vars
 
     def __getitem__(self, index: Any) -> Any:
+        if (ref := accessor_get(self, index)) is not NOT_A_REFERENCE:  # raw[A.X[:, gene]] (anndata >= 0.13)
+            return ref
         oidx, vidx = ix.split_index(index)
         if oidx is not None and not (isinstance(oidx, slice) and oidx == slice(None)):
             return self._shadow[oidx].raw[:, vidx] if vidx is not None else self._shadow[oidx].raw

@@ -25,7 +25,7 @@ from .convert import open_source
 from .progress import progress_bar
 
 # Bytes held per stored value: two blocks (the one reduced and the one read), float64 copies and masks.
-STATS_BYTES_PER_VALUE = 40
+STATS_BYTES_PER_VALUE = 64
 KEYS = ("sum", "mean", "var", "nnz", "min", "max")
 
 
@@ -128,12 +128,19 @@ class Reducer:
         # matrix differ from 0 (elsewhere an implicit zero is the minimum)
         self.full = np.ones(n_out, dtype=bool)
         self._buffer: np.ndarray | None = None
+        self._ones_buffer: np.ndarray | None = None
 
-    def _work(self, n: int) -> np.ndarray:
-        """A float64 buffer of ``n`` values, kept between blocks (no allocation per block)."""
-        if self._buffer is None or len(self._buffer) < n:
-            self._buffer = np.empty(n)
+    def _work(self, n: int, dtype: Any = np.float64) -> np.ndarray:
+        """A buffer of ``n`` values, kept between blocks (no allocation per block)."""
+        if self._buffer is None or len(self._buffer) < n or self._buffer.dtype != dtype:
+            self._buffer = np.empty(n, dtype=dtype)
         return self._buffer[:n]
+
+    def _ones(self, n: int) -> np.ndarray:
+        """``n`` float32 ones (at least ``n``), kept between blocks."""
+        if self._ones_buffer is None or len(self._ones_buffer) < n:
+            self._ones_buffer = np.ones(max(n, 1), dtype=np.float32)
+        return self._ones_buffer[: max(n, 1)]
 
     def add(self, block: Any, block_axis: int, start: int, stop: int) -> None:
         """Add a block holding positions ``start:stop`` along ``block_axis`` (all of the other axis)."""
@@ -185,25 +192,29 @@ class Reducer:
             self.full[:] = False
             return
         n_out = self.shape[self.out_axis]
-        ones = np.ones(k)
-        # one float64 work buffer, reused: values, their squares, then ones (stored counts) and non-zero flags;
-        # the block seen from the other side (no copy) times a vector of ones sums each output position (C code)
-        work = self._work(len(data))
-        work[:] = data
+        # the block seen from the other side (no copy) times a vector of ones sums each output position (scipy's
+        # C matrix-vector product); values and squares travel together as the real and imaginary parts of one
+        # complex number, which halves the passes; float64 throughout, like scanpy's means and variances
+        work = self._work(len(data), np.complex128)
+        work.real = data
+        np.multiply(data, data, out=work.imag, dtype=np.float64)
         seen = sp.csc_matrix((work, idx, ip), shape=(n_out, k))
-        work = seen.data  # scipy may have copied it: change the values it multiplies
-        self.sum += seen @ ones
-        np.multiply(work, work, out=work)
-        self.sumsq += seen @ ones
-        work.fill(1.0)
-        stored = np.rint(seen @ ones).astype(np.int64)
+        sums = seen @ np.ones(k, dtype=np.complex128)
+        del seen
+        self.sum += sums.real
+        self.sumsq += sums.imag
+        # stored entries per position: float32 ones are exact here (fewer than 2**24 per block) and fast
+        ones = self._ones(max(len(data), k))
+        stored = sp.csc_matrix((ones[: len(data)], idx, ip), shape=(n_out, k)) @ ones[:k]
+        stored = np.rint(stored).astype(np.int64)
         self.stored += stored
-        if (data == 0).any():  # explicit zeros are stored but are not non-zeros
-            np.not_equal(data, 0, out=work, casting="unsafe")
-            self.nnz += np.rint(seen @ ones).astype(np.int64)
+        zeros = data == 0
+        if zeros.any():  # explicit zeros are stored but are not non-zeros
+            z = sp.csc_matrix((zeros.astype(np.float32), idx, ip), shape=(n_out, k)) @ ones[:k]
+            self.nnz += stored - np.rint(z).astype(np.int64)
         else:
             self.nnz += stored
-        del seen
+        del zeros
         self.full &= stored == k
         np.maximum.at(self.max, idx, data)
         if data.min() < 0:  # negative values: every stored value may be a minimum

@@ -5,17 +5,18 @@
 * :func:`write_subset` streams a shadow or a view into a new ``.h5ad`` file or zarr store without materialising
   any whole matrix (``AnnDataShadow.write_h5ad``/``write_zarr`` call it); the file equals what anndata writes
   for ``anndata.read_h5ad(src)[idx]``;
-* :func:`write_anndata` does the same into a group of a file the caller has open (MuData writers use it for
-  each modality).
+* :func:`shadows.stream_write.write_anndata` does the same into a group of a file the caller has open (MuData
+  writers use it for each modality).
 
 Matrices (``X``, ``layers``, ``obsm``, ``varm``, ``obsp``, ``varp``, ``raw/X``) are read block by block and
-appended to the output; tables, ``uns`` and other small elements go through ``anndata.io.write_elem``.
+appended to the output; tables, ``uns`` and other small elements go through ``anndata.io.write_elem``; elements
+taken whole and unchanged are copied as stored.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -197,6 +198,8 @@ def write_subset(
     compression: str | None = None,
     compression_opts: Any = None,
     zarr_format: int | None = None,
+    as_dense: Sequence[str] = (),
+    convert_strings_to_categoricals: bool = True,
     options: WriteOptions | None = None,
 ) -> Path:
     """Stream a shadow (or a view) into a new ``.h5ad`` file or zarr store.
@@ -223,6 +226,10 @@ def write_subset(
         h5py compression for every array (as in ``AnnData.write_h5ad``).
     zarr_format
         2 or 3 (default ``anndata.settings.zarr_write_format``).
+    as_dense
+        Matrices to write dense (``"X"``, ``"raw/X"``, ``"layers/<key>"``), as in ``AnnData.write_h5ad``.
+    convert_strings_to_categoricals
+        Turn string columns of obs/var with repeated values into categoricals (anndata's default).
     options
         Advanced: a :class:`~shadows.matrix_write.WriteOptions` (conversions and transforms, used by
         :func:`shadows.convert` and :mod:`shadows.pp`); the keyword arguments above override its fields.
@@ -242,6 +249,9 @@ def write_subset(
         opts.chunk_size = chunk_size
     if compression is not None:
         opts.compression, opts.compression_opts = compression, compression_opts
+    for name in [as_dense] if isinstance(as_dense, str) else as_dense:
+        opts.formats[name] = "dense"
+    opts.convert_strings = opts.convert_strings and convert_strings_to_categoricals
     if opts.tmpdir is None:
         opts.tmpdir = dst.parent
     out = Output(dst, "h5" if file_format == "h5ad" else "zarr", zarr_format)

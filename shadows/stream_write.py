@@ -155,6 +155,10 @@ class _Writer:
             return
         if path == "X" and "X" not in root:
             return
+        if stored_path(twin, path) not in root:  # e.g. a field of an anndata < 0.7 compound obsm: the shadow reads it
+            group, key = path.split("/", 1)
+            anndata.io.write_elem(parent, name, twin._get(group, key), dataset_kwargs=opts.dataset_kwargs)
+            return
         elem = root[stored_path(twin, path)]
         part = self.parts.get(path)
         whole = _whole(sels_for(twin, path))
@@ -181,6 +185,9 @@ class _Writer:
             df = df.copy()
             for k, v in opts.obs_columns.items():
                 df[k] = np.asarray(v)
+        if opts.convert_strings:
+            df = df.copy(deep=False)  # columns are replaced below, never the shadow's own table
+            anndata.AnnData().strings_to_categoricals(df)  # anndata's own rule, on this table only
         anndata.io.write_elem(parent, name, df, dataset_kwargs=opts.dataset_kwargs)
 
     def uns(self, parent: Any) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,9 +38,12 @@ from .settings import settings
 # Bytes held per value of a bucket: the gathered slices and the merged copy of the bucket being merged, and the
 # merged copy of the bucket the caller is writing.
 MERGE_BYTES_PER_VALUE = 48
-# Bytes held per value of an input block: the block being read, the one queued, and the one being regrouped
-# with its regrouped copy.
-SPOOL_BYTES_PER_VALUE = 48
+# Blocks regrouped at once (each in its own thread).
+REGROUP_WORKERS = 2
+# Bytes held per value of an input block: the block being read, the one queued, and the ones being regrouped
+# with their regrouped copies (input blocks are read into ``REGROUP_WORKERS + 2`` reused buffers).
+SPOOL_BYTES_PER_VALUE = 64
+READ_SLOTS = REGROUP_WORKERS + 2
 
 
 class Spool:
@@ -177,35 +181,47 @@ def transposed_blocks(
     records: list[tuple] = []
     counts = np.zeros(n_cols, dtype=np.int64)
 
-    regroup_buffers, merge_buffers = Buffers(), Buffers()
+    merge_buffers = Buffers()
+    local_buffers = threading.local()
+    turns: dict[int, threading.Event] = {}
 
-    def regroup(r0: int, r1: int, block: Any) -> None:
-        # runs in the worker thread, one block at a time and in order: the C conversion and the file writes
-        # release the GIL, so this overlaps with the reading of the next block
-        data, indices, ip = _to_columns(block, n_cols, regroup_buffers)
-        counts[:] += np.diff(ip)
-        # rows are local to the block: 16 bits suffice for most blocks and halve the scratch traffic of indices
-        if r1 - r0 <= 2**16:
-            local = regroup_buffers.get("local16", len(indices), np.uint16)
-            np.copyto(local, indices, casting="unsafe")
-        else:
-            local = indices
-        records.append((r0, r1, spool.put(ip), spool.put(local), spool.put(data.astype(dtype, copy=False))))
+    def regroup(i: int, r0: int, r1: int, block: Any) -> None:
+        # runs in one of the workers: the C conversion (which releases the GIL) of two blocks proceeds at once,
+        # while the next block is read; the scratch writes then go strictly in block order
+        try:
+            buffers = getattr(local_buffers, "b", None)
+            if buffers is None:
+                buffers = local_buffers.b = Buffers()
+            data, indices, ip = _to_columns(block, n_cols, buffers)
+            # rows are local to the block: 16 bits suffice for most blocks and halve the scratch traffic
+            if r1 - r0 <= 2**16:
+                local = buffers.get("local16", len(indices), np.uint16)
+                np.copyto(local, indices, casting="unsafe")
+            else:
+                local = indices
+            if i > 0:
+                turns[i - 1].wait()
+            counts[:] += np.diff(ip)
+            records.append((r0, r1, spool.put(ip), spool.put(local), spool.put(data.astype(dtype, copy=False))))
+        finally:
+            turns[i].set()  # even on failure: the next block must not wait forever (the error surfaces anyway)
         if bar is not None:
             bar.update(data.nbytes + indices.nbytes)
 
     try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadows-regroup") as worker:
+        with ThreadPoolExecutor(max_workers=REGROUP_WORKERS, thread_name_prefix="shadows-regroup") as worker:
             queued: deque = deque()
             expect = 0
-            for r0, r1, block in blocks:
+            for i, (r0, r1, block) in enumerate(blocks):
                 if r0 != expect:
                     raise ValueError(f"row blocks must be consecutive: got {r0}:{r1} after {expect}")
                 expect = r1
-                queued.append(worker.submit(regroup, r0, r1, block))
+                turns[i] = threading.Event()
+                queued.append(worker.submit(regroup, i, r0, r1, block))
                 del block
-                while len(queued) > 1:
+                while len(queued) > REGROUP_WORKERS:
                     queued.popleft().result()
+                turns.pop(i - REGROUP_WORKERS - 1, None)
             while queued:
                 queued.popleft().result()
         if expect != n_rows:

@@ -14,6 +14,8 @@ file (``anndata.read_h5ad`` / ``anndata.read_zarr``), or for the same view of th
 * mappings: same key set, values recursively (nested ``uns``).
 * scalars: equal values; a numpy scalar on the anndata side must be matched by a value of
   the same dtype, a python scalar by a python or numpy scalar of the same kind.
+* a ``NumpyExtensionArray`` (anndata 0.13's ``obs_vector`` of a numpy column) is matched by
+  an ndarray or a NumpyExtensionArray of the same dtype and values.
 """
 
 from __future__ import annotations
@@ -209,6 +211,14 @@ def _assert_frame(got, want, what):
 def _assert_extension_array(got, want, what):
     if isinstance(want, pd.Categorical):
         _assert_categorical(got, want, what)
+        return
+    if isinstance(want, pd.arrays.NumpyExtensionArray):
+        # anndata 0.13's obs_vector returns ``Series.array`` (a NumpyExtensionArray, a bare
+        # wrapper of an ndarray) where anndata 0.12 returns the ndarray: accept either, with
+        # the same dtype and values.
+        if isinstance(got, pd.arrays.NumpyExtensionArray):
+            got = got.to_numpy()
+        _assert_ndarray(got, want.to_numpy(), what)
         return
     if not isinstance(got, pd.api.extensions.ExtensionArray):
         _fail(what, f"expected a pandas ExtensionArray ({want.dtype}), got {type(got).__name__}")

@@ -66,6 +66,17 @@ def _mt(a) -> None:
     a.var["ribo"] = a.var_names.str.startswith(("RPS", "RPL"))
 
 
+def _on_view(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Run ``fn`` on a view of the G1 cells; return the view (scanpy turns it into an object of its own)."""
+
+    def run(a):
+        v = a[a.obs["phase"] == "G1"]
+        fn(v)
+        return v
+
+    return run
+
+
 def _reference():
     """An in-memory reference with a UMAP, for ``tl.ingest``."""
     sc = _sc()
@@ -105,6 +116,8 @@ def _pp(sc) -> list[Call]:
         Call("pp.log1p", lambda a: pp.log1p(a), "counts", zarr=True),
         Call("pp.neighbors", lambda a: pp.neighbors(a, n_neighbors=10), zarr=True),
         Call("pp.neighbors(key_added)", lambda a: pp.neighbors(a, n_neighbors=5, n_pcs=10, key_added="nn5")),
+        Call("pp.neighbors(view)", _on_view(lambda v: pp.neighbors(v, n_neighbors=5))),
+        Call("pp.normalize_total(view)", _on_view(lambda v: pp.normalize_total(v, target_sum=1e4)), "counts"),
         Call("pp.normalize_per_cell", lambda a: pp.normalize_per_cell(a), "counts"),
         Call("pp.normalize_total", lambda a: pp.normalize_total(a, target_sum=1e4), "counts", zarr=True),
         Call("pp.normalize_total(inplace=False)", lambda a: pp.normalize_total(a, inplace=False), "counts"),
@@ -116,7 +129,11 @@ def _pp(sc) -> list[Call]:
         Call("pp.recipe_weinreb17", lambda a: pp.recipe_weinreb17(a), "counts"),
         Call("pp.recipe_zheng17", lambda a: pp.recipe_zheng17(a, n_top_genes=200), "counts"),
         Call("pp.regress_out", lambda a: pp.regress_out(a, ["n_counts"])),
-        Call("pp.sample", lambda a: pp.sample(a, fraction=0.5, copy=True, rng=0)),
+        Call("pp.sample(copy=True)", lambda a: pp.sample(a, fraction=0.5, copy=True, rng=0)),
+        Call("pp.sample", lambda a: pp.sample(a, fraction=0.5, rng=0)),
+        Call(
+            "pp.highly_variable_genes(subset=True)", lambda a: pp.highly_variable_genes(a, n_top_genes=100, subset=True)
+        ),
         Call("pp.scale", lambda a: pp.scale(a, max_value=10), "counts"),
         Call("pp.scrublet", lambda a: pp.scrublet(a, random_state=0), "counts"),
         Call("pp.scrublet_simulate_doublets", lambda a: pp.scrublet_simulate_doublets(a, random_seed=0), "counts"),

@@ -25,8 +25,11 @@ def as_kind(x: np.ndarray, kind: str):
     return {"dense": x, "csr": sp.csr_matrix(x), "csc": sp.csc_matrix(x)}[kind]
 
 
-def rich(n_obs: int = 40, n_vars: int = 15, kind: str = "csr", seed: int = 0) -> ad.AnnData:
-    """X, obs/var of several dtypes (categories that a subset leaves unused), layers, obsm/varm/obsp/varp, uns, raw."""
+def rich(n_obs: int = 40, n_vars: int = 15, kind: str = "csr", seed: int = 0, light: bool = False) -> ad.AnnData:
+    """X, obs/var of several dtypes (categories that a subset leaves unused), layers, obsm/varm/obsp/varp, uns, raw.
+
+    ``light``: one element of each group only (quicker to write, for tests about the matrices).
+    """
     rng = np.random.default_rng(seed)
     x = counts(n_obs, n_vars, seed)
     obs = pd.DataFrame(
@@ -45,8 +48,16 @@ def rich(n_obs: int = 40, n_vars: int = 15, kind: str = "csr", seed: int = 0) ->
         {"symbol": [f"S{i}" for i in range(n_vars)], "hv": rng.random(n_vars) > 0.5},
         index=[f"gene{i}" for i in range(n_vars)],
     )
+    if light:
+        obs = obs[["group", "rare", "score"]]
     a = ad.AnnData(X=as_kind(x, kind), obs=obs, var=var)
     a.layers["counts"] = sp.csr_matrix(x * 2)
+    if light:
+        a.layers["dense"] = x + 1
+        a.obsm["X_pca"] = rng.normal(size=(n_obs, 4)).astype(np.float32)
+        a.uns["group_colors"] = np.array(["#d00000", "#00a000", "#0000d0", "#a0a000"])
+        a.raw = a[:, : n_vars // 2].copy()
+        return a
     a.layers["dense"] = x + 1
     a.layers["csc"] = sp.csc_matrix(x)
     a.obsm["X_pca"] = rng.normal(size=(n_obs, 4)).astype(np.float32)

@@ -32,7 +32,7 @@ from shadows.transpose import plan_buckets, transposed_blocks
     ],
 )
 def test_convert_changes_x_and_layers_only(tmp_path, fmt, zf, src_kind, target):
-    path = write_source(rich(kind=src_kind, seed=1), tmp_path, fmt, zf)
+    path = write_source(rich(kind=src_kind, seed=1, light=True), tmp_path, fmt, zf)
     out = tmp_path / ("out.zarr" if fmt == "zarr" else "out.h5ad")
     assert shadows.convert(path, out, matrix_format=target) == out
     back, ref = read_oracle(out), read_oracle(path)
@@ -65,7 +65,7 @@ def test_convert_out_of_core_with_a_tiny_budget(tmp_path):
 
 
 def test_convert_a_view_and_refuse_unknown_formats(tmp_path):
-    a = rich(kind="csr")
+    a = rich(kind="csr", light=True)
     path = write_source(a, tmp_path, "h5ad", None)
     cells, genes = np.arange(1, 40, 2), np.array([5, 0, 9, 3])
     with AnnDataShadow(path) as s:

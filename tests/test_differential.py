@@ -21,16 +21,18 @@ from shadows import AnnDataShadow
 
 try:
     from .oracle import STORE_FORMATS, assert_adata_equal, assert_element_equal, read_oracle, store_path, write_adata
-    from .strategies import OBS_COLUMN_KINDS, anndatas, make_column
+    from .strategies import OBS_COLUMN_KINDS, X_DTYPES, anndatas, make_column
 except ImportError:
     from oracle import STORE_FORMATS, assert_adata_equal, assert_element_equal, read_oracle, store_path, write_adata
-    from strategies import OBS_COLUMN_KINDS, anndatas, make_column
+    from strategies import OBS_COLUMN_KINDS, X_DTYPES, anndatas, make_column
 
+# Example counts come from the active hypothesis profile (tests/conftest.py: "ci" = 15,
+# "thorough" = 200); tests whose examples each write a zarr store run half as many.
 HYPOTHESIS = settings(
-    max_examples=15,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
 )
+HALF_EXAMPLES = max(1, settings.default.max_examples // 2)
 
 FORMAT_IDS = [f"{fmt}{zf or ''}" for fmt, zf in STORE_FORMATS]
 
@@ -62,7 +64,7 @@ def test_random_anndata_h5ad(adata):
 # shrinking (shrinking a failure here can take hypothesis' full 5 minutes); the failing example
 # is still printed, and test_random_anndata_h5ad shrinks the same objects cheaply.
 @pytest.mark.parametrize("zarr_format", [2, 3], ids=["zarr2", "zarr3"])
-@settings(HYPOTHESIS, max_examples=8, phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@settings(HYPOTHESIS, max_examples=HALF_EXAMPLES, phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(adata=anndatas())
 def test_random_anndata_zarr(zarr_format, adata):
     with tempfile.TemporaryDirectory() as d:
@@ -191,7 +193,7 @@ def test_zero_vars(tmp_path, store_format):
     check_store(kitchen_sink(n_vars=0, **LIGHT), tmp_path, *store_format)
 
 
-@pytest.mark.parametrize("x", ["dense", "csr", None])
+@pytest.mark.parametrize("x", ["csr", None])
 def test_zero_by_zero(tmp_path, x):
     for fmt, zarr_format in STORE_FORMATS:
         check_store(kitchen_sink(n_obs=0, n_vars=0, x=x, raw=False, **LIGHT), tmp_path, fmt, zarr_format, stem=f"z{x}")
@@ -223,16 +225,21 @@ def test_x_absent_with_layers(tmp_path, store_format):
     check_store(adata, tmp_path, *store_format)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64", "bool"])
-@pytest.mark.parametrize("x", ["dense", "csr", "csc"])
+X_KINDS = ("dense", "csr", "csc")
+
+
+@pytest.mark.parametrize("dtype", X_DTYPES)
+@pytest.mark.parametrize("x", X_KINDS)
 def test_x_dtypes(tmp_path, x, dtype):
     rng = np.random.default_rng(0)
     dense = (rng.random((7, 4)) < 0.4) * rng.integers(1, 5, size=(7, 4))
     dense = dense.astype(dtype)
     X = {"csr": sparse.csr_matrix, "csc": sparse.csc_matrix, "dense": np.asarray}[x](dense)
     adata = ad.AnnData(X=X, obs=pd.DataFrame(index=[f"o{i}" for i in range(7)]))
-    for fmt, zarr_format in STORE_FORMATS:
-        check_store(adata, tmp_path, fmt, zarr_format, stem=f"x_{x}_{dtype}")
+    check_store(adata, tmp_path, "h5ad", None, stem=f"x_{x}_{dtype}")
+    # one zarr format per case (alternating) keeps zarr's slow writes down; both are covered
+    zarr_format = 2 if (X_KINDS.index(x) + X_DTYPES.index(dtype)) % 2 else 3
+    check_store(adata, tmp_path, "zarr", zarr_format, stem=f"x_{x}_{dtype}")
 
 
 @pytest.mark.parametrize("kind", OBS_COLUMN_KINDS)
@@ -242,8 +249,9 @@ def test_each_column_kind(tmp_path, kind):
     obs = pd.DataFrame({kind: make_column(kind, n, rng)}, index=[f"o{i}" for i in range(n)])
     var = pd.DataFrame({kind: make_column(kind, 3, rng)}, index=["a", "b", "c"])
     adata = ad.AnnData(X=np.ones((n, 3), dtype=np.float32), obs=obs, var=var)
-    for fmt, zarr_format in STORE_FORMATS:
-        check_store(adata, tmp_path, fmt, zarr_format, stem=f"col_{kind}")
+    check_store(adata, tmp_path, "h5ad", None, stem=f"col_{kind}")
+    zarr_format = 2 if OBS_COLUMN_KINDS.index(kind) % 2 else 3  # alternating, both covered
+    check_store(adata, tmp_path, "zarr", zarr_format, stem=f"col_{kind}")
 
 
 def test_mapping_protocol(sink_store):
@@ -299,3 +307,65 @@ def test_to_memory_is_independent_anndata(sink_store):
     assert isinstance(mem, ad.AnnData)
     assert not mem.isbacked
     assert_adata_equal(mem, want, "to_memory()", to_memory=False)
+
+
+# --------------------------------------------------------------------------------------
+# the comparator itself must be strict (a lenient oracle would hide shadow bugs)
+# --------------------------------------------------------------------------------------
+
+_CAT = pd.Categorical(["a", "b", "a"], categories=["a", "b", "c"])
+_FRAME = pd.DataFrame({"x": [1.0, 2.0, 3.0], "c": _CAT}, index=["i", "j", "k"])
+_MISMATCHES = {
+    "float_dtype": (np.zeros(3, np.float32), np.zeros(3, np.float64)),
+    "int_vs_float": (np.zeros(3, np.int64), np.zeros(3, np.float64)),
+    "values": (np.array([1, 2, 3]), np.array([1, 2, 4])),
+    "shape": (np.zeros((3, 1)), np.zeros(3)),
+    "nan_vs_value": (np.array([np.nan]), np.array([0.0])),
+    "strings": (np.array(["a", "b"], dtype=object), np.array(["a", "c"], dtype=object)),
+    "string_vs_number": (np.array([1, 2]), np.array(["1", "2"], dtype=object)),
+    "dense_vs_sparse": (np.eye(2), sparse.csr_matrix(np.eye(2))),
+    "csr_vs_csc": (sparse.csc_matrix(np.eye(2)), sparse.csr_matrix(np.eye(2))),
+    "sparse_array_vs_matrix": (sparse.csr_array(np.eye(2)), sparse.csr_matrix(np.eye(2))),
+    "sparse_dtype": (sparse.csr_matrix(np.eye(2, dtype=np.float32)), sparse.csr_matrix(np.eye(2))),
+    "sparse_values": (sparse.csr_matrix(2 * np.eye(2)), sparse.csr_matrix(np.eye(2))),
+    "category_order": (
+        pd.Categorical(["a", "b", "a"], categories=["b", "a", "c"]),
+        _CAT,
+    ),
+    "unused_category": (pd.Categorical(["a", "b", "a"], categories=["a", "b"]), _CAT),
+    "ordered": (pd.Categorical(["a", "b", "a"], categories=["a", "b", "c"], ordered=True), _CAT),
+    "column_order": (_FRAME[["c", "x"]], _FRAME),
+    "index_values": (_FRAME.set_axis(["i", "j", "z"]), _FRAME),
+    "index_name": (_FRAME.rename_axis("name"), _FRAME),
+    "column_dtype": (_FRAME.astype({"x": np.float32}), _FRAME),
+    "categorical_vs_strings": (_FRAME.astype({"c": object}), _FRAME),
+    "nullable_vs_float": (pd.array([1, None], dtype="Int64"), pd.array([1.0, np.nan], dtype="Float64")),
+    "dict_keys": ({"a": 1}, {"a": 1, "b": 2}),
+    "nested_value": ({"a": {"b": np.arange(2)}}, {"a": {"b": np.arange(3)}}),
+    "numpy_scalar_dtype": (np.float32(1.5), np.float64(1.5)),
+    "python_scalar_kind": (1, 1.0),
+    "str_vs_bytes": ("a", b"a"),
+    "none_vs_value": (None, 1),
+}
+
+
+@pytest.mark.parametrize(("got", "want"), list(_MISMATCHES.values()), ids=list(_MISMATCHES))
+def test_oracle_detects_mismatch(got, want):
+    with pytest.raises(AssertionError):
+        assert_element_equal(got, want, "probe")
+
+
+@pytest.mark.parametrize(
+    ("got", "want"),
+    [
+        (np.array(["a", "b"], dtype=object), np.array(["a", "b"])),  # object vs <U vs StringDType
+        (np.float64(2.0), 2.0),
+        (2, np.int64(2)),
+        (True, np.bool_(True)),
+        (np.array([np.nan, 1.0]), np.array([np.nan, 1.0])),
+        (_FRAME.copy(), _FRAME),
+        ({"a": {"b": np.arange(2)}}, {"a": {"b": np.arange(2)}}),
+    ],
+)
+def test_oracle_accepts_equal(got, want):
+    assert_element_equal(got, want, "probe")

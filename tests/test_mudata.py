@@ -561,8 +561,10 @@ def test_write_pushes_global_and_modality_changes(tmp_path, fmt):
     assert_mudata_equal(MuDataShadow(path), ref, "after write", stored=stored_tables(path))
     sh.reopen("r+")
     sh.obsm["X_new"] = joint * 2
+    sh.mod["prot"].obsm["X_more"] = emb[:10]
     with pytest.raises(ValueError, match="overwrite"):
         sh.write()
+    assert "X_more" not in read_mudata_oracle(path)["prot"].obsm, "a refused write writes nothing, in no modality"
     sh.write(overwrite=True, clear_cache=True)
     assert not sh._global._cache
     sh.close()

@@ -39,7 +39,7 @@ def files(tmp_path_factory) -> dict:
             var=pd.DataFrame(index=[f"CD{i}" for i in range(6)]),
         )
         mdata = md.MuData({"rna": rna, "prot": prot})
-        mdata.pull_obs()  # the modalities' obs columns as "rna:bulk_labels" in the global obs, as muon users do
+        mdata.obs["cell_type"] = rna.obs["bulk_labels"].to_numpy()  # a global obs column
         mdata.obsm["X_umap"] = rna.obsm["X_umap"].copy()
         d = tmp_path_factory.mktemp("muon")
         mdata.write(d / "pbmc.h5mu")
@@ -50,8 +50,10 @@ def files(tmp_path_factory) -> dict:
 
 CALLS = {
     "embedding(gene, category)": lambda m: mu.pl.embedding(
-        m, basis="X_umap", color=["rna:CD79A", "rna:bulk_labels"], show=False
+        m, basis="X_umap", color=["rna:CD79A", "cell_type"], show=False
     ),
+    # mudata < 0.4 copies the modalities' obs columns into the global obs ("rna:bulk_labels") when it reads a file
+    "embedding(modality obs column)": lambda m: mu.pl.embedding(m, basis="X_umap", color="rna:bulk_labels", show=False),
     "embedding(modality basis)": lambda m: mu.pl.embedding(m, basis="rna:X_umap", color=["prot:CD3"], show=False),
     "umap": lambda m: mu.pl.umap(m, color="rna:NKG7", show=False),
     "histogram": lambda m: mu.pl.histogram(m["prot"], keys=["CD1", "CD2"], show=False),
@@ -66,11 +68,25 @@ def _draw(fn, mdata) -> list[np.ndarray]:
     return render_figures()
 
 
+# known gaps of MuDataShadow, reported to its authors (strict: a fix makes the test fail until this is emptied)
+KNOWN = {
+    "embedding(modality obs column)": "MuDataShadow.obs does not add the modalities' obs columns (as 'rna:col') "
+    "the way mudata < 0.4 does when it reads a file",
+}
+
+
 @pytest.mark.parametrize("fmt", ["h5mu", "zarr"])
-@pytest.mark.parametrize("name", list(CALLS))
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=[pytest.mark.xfail(strict=True, reason=KNOWN[n])] if n in KNOWN else []) for n in CALLS],
+)
 def test_muon_plot_same_as_in_memory(files, name, fmt):
     if fmt == "zarr" and name != "embedding(gene, category)":
         pytest.skip("one call is enough to cover zarr stores")
+    if name == "embedding(modality obs column)" and "rna:bulk_labels" not in files["mem"].obs:
+        if name in KNOWN:
+            pytest.xfail("this mudata does not pull the modalities' obs columns on reading")
+        pytest.skip("this mudata does not pull the modalities' obs columns on reading")
     want = _draw(CALLS[name], files["mem"])
     m = MuDataShadow(files[fmt])
     got = _draw(CALLS[name], m)

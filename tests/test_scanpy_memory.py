@@ -4,7 +4,9 @@ post-open baseline stays under 10 % of the file's size.
 The plot runs in a child process (``sys.executable``) that imports everything, opens the shadow, reads ``VmRSS``
 as the baseline, resets the high-water mark (``5`` into ``/proc/self/clear_refs``), plots and renders the figure,
 and reports ``VmHWM - baseline`` with the sum of the plotted colour values (so a plot of nothing cannot pass).
-A ~100 MB file runs by default; the ~400 MB file of the issue is ``@pytest.mark.slow``.
+A ~200 MB file runs by default; the ~400 MB file of the issue is ``@pytest.mark.slow`` (writing it takes most of
+the time).  Not smaller: about 12 MiB of the peak does not grow with the matrix (obs and var names, HDF5's
+buffers, the figure), which is more than 10 % of a 100 MB file.
 """
 
 from __future__ import annotations
@@ -82,8 +84,13 @@ CHILD = textwrap.dedent(
                     return int(line.split()[1])
 
     path, gene = sys.argv[1], sys.argv[2]
-    # matplotlib's one-time costs (font cache, first Agg canvas) are not the data's
-    plt.figure(); plt.scatter([0, 1], [0, 1], c=[0.0, 1.0]); plt.gcf().canvas.draw(); plt.close("all")
+    # the plotting stack's one-time costs (imports, font cache, colormaps, first canvas) are not the data's:
+    # pay them on a tiny in-memory AnnData first
+    import anndata
+    tiny = anndata.AnnData(X=np.ones((3, 1), dtype=np.float32), obsm={"X_umap": np.zeros((3, 2))})
+    tiny.var_names = [gene]
+    sc.pl.umap(tiny, color=gene, show=False, size=1).figure.canvas.draw()
+    plt.close("all")
     s = AnnDataShadow(path)
     gc.collect()
     base = kib("VmRSS")
@@ -117,8 +124,8 @@ def _check(tmp_path: Path, n_obs: int, min_mb: int, max_mb: int) -> None:
     )
 
 
-def test_umap_gene_memory_100mb(tmp_path):
-    _check(tmp_path, 12_500, 90, 115)
+def test_umap_gene_memory_200mb(tmp_path):
+    _check(tmp_path, 25_000, 180, 230)
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ import numpy as np
 from .. import index as ix
 from ..storage import is_h5, read_raw
 from .registry import ReadContext, register_reader
+from .whole import read_all, wants_bar
 
 # Largest gap (in rows) bridged when coalescing scattered rows into one read: reading a few unwanted rows costs
 # less than another storage call.  Scaled by row size in ``_gap_rows``.
@@ -22,7 +23,9 @@ _GAP_BYTES = 256 * 1024
 
 
 def _gap_rows(arr: Any) -> int:
-    row_bytes = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * max(arr.dtype.itemsize, 1))
+    # variable-length strings report the size of a pointer, but each one read costs a decode: bridge few of them
+    itemsize = 256 if arr.dtype.kind in "OSUT" else max(arr.dtype.itemsize, 1)
+    row_bytes = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * itemsize)
     return max(1, _GAP_BYTES // row_bytes)
 
 
@@ -37,6 +40,8 @@ def read_dense(arr: Any, sel: tuple = ()) -> np.ndarray:
         return read_raw(arr, ())
     sel = tuple(sel[:ndim]) + (None,) * (ndim - len(sel))
     if all(s is None for s in sel):
+        if wants_bar(arr):  # a large read in an interactive session: show its progress
+            return read_all([arr], f"reading {arr.name}")[0]
         return read_raw(arr, ())
     uniq, inverse = [], []
     for s, n in zip(sel, arr.shape, strict=False):

@@ -21,9 +21,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from .. import index as ix
+from ..progress import progress_bar
 from ..settings import settings
 from ..storage import attr, is_h5
 from .registry import ReadContext, register_reader, sel_at
+from .whole import read_all, wants_bar
 
 # A copy of the matrix in the other orientation, kept inside the matrix's own group (anndata reads only data,
 # indices and indptr there and ignores it).  Written by shadows.column_index; used for minor-axis reads.
@@ -166,8 +168,11 @@ class SparseReader:
     def _whole(self) -> sp.spmatrix:
         cls = sp.csr_matrix if self.format == "csr" else sp.csc_matrix
         ip = self.indptr
-        data = np.asarray(self.data[...])
-        indices = np.asarray(self.indices[...])
+        if wants_bar(self.data, self.indices):  # a large read in an interactive session: show its progress
+            data, indices = read_all([self.data, self.indices], f"reading {self.group.name}")
+        else:
+            data = np.asarray(self.data[...])
+            indices = np.asarray(self.indices[...])
         return cls((data, indices, ip.astype(indices.dtype, copy=False) if len(ip) else ip), shape=self.shape)
 
     # --- the two access paths -------------------------------------------------------------------------------------
@@ -246,6 +251,11 @@ class SparseReader:
             c = int(self.indices.chunks[0])
             step = max(c, step - step % c)
         reader = _ChunkReader(self.indices, step)
+        item = self.indices.dtype.itemsize
+        scanned = int((ends - starts).sum()) * item
+        bar = progress_bar(
+            scanned, f"scanning {self.group.name} for {len(min_pos)} {'genes' if self.format == 'csr' else 'cells'}"
+        )
         n_major = len(maj_pos)
         # hits arrive in stored order: major non-decreasing, minor increasing within a major position (the lookup
         # is monotone); so per-major counts are enough to build indptr, and only minor and data are kept per hit
@@ -257,6 +267,7 @@ class SparseReader:
             for c0 in range(lo, hi, step):
                 c1 = min(hi, c0 + step)
                 chunk = reader.read(c0, c1)
+                bar.update((c1 - c0) * item)
                 if few:
                     mask = chunk == min_pos[0]
                     for t in min_pos[1:]:
@@ -280,6 +291,7 @@ class SparseReader:
                 out_minor.append(new_minor)
                 out_data.append(_read_points(self.data, absolute, c1 - c0))
         del reader
+        bar.close()
         minor = _gather(out_minor, np.int32)
         data = _gather(out_data, self.dtype)
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
