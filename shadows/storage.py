@@ -283,7 +283,9 @@ def read_raw(x: Any, key: Any = ()) -> Any:
     if is_h5(x) and h5py.check_string_dtype(x.dtype) is not None:
         return decode_strings(x.asstr()[key]) if x.shape != () else x.asstr()[()]
     v = x[key]
-    if isinstance(v, np.ndarray) and is_string_array(x):
+    # zarr's numpy StringDType arrays are left as they are (anndata hands them to pandas that way too); bytes and
+    # objects holding bytes are decoded
+    if isinstance(v, np.ndarray) and v.dtype.kind in "SO" and is_string_array(x):
         return decode_strings(v)
     return v
 

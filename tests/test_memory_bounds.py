@@ -115,6 +115,9 @@ CHILD = textwrap.dedent(
         op = lambda: AnnDataShadow(path).obsm[arg]
     else:
         s = AnnDataShadow(path)
+        # the name index is a few kB of data, but under pandas 3 its first build sets up pyarrow's allocator pool
+        # (several MB, once per process): pay that before the measurement, which is about the matrix read
+        s.var_names, s.obs_names
         if what == "gene":
             op = lambda: s[:, arg].X
         elif what == "obs_vector":
