@@ -27,6 +27,7 @@ from .compat import (
     matrix_is_only_sliced,
     subset_in_place,
 )
+from .connection import ConnectionMixin
 from .elements import ReadContext, encoding_of, read_element, read_frame_parts
 from .elements.frames import inferred_strings
 from .elements.legacy import categories_from_uns, legacy_uns_keys
@@ -68,7 +69,7 @@ def fingerprint(values: Any) -> int:
         return id(values)
 
 
-class AnnDataShadow(anndata.AnnData):
+class AnnDataShadow(ConnectionMixin, anndata.AnnData):
     """A lazy, low-memory stand-in for an AnnData file (``.h5ad`` or ``.zarr``).
 
     Parameters
@@ -765,19 +766,6 @@ class AnnDataShadow(anndata.AnnData):
             raise ValueError("A view cannot be reopened for writing; reopen the full shadow")
         self._storage.open(mode)
         return self
-
-    def __enter__(self) -> AnnDataShadow:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            if self.__dict__.get("_owns_storage"):
-                self._storage.close()
-        except Exception:  # interpreter shutdown: h5py may already be gone
-            pass
 
     def __reduce__(self):
         st = self._storage

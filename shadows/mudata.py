@@ -25,13 +25,14 @@ from . import index as ix
 from . import mudata_layout as lay
 from .anndata import AnnDataShadow, _LazyNames
 from .backends import check_backend_name
+from .connection import ConnectionMixin
 from .mapping import ElementMapping
 from .mudata_parts import FileMaps, GlobalShadow, Modalities
 from .mudata_repr import html_repr, text_repr
 from .storage import Storage
 
 
-class MuDataShadow(mudata.MuData):
+class MuDataShadow(ConnectionMixin, mudata.MuData):
     """A lazy, low-memory stand-in for a MuData file (``.h5mu`` or a ``.zarr`` store, v2 or v3).
 
     Parameters
@@ -329,19 +330,6 @@ class MuDataShadow(mudata.MuData):
         for s in self._shadows():
             s._storage.indptr_cache.clear()
         return self
-
-    def __enter__(self) -> MuDataShadow:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            if self.__dict__.get("_owns_storage"):
-                self._storage.close()
-        except Exception:  # interpreter shutdown: h5py may already be gone
-            pass
 
     def __reduce__(self):
         st = self._storage
