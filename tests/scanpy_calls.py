@@ -62,6 +62,14 @@ def _paga(a):
     return _sc().tl.paga(a, groups="louvain")
 
 
+def _densify(a) -> None:
+    a.X = a.X.toarray()
+
+
+def _pca_all(a):
+    return _sc().pp.pca(a, n_comps=10, mask_var=None)
+
+
 def _mt(a) -> None:
     a.var["ribo"] = a.var_names.str.startswith(("RPS", "RPL"))
 
@@ -78,10 +86,12 @@ def _on_view(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 
 def _reference():
-    """An in-memory reference with a UMAP, for ``tl.ingest``."""
+    """An in-memory reference with a PCA and a UMAP, for ``tl.ingest``."""
     sc = _sc()
     ref = sc.datasets.pbmc68k_reduced()
-    sc.tl.umap(ref)
+    sc.pp.pca(ref, n_comps=20)
+    sc.pp.neighbors(ref, n_neighbors=10)
+    sc.tl.umap(ref, maxiter=50)
     return ref
 
 
@@ -126,7 +136,7 @@ def _pp(sc) -> list[Call]:
         Call("pp.pca", lambda a: pp.pca(a, n_comps=20), tol=(1e-2, 1e-2)),
         Call("pp.pca(sparse)", lambda a: pp.pca(a, n_comps=20), "counts"),
         Call("pp.recipe_seurat", lambda a: pp.recipe_seurat(a), "counts"),
-        Call("pp.recipe_weinreb17", lambda a: pp.recipe_weinreb17(a), "counts"),
+        Call("pp.recipe_weinreb17", _seq(_densify, lambda a: pp.recipe_weinreb17(a)), "counts"),
         Call("pp.recipe_zheng17", lambda a: pp.recipe_zheng17(a, n_top_genes=200), "counts"),
         Call("pp.regress_out", lambda a: pp.regress_out(a, ["n_counts"])),
         Call("pp.sample(copy=True)", lambda a: pp.sample(a, fraction=0.5, copy=True, rng=0)),
@@ -135,7 +145,7 @@ def _pp(sc) -> list[Call]:
             "pp.highly_variable_genes(subset=True)", lambda a: pp.highly_variable_genes(a, n_top_genes=100, subset=True)
         ),
         Call("pp.scale", lambda a: pp.scale(a, max_value=10), "counts"),
-        Call("pp.scrublet", lambda a: pp.scrublet(a, random_state=0), "counts"),
+        Call("pp.scrublet", lambda a: pp.scrublet(a, threshold=0.25, random_state=0), "counts"),
         Call("pp.scrublet_simulate_doublets", lambda a: pp.scrublet_simulate_doublets(a, random_seed=0), "counts"),
         Call("pp.sqrt", lambda a: pp.sqrt(a), "counts"),
         Call("pp.subsample(copy=True)", lambda a: pp.subsample(a, fraction=0.5, copy=True)),
@@ -149,7 +159,7 @@ def _tl(sc) -> list[Call]:
         Call("tl.dendrogram", lambda a: tl.dendrogram(a, GROUP)),
         Call("tl.diffmap", _diffmap),
         Call("tl.dpt", _seq(_diffmap, _iroot, lambda a: tl.dpt(a))),
-        Call("tl.draw_graph", lambda a: tl.draw_graph(a, layout="fr", maxiter=20)),
+        Call("tl.draw_graph", lambda a: tl.draw_graph(a, layout="fr")),
         Call("tl.embedding_density", lambda a: tl.embedding_density(a, basis="umap", groupby="phase")),
         Call("tl.filter_rank_genes_groups", lambda a: tl.filter_rank_genes_groups(a)),
         Call("tl.ingest", lambda a: tl.ingest(a, _reference(), obs=GROUP, embedding_method=["umap", "pca"])),
@@ -158,7 +168,12 @@ def _tl(sc) -> list[Call]:
         Call("tl.marker_gene_overlap", lambda a: tl.marker_gene_overlap(a, MARKERS)),
         Call("tl.paga", _paga),
         Call("tl.paga_degrees", _seq(_paga, lambda a: tl.paga_degrees(a))),
-        Call("tl.paga_expression_entropies", _seq(_paga, lambda a: tl.paga_expression_entropies(a))),
+        # paga_expression_entropies takes a sparse X
+        Call(
+            "tl.paga_expression_entropies",
+            _seq(lambda a: sc.pp.pca(a, n_comps=20), sc.pp.neighbors, _paga, lambda a: tl.paga_expression_entropies(a)),
+            "counts",
+        ),
         Call("tl.rank_genes_groups", lambda a: tl.rank_genes_groups(a, GROUP), zarr=True),
         Call(
             "tl.rank_genes_groups(wilcoxon, pts)", lambda a: tl.rank_genes_groups(a, GROUP, method="wilcoxon", pts=True)
@@ -203,8 +218,9 @@ def _pl(sc) -> list[Call]:
         ),
         Call("pl.embedding", lambda a: pl.embedding(a, basis="X_pca", color=[GROUP, "NKG7"], **kw)),
         Call("pl.pca", lambda a: pl.pca(a, color=GROUP, **kw)),
-        Call("pl.pca_loadings", lambda a: pl.pca_loadings(a, components=[1, 2], **kw)),
-        Call("pl.pca_overview", lambda a: pl.pca_overview(a, color=GROUP, **kw)),
+        # the stored PCs of pbmc68k_reduced hold NaN (genes left out of its PCA): compute them again first
+        Call("pl.pca_loadings", _seq(_pca_all, lambda a: pl.pca_loadings(a, components=[1, 2], **kw))),
+        Call("pl.pca_overview", _seq(_pca_all, lambda a: pl.pca_overview(a, color=GROUP, **kw))),
         Call("pl.pca_variance_ratio", lambda a: pl.pca_variance_ratio(a, **kw)),
         # tl.tsne takes ~30 s of CPU (it is in the table, marked slow); the plot only needs an embedding
         Call(
@@ -217,7 +233,7 @@ def _pl(sc) -> list[Call]:
         Call("pl.diffmap", _seq(_diffmap, lambda a: pl.diffmap(a, color=GROUP, **kw))),
         Call(
             "pl.draw_graph",
-            _seq(lambda a: sc.tl.draw_graph(a, layout="fr", maxiter=20), lambda a: pl.draw_graph(a, color=GROUP, **kw)),
+            _seq(lambda a: sc.tl.draw_graph(a, layout="fr"), lambda a: pl.draw_graph(a, color=GROUP, **kw)),
         ),
         Call(
             "pl.embedding_density",
@@ -246,13 +262,14 @@ def _pl(sc) -> list[Call]:
                 lambda a: sc.pp.highly_variable_genes(a, n_top_genes=100), lambda a: pl.highly_variable_genes(a, **kw)
             ),
         ),
-        Call("pl.ranking", lambda a: pl.ranking(a, "obsm", "X_pca", **kw)),
+        Call("pl.ranking", _seq(_pca_all, lambda a: pl.ranking(a, "varm", "PCs", n_points=10, **kw))),
         Call("pl.paga", _seq(_paga, lambda a: pl.paga(a, random_state=0, **kw))),
         Call(
             "pl.paga_compare",
             _seq(
                 _paga,
-                lambda a: sc.tl.draw_graph(a, layout="fr", maxiter=20, init_pos="paga"),
+                lambda a: pl.paga(a, random_state=0, **kw),  # paga's positions, which draw_graph starts from
+                lambda a: sc.tl.draw_graph(a, layout="fr", init_pos="paga"),
                 lambda a: pl.paga_compare(a, basis="draw_graph_fr", **kw),
             ),
         ),
@@ -290,7 +307,10 @@ def _pl(sc) -> list[Call]:
         ),
         Call(
             "pl.scrublet_score_distribution",
-            _seq(lambda a: sc.pp.scrublet(a, random_state=0), lambda a: pl.scrublet_score_distribution(a, **kw)),
+            _seq(
+                lambda a: sc.pp.scrublet(a, threshold=0.25, random_state=0),
+                lambda a: pl.scrublet_score_distribution(a, **kw),
+            ),
             "counts",
         ),
     ]
