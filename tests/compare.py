@@ -63,6 +63,10 @@ def assert_same(got: Any, want: Any, where: str = "result") -> None:
     elif sp.issparse(want) or sp.issparse(got):
         assert sp.issparse(got) and sp.issparse(want), f"{where}: {type(got).__name__} vs {type(want).__name__}"
         assert_array_same(got.toarray(), want.toarray(), where)
+    elif isinstance(want, np.ndarray) and want.dtype == object and any(_is_plot(x) for x in want.flat):
+        # an array of Axes (scrublet_score_distribution): the figures themselves are compared as images
+        assert isinstance(got, np.ndarray) and got.shape == want.shape, f"{where}: {got!r} vs {want!r}"
+        assert [type(x) for x in got.flat] == [type(x) for x in want.flat], f"{where}: {got!r} vs {want!r}"
     elif isinstance(want, np.ndarray) or isinstance(got, np.ndarray):
         assert_array_same(np.asarray(got), np.asarray(want), where)
     elif isinstance(want, Mapping):

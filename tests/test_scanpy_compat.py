@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import random
+import re
 import warnings
 from pathlib import Path
 
@@ -204,12 +205,12 @@ def render_table(table: dict) -> str:
         res = table[env]["results"]
         same = sum(1 for r in res.values() if r.get("h5ad") == "same")
         lines.append(f"* {env}: {same} of {len(res)} calls run give the same result on a shadow as in memory.")
-    areas = list(dict.fromkeys(i.split(".")[0] for i in ids))
-    for area in areas:
+    area_of = {i: re.match(r"\w+", i).group() for i in ids}  # "pp", "pl", ..., "AnnData"
+    for area in dict.fromkeys(area_of.values()):
         title = {"AnnData": "AnnData methods scanpy workflows call"}.get(area, f"`sc.{area}`")
         lines += ["", f"### {title}", "", "| call | " + " | ".join(envs) + " |", "|---" * (len(envs) + 1) + "|"]
         for i in ids:
-            if i.split(".")[0] == area:
+            if area_of[i] == area:
                 cells = [_cell(table[env]["results"].get(i)) for env in envs]
                 lines.append(f"| `{i}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
