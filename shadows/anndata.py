@@ -139,7 +139,11 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             )
         self._n_obs_file = axis_length(root, "obs", where)
         self._n_vars_file = axis_length(root, "var", where)
-        self._oidx, self._vidx = _view if _view is not None else (None, None)
+        o, v = _view if _view is not None else (None, None)
+        # a selection of everything, in order (a modality of a MuData view that keeps all its features), reads as
+        # no selection: whole-axis fast paths (copies as stored, major-axis reads) then apply
+        self._oidx = None if ix.is_identity(o, self._n_obs_file) else o
+        self._vidx = None if ix.is_identity(v, self._n_vars_file) else v
         self._is_view = _view is not None  # shadow[:] is a view too (as in anndata), though it selects everything
 
     def _resolve_nested(self) -> None:

@@ -350,11 +350,11 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
     def write(self, filename: os.PathLike | None = None, *, overwrite: bool = False, clear_cache: bool = False):
         """Push every pending change, of the MuData and of each modality, into the file (open it with ``"r+"``).
 
-        With ``filename``, write an in-memory copy (:meth:`to_memory`) to a new ``.h5mu`` file instead.
+        With ``filename``, stream the shadow into a new ``.h5mu`` file instead (:meth:`write_h5mu`).
         Returns the shadow, so that ``m.reopen("r+").write().reopen("r")`` chains.
         """
         if filename is not None:
-            self.to_memory().write(filename)
+            self.write_h5mu(filename)
             return self
         from .write import write_many
 
@@ -363,12 +363,21 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
         return self
 
     def write_h5mu(self, filename: os.PathLike, **kwargs: Any) -> None:
-        """Write an in-memory copy (:meth:`to_memory`) to a new ``.h5mu`` file."""
-        self.to_memory().write_h5mu(filename, **kwargs)
+        """Stream the MuData (or the view) into a new ``.h5mu`` file, one matrix block at a time.
+
+        The result reads back with ``mudata.read_h5mu`` as mudata's own ``write_h5mu`` of :meth:`to_memory` would,
+        without any modality's matrices being held in memory (see :mod:`shadows.mudata_write`).  Keywords:
+        ``compression``, ``compression_opts``, ``progress``, ``chunk_size``.
+        """
+        from .mudata_write import write_mudata
+
+        write_mudata(self, filename, "h5mu", **kwargs)
 
     def write_zarr(self, store: os.PathLike, **kwargs: Any) -> None:
-        """Write an in-memory copy (:meth:`to_memory`) to a new zarr store."""
-        self.to_memory().write_zarr(store, **kwargs)
+        """Stream the MuData (or the view) into a new zarr store (see :meth:`write_h5mu`); ``zarr_format`` too."""
+        from .mudata_write import write_mudata
+
+        write_mudata(self, store, "zarr", **kwargs)
 
     def to_memory(self) -> mudata.MuData:
         """A real in-memory :class:`mudata.MuData` with every element (of the view) read, pending changes included.
@@ -389,11 +398,14 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
         )
 
     def copy(self, filename: os.PathLike | None = None) -> mudata.MuData:
-        """An in-memory MuData copy (or, with ``filename``, a copy written to that ``.h5mu`` file)."""
-        m = self.to_memory()
+        """An in-memory MuData copy; with ``filename``, a copy streamed to that ``.h5mu`` file, opened as a shadow.
+
+        (mudata's ``copy(filename)`` likewise returns an object backed by the new file.)
+        """
         if filename is not None:
-            m.write(filename)
-        return m
+            self.write_h5mu(filename)
+            return MuDataShadow(filename, **self._backends)
+        return self.to_memory()
 
     # --- repr -----------------------------------------------------------------------------------------------------
     def __repr__(self) -> str:

@@ -22,6 +22,8 @@ import zarr
 
 from .storage import is_h5
 
+USERBLOCK = 512  # bytes reserved before the HDF5 superblock when a header is asked for (mudata's size)
+
 # Elements per chunk of the 1-D arrays of a sparse matrix that grows (256 KiB of float32).
 SPARSE_CHUNK = 2**16
 # Bytes per chunk of a dense zarr array written by row blocks.
@@ -198,14 +200,19 @@ class Output:
         ``"h5"`` or ``"zarr"``.
     zarr_format
         2 or 3 for a zarr store (default: ``anndata.settings.zarr_write_format``).
+    header
+        HDF5 only: bytes put in a 512-byte user block at the start of the file (``.h5mu`` files carry one).
     """
 
-    def __init__(self, path: str | os.PathLike, kind: str, zarr_format: int | None = None):
+    def __init__(self, path: str | os.PathLike, kind: str, zarr_format: int | None = None, header: bytes | None = None):
         self.path = Path(os.fspath(path))
         self.kind = kind
+        self.header = header
         self.stage = self.path.with_name(f".{self.path.name}.shadows-{uuid.uuid4().hex[:8]}.tmp")
         if kind == "h5":
-            self.root: Any = h5py.File(self.stage, "w")
+            if header is not None and len(header) > USERBLOCK:
+                raise ValueError(f"a file header holds at most {USERBLOCK} bytes, got {len(header)}")
+            self.root: Any = h5py.File(self.stage, "w", userblock_size=USERBLOCK if header is not None else 0)
         else:
             if zarr_format is None:
                 import anndata
@@ -217,6 +224,9 @@ class Output:
         """Close, consolidate (zarr), and move the staged file into place."""
         if self.kind == "h5":
             self.root.close()
+            if self.header is not None:
+                with open(self.stage, "r+b") as f:  # the user block is HDF5's to reserve, ours to fill
+                    f.write(self.header.ljust(USERBLOCK, b"\0"))
         else:
             zarr.consolidate_metadata(str(self.stage))
         if self.path.exists() or self.path.is_symlink():

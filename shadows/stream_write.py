@@ -176,7 +176,9 @@ class _Writer:
         sel = twin._oidx if name == "obs" else twin._vidx
         touched = any((name, "") in store for store in (twin._pending, twin._inherited, twin._cache))
         extra = name == "obs" and bool(opts.obs_columns)
-        if sel is None and not touched and not extra and self.copier.copy(self.root[name], parent, name):
+        # a view (even of every row) drops unused categories, as anndata's views do: no copy as stored then
+        whole = sel is None and not twin.is_view
+        if whole and not touched and not extra and self.copier.copy(self.root[name], parent, name):
             return
         df = _frame_blockwise(twin, self.root, name, sel) if not touched else None
         if df is None:

@@ -35,8 +35,8 @@ COLUMN_INDEX = "shadows_column_index"
 _MAJOR_GAP_NNZ = 32 * 1024
 # Within a scanned chunk, read ``data`` as one block when hits are denser than 1 in this many values.
 _DENSE_HITS = 64
-# Up to this many wanted minor positions, comparisons beat a lookup table (no gather temporary per chunk).
-_FEW_TARGETS = 8
+# Up to this many wanted minor positions, comparisons beat a gather from a table of wanted positions.
+_FEW_TARGETS = 2
 # Up to this many major positions, read only their indptr entries when indptr is not cached yet.
 _FEW_MAJOR = 4096
 
@@ -115,6 +115,43 @@ class _ChunkReader:
         return self.buf[:n]
 
 
+class _pipeline:
+    """Runs jobs one after another in a worker thread, at most two outstanding (or inline when ``threaded`` is
+    false).  The caller reads the next chunk while the worker searches the previous one; ``wait_slot`` before
+    refilling a buffer makes sure the job that used it (two turns ago) is done.  Errors surface in the caller."""
+
+    def __init__(self, threaded: bool):
+        self.threaded = threaded
+        self.pending: list = []
+        self.pool = None
+
+    def __enter__(self) -> _pipeline:
+        if self.threaded:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadows-scan")
+        return self
+
+    def wait_slot(self) -> None:
+        while len(self.pending) >= 2:
+            self.pending.pop(0).result()
+
+    def submit(self, fn, *args) -> None:
+        if self.pool is None:
+            fn(*args)
+        else:
+            self.pending.append(self.pool.submit(fn, *args))
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                for f in self.pending:
+                    f.result()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 class SparseReader:
     """Reads a selection of one stored sparse matrix."""
 
@@ -150,7 +187,14 @@ class SparseReader:
         maj_u, maj_inv = ix.sorted_unique(major, n_major)
         min_u, min_inv = ix.sorted_unique(minor, n_minor)
         maj_pos = ix.positions(maj_u, n_major)
-        data, indices, indptr = self._read_major_minor(maj_pos, None if minor is None else ix.positions(min_u, n_minor))
+        min_out = None
+        if min_inv is not None and len(min_inv) == len(min_u):
+            # an unsorted selection without repeats: the scan writes output positions directly (no reorder copy)
+            min_out = np.empty(len(min_inv), dtype=np.int64)
+            min_out[min_inv] = np.arange(len(min_inv))
+            min_inv = None
+        min_pos = None if minor is None else ix.positions(min_u, n_minor)
+        data, indices, indptr = self._read_major_minor(maj_pos, min_pos, min_out)
         n_min_out = n_minor if minor is None else ix.length(min_u, n_minor)
         cls = sp.csr_matrix if self.format == "csr" else sp.csc_matrix
         shape = (len(maj_pos), n_min_out)
@@ -196,13 +240,13 @@ class SparseReader:
         ip = self.indptr
         return ip[maj_pos], ip[maj_pos + 1]
 
-    def _read_major_minor(self, maj_pos: np.ndarray, min_pos: np.ndarray | None):
+    def _read_major_minor(self, maj_pos: np.ndarray, min_pos: np.ndarray | None, min_out: np.ndarray | None = None):
         starts, ends = self._bounds(maj_pos)
         if min_pos is None:
             data, indices = self._read_major(maj_pos, starts, ends)
             indptr = np.concatenate([[0], np.cumsum(ends - starts)]).astype(np.int64)
             return data, indices, indptr
-        return self._scan_minor(maj_pos, starts, ends, min_pos)
+        return self._scan_minor(maj_pos, starts, ends, min_pos, min_out)
 
     @staticmethod
     def _major_blocks(starts: np.ndarray, ends: np.ndarray):
@@ -232,70 +276,106 @@ class SparseReader:
             np.concatenate(idxs) if len(idxs) > 1 else idxs[0]
         )
 
-    def _scan_minor(self, maj_pos: np.ndarray, starts: np.ndarray, ends: np.ndarray, min_pos: np.ndarray):
-        """Scan ``indices`` of the selected major ranges in bounded chunks; keep hits on the wanted minor positions."""
+    def _scan_minor(
+        self,
+        maj_pos: np.ndarray,
+        starts: np.ndarray,
+        ends: np.ndarray,
+        min_pos: np.ndarray,
+        min_out: np.ndarray | None = None,
+    ):
+        """Scan ``indices`` of the selected major ranges in bounded chunks; keep hits on the wanted minor positions.
+
+        ``min_out`` gives the output position of each wanted minor position (default: their rank); with an
+        unsorted selection the minor indices of a major position then come in stored order, unsorted, exactly as
+        scipy's own column indexing leaves them, and no reordering copy of the result is needed.
+        """
         n_minor = self.shape[1] if self.format == "csr" else self.shape[0]
         if len(min_pos) == 0:  # no minor position wanted (e.g. a MuData view keeping none of a modality's features)
             return np.zeros(0, self.dtype), np.zeros(0, np.int32), np.zeros(len(maj_pos) + 1, np.int64)
         few = len(min_pos) <= _FEW_TARGETS
-        lut = None
-        if len(min_pos) > 1:
-            # int16 lookup where it fits halves the per-chunk temporary
-            lut = np.full(n_minor, -1, dtype=np.int16 if len(min_pos) < 2**15 else np.int32)
-            lut[min_pos] = np.arange(len(min_pos))
-        step = scan_step(self.budget)
+        out_pos = np.arange(len(min_pos)) if min_out is None else min_out
+        # output positions by stored minor position; int16 where it fits keeps the kept pieces small
+        lut = np.zeros(n_minor, dtype=np.int16 if len(min_pos) < 2**15 else np.int32)
+        lut[min_pos] = out_pos
+        wanted = None
         if not few:
-            step = max(2**16, step // 2)  # the lookup path holds more temporaries per value: halve the chunk
+            wanted = np.zeros(n_minor, dtype=bool)  # a one-byte gather per scanned value finds the hits
+            wanted[min_pos] = True
+        step = scan_step(self.budget)
         if not is_h5(self.indices) and self.indices.chunks:
             # whole zarr chunks per step: a chunk cut in two would be decompressed twice
             c = int(self.indices.chunks[0])
             step = max(c, step - step % c)
-        reader = _ChunkReader(self.indices, step)
+        values = _ChunkReader(self.data, step)
         item = self.indices.dtype.itemsize
         scanned = int((ends - starts).sum()) * item
         bar = progress_bar(
             scanned, f"scanning {self.group.name} for {len(min_pos)} {'genes' if self.format == 'csr' else 'cells'}"
         )
-        n_major = len(maj_pos)
-        # hits arrive in stored order: major non-decreasing, minor increasing within a major position (the lookup
-        # is monotone); so per-major counts are enough to build indptr, and only minor and data are kept per hit
-        counts = np.zeros(n_major, dtype=np.int64)
+        # hits arrive in stored order (major non-decreasing), so counts per selected major position are enough to
+        # build indptr; only the minor position and the value are kept per hit
+        counts = np.zeros(len(maj_pos), dtype=np.int64)
         out_minor, out_data = [], []
-        for i0, i1, lo, hi in self._major_blocks(starts, ends):
+
+        def process(chunk: np.ndarray, c0: int, c1: int, i0: int, i1: int, mask_buf: np.ndarray) -> None:
             st, en = starts[i0:i1], ends[i0:i1]
-            contiguous = hi - lo == int((en - st).sum())
-            for c0 in range(lo, hi, step):
-                c1 = min(hi, c0 + step)
-                chunk = reader.read(c0, c1)
-                bar.update((c1 - c0) * item)
-                if few:
-                    mask = chunk == min_pos[0]
-                    for t in min_pos[1:]:
-                        mask |= chunk == t
-                    hit = np.flatnonzero(mask)
-                    del mask
-                else:
-                    hit = np.flatnonzero(lut[chunk] >= 0)
+            if few:
+                mask = chunk == min_pos[0]
+                for t in min_pos[1:]:
+                    mask |= chunk == t
+            else:
+                # np.take into a reused buffer: about twice as fast as fancy indexing, and no allocation
+                mask = np.take(wanted, chunk, out=mask_buf[: len(chunk)])
+            hit = np.flatnonzero(mask)
+            del mask
+            if len(hit) == 0:
+                return
+            # the selected major positions overlapping this chunk, and their hits: two binary searches per position
+            # (not one per hit); hits in unselected positions between selected ones fall outside
+            r0 = int(np.searchsorted(en, c0, side="right"))
+            r1 = int(np.searchsorted(st, c1, side="left"))
+            first = np.searchsorted(hit, np.clip(st[r0:r1], c0, c1) - c0)
+            n_hits = np.searchsorted(hit, np.clip(en[r0:r1], c0, c1) - c0) - first
+            counts[i0 + r0 : i0 + r1] += n_hits
+            if int(n_hits.sum()) != len(hit):
+                hit = hit[ix.ranges_to_positions(first, n_hits)]
                 if len(hit) == 0:
-                    continue
-                new_minor = lut[chunk[hit]] if lut is not None else np.zeros(len(hit), np.int16)
-                absolute = hit + c0
-                del hit
-                # the selected position holding each hit: the last one starting at or before it
-                out_row = np.searchsorted(st, absolute, side="right") - 1
-                if not contiguous:  # hits in unselected rows between selected ones are dropped
-                    ok = (out_row >= 0) & (absolute < en[np.maximum(out_row, 0)])
-                    absolute, out_row, new_minor = absolute[ok], out_row[ok], new_minor[ok]
-                u, c = np.unique(out_row, return_counts=True)
-                counts[u + i0] += c
-                out_minor.append(new_minor)
-                out_data.append(_read_points(self.data, absolute, c1 - c0))
-        del reader
-        bar.close()
+                    return
+            out_minor.append(np.take(lut, np.take(chunk, hit)))
+            out_data.append(self._values_at(values, hit + c0, c1 - c0))
+
+        jobs = [
+            (c0, min(hi, c0 + step), i0, i1)
+            for i0, i1, lo, hi in self._major_blocks(starts, ends)
+            for c0 in range(lo, hi, step)
+        ]
+        # two buffers in turn: while one chunk is searched (numpy releases the GIL) the next one is read
+        slots = [(_ChunkReader(self.indices, step), np.empty(step if wanted is not None else 0, dtype=bool))]
+        if len(jobs) > 1:
+            slots.append((_ChunkReader(self.indices, step), np.empty(len(slots[0][1]), dtype=bool)))
+        try:
+            with _pipeline(len(jobs) > 1) as run:
+                for k, (c0, c1, i0, i1) in enumerate(jobs):
+                    reader, mask_buf = slots[k % len(slots)]
+                    run.wait_slot()  # the job that used this slot two turns ago is done
+                    chunk = reader.read(c0, c1)
+                    run.submit(process, chunk, c0, c1, i0, i1, mask_buf)
+                    bar.update((c1 - c0) * item)
+        finally:
+            del slots, values
+            bar.close()
         minor = _gather(out_minor, np.int32)
         data = _gather(out_data, self.dtype)
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         return data, minor, indptr
+
+    def _values_at(self, values: _ChunkReader, pos: np.ndarray, block_len: int) -> np.ndarray:
+        """``data`` at sorted absolute positions ``pos`` of one scanned chunk (``block_len`` values long)."""
+        if len(pos) * _DENSE_HITS >= block_len:  # dense hits: one read of their span into the reused buffer
+            lo, hi = int(pos[0]), int(pos[-1]) + 1
+            return np.take(values.read(lo, hi), pos - lo)
+        return _read_points(self.data, pos, block_len)
 
 
 def scan_step(budget: int) -> int:

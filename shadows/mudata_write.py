@@ -1,0 +1,144 @@
+"""Streaming a :class:`~shadows.MuDataShadow` (or a view of one) into a new ``.h5mu`` file or zarr store.
+
+mudata's own writers need the whole MuData in memory.  Here every modality is streamed by
+:func:`shadows.stream_write.write_anndata` (matrices block by block, elements taken whole copied as stored), and
+only the MuData's own elements (global ``obs``/``var``, ``obsm``... ``uns``, ``obsmap``/``varmap``), which scale with
+the number of cells and features, not with the matrices, are built in memory.  They are built exactly as
+:meth:`MuDataShadow.to_memory` builds them (a :class:`mudata.MuData` over modalities that hold only their
+``obs``/``var``), then written with ``anndata.io.write_elem`` in the order and with the attributes mudata's
+``write_h5mu``/``write_zarr`` use, so that ``mudata.read_h5mu`` reads the result as it reads mudata's own files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anndata
+import mudata
+import numpy as np
+from anndata.io import write_elem
+
+from .matrix_write import WriteOptions
+from .sink import Output
+from .stream_write import numpy_twin, write_anndata
+
+if TYPE_CHECKING:
+    from .mudata import MuDataShadow
+
+_GLOBAL_MAPPINGS = ("obsm", "varm", "obsp", "varp")
+
+
+def write_mudata(
+    shadow: MuDataShadow,
+    path: str | os.PathLike,
+    file_format: str = "h5mu",
+    *,
+    progress: bool | None = None,
+    compression: str | None = None,
+    compression_opts: Any = None,
+    zarr_format: int | None = None,
+    chunk_size: int | None = None,
+) -> Path:
+    """Write ``shadow`` (pending changes included) to a new file without holding any modality's matrices.
+
+    Parameters
+    ----------
+    shadow
+        The MuData shadow or view to write.
+    path
+        The new ``.h5mu`` file or zarr store; replaced if it exists.  It is written under a staging name and moved
+        into place at the end, so a failure never leaves a half-written destination.
+    file_format
+        ``"h5mu"`` or ``"zarr"``.
+    progress
+        Show a progress bar per modality (``None``: follow ``shadows.settings``).
+    compression, compression_opts
+        h5py compression of the arrays written (as in ``mudata.write_h5mu(..., compression=...)``).
+    zarr_format
+        2 or 3 (default ``anndata.settings.zarr_write_format``).
+    chunk_size
+        Major positions per block of a matrix (default: sized by ``shadows.settings.memory_budget``).
+
+    Returns
+    -------
+    The path written.
+    """
+    if file_format not in ("h5mu", "zarr"):
+        raise ValueError(f"file_format must be 'h5mu' or 'zarr', got {file_format!r}")
+    dst = Path(os.fspath(path))
+    src = Path(shadow._storage.filename)
+    if dst.exists() and src.exists() and os.path.samefile(dst, src):
+        raise ValueError(f"Cannot stream '{shadow._storage.describe()}' into the file it is read from ('{dst}')")
+    skeleton = _skeleton(shadow)
+    opts = WriteOptions(tmpdir=dst.parent)
+    if chunk_size is not None:
+        opts.chunk_size = chunk_size
+    if compression is not None:
+        opts.compression, opts.compression_opts = compression, compression_opts
+    kwargs = {"compression": compression, "compression_opts": compression_opts} if compression else {}
+    version = mudata.__version__
+    if file_format == "h5mu":
+        fmt_version = getattr(mudata, "__mudataversion__", "0.1.0")
+        header = f"MuData (format-version={fmt_version};creator=shadows;creator-version={_own_version()})".encode()
+        out = Output(dst, "h5", header=header)
+    else:
+        out = Output(dst, "zarr", zarr_format)
+    with out:
+        root = out.root
+        for name in ("obs", "var"):
+            write_elem(root, name, _global_table(skeleton, name), dataset_kwargs=kwargs)
+        for name in (*_GLOBAL_MAPPINGS, "uns", "obsmap", "varmap"):
+            write_elem(root, name, dict(getattr(skeleton, name)), dataset_kwargs=kwargs)
+        root.attrs["axis"] = int(skeleton.axis)
+        mod = root.create_group("mod")
+        for name in shadow._order:
+            group = mod.create_group(name)
+            write_anndata(shadow._modality(name), group, options=opts, progress=progress)
+            group.attrs["encoder"] = "shadows"
+            group.attrs["encoder-version"] = _own_version()
+        mod.attrs["mod-order"] = list(shadow._order)
+        root.attrs["encoding-type"] = "MuData"
+        root.attrs["encoding-version"] = getattr(mudata, "__mudataversion__", "0.1.0")
+        root.attrs["encoder"] = "shadows"
+        root.attrs["encoder-version"] = f"{_own_version()} (mudata {version})"
+        return out.commit()
+
+
+def _skeleton(shadow: MuDataShadow) -> mudata.MuData:
+    """The MuData's own elements, as :meth:`MuDataShadow.to_memory` builds them, over matrix-free modalities."""
+    g = shadow._global.to_memory()
+    mods = {}
+    for name in shadow._order:
+        twin = numpy_twin(shadow._modality(name))  # pandas tables whatever the shadow's table backend
+        mods[name] = anndata.AnnData(obs=twin.obs.copy(), var=twin.var.copy())
+    return mudata.MuData(
+        mods,
+        obs=g.obs,
+        var=g.var,
+        uns=dict(g.uns),
+        obsmap={m: np.asarray(shadow._map("obs", m)) for m in shadow._order},
+        varmap={m: np.asarray(shadow._map("var", m)) for m in shadow._order},
+        axis=shadow.axis,
+        **{name: dict(getattr(g, name)) for name in _GLOBAL_MAPPINGS},
+    )
+
+
+def _global_table(m: mudata.MuData, name: str):
+    """The global ``obs``/``var`` as mudata writes them: columns pulled from modalities on read left out again."""
+    try:  # mudata 0.3's switch (None: pull on read, shrink on write); mudata 0.4 has neither
+        from mudata._core.config import OPTIONS
+
+        pull = OPTIONS.get("pull_on_update", False)
+    except ImportError:
+        pull = False
+    shrink = getattr(m, "_shrink_attr", None)
+    table = shrink(name, inplace=False) if (pull is None and shrink is not None) else getattr(m, name)
+    return m.strings_to_categoricals(table.copy())
+
+
+def _own_version() -> str:
+    from . import __version__
+
+    return __version__
