@@ -363,7 +363,7 @@ class SparseReader:
                     run.submit(process, chunk, c0, c1, i0, i1, mask_buf)
                     bar.update((c1 - c0) * item)
         finally:
-            del slots, values
+            del slots
             bar.close()
         minor = _gather(out_minor, np.int32)
         data = _gather(out_data, self.dtype)
