@@ -87,16 +87,34 @@ def _read_points(arr: Any, pos: np.ndarray, block_len: int) -> np.ndarray:
     return out
 
 
-def _gather(pieces: list[np.ndarray], dtype: Any) -> np.ndarray:
-    """Concatenate while freeing the pieces: the peak stays near one copy of the result, not two."""
-    out = np.empty(sum(len(p) for p in pieces), dtype=dtype)
-    at = 0
-    for i in range(len(pieces)):
-        n = len(pieces[i])
-        out[at : at + n] = pieces[i]
-        pieces[i] = None
-        at += n
-    return out
+class _Appender:
+    """Hits appended into one output array, sized from the hit rate seen so far (no list of pieces to
+    concatenate at the end: the peak stays near one copy of the result instead of two).
+
+    The first ``reserve`` call sizes the array for the whole scan (the hit rate of the first chunk times the
+    values to scan, plus a tenth); a later shortfall grows it by half again.
+    """
+
+    def __init__(self, dtype: Any):
+        self.arr = np.empty(0, dtype=dtype)
+        self.n = 0
+
+    def reserve(self, extra: int, expected_total: int) -> None:
+        need = self.n + extra
+        if need > len(self.arr):
+            size = max(need, int(expected_total * 1.1) + 1024, int(len(self.arr) * 1.5))
+            grown = np.empty(size, dtype=self.arr.dtype)
+            grown[: self.n] = self.arr[: self.n]
+            self.arr = grown
+
+    def append(self, values: np.ndarray) -> None:
+        self.arr[self.n : self.n + len(values)] = values
+        self.n += len(values)
+
+    def result(self) -> np.ndarray:
+        out = self.arr[: self.n]
+        # the usual margin (a tenth) stays allocated behind the view; only a poor estimate is worth a copy
+        return out.copy() if self.n < len(self.arr) // 2 else out
 
 
 class _ChunkReader:
@@ -303,7 +321,9 @@ class SparseReader:
             wanted = np.zeros(n_minor, dtype=bool)  # a one-byte gather per scanned value finds the hits
             wanted[min_pos] = True
         step = scan_step(self.budget)
-        if not is_h5(self.indices) and self.indices.chunks:
+        if is_h5(self.indices):
+            step = max(2**16, step // 2)  # two chunks in flight (see below): each half as long
+        elif self.indices.chunks:
             # whole zarr chunks per step: a chunk cut in two would be decompressed twice
             c = int(self.indices.chunks[0])
             step = max(c, step - step % c)
@@ -316,7 +336,9 @@ class SparseReader:
         # hits arrive in stored order (major non-decreasing), so counts per selected major position are enough to
         # build indptr; only the minor position and the value are kept per hit
         counts = np.zeros(len(maj_pos), dtype=np.int64)
-        out_minor, out_data = [], []
+        out_minor, out_data = _Appender(np.int32), _Appender(self.dtype)
+        progress = {"scanned": 0}
+        total_span = max(1, int((ends - starts).sum()))
 
         def process(chunk: np.ndarray, c0: int, c1: int, i0: int, i1: int, mask_buf: np.ndarray) -> None:
             st, en = starts[i0:i1], ends[i0:i1]
@@ -330,6 +352,7 @@ class SparseReader:
             hit = np.flatnonzero(mask)
             del mask
             if len(hit) == 0:
+                progress["scanned"] += c1 - c0
                 return
             # the selected major positions overlapping this chunk, and their hits: two binary searches per position
             # (not one per hit); hits in unselected positions between selected ones fall outside
@@ -341,7 +364,12 @@ class SparseReader:
             if int(n_hits.sum()) != len(hit):
                 hit = hit[ix.ranges_to_positions(first, n_hits)]
                 if len(hit) == 0:
+                    progress["scanned"] += c1 - c0
                     return
+            progress["scanned"] += c1 - c0
+            expected = int(out_minor.n + len(hit)) * total_span // progress["scanned"]
+            out_minor.reserve(len(hit), expected)
+            out_data.reserve(len(hit), expected)
             out_minor.append(np.take(lut, np.take(chunk, hit)))
             out_data.append(self._values_at(values, hit + c0, c1 - c0))
 
@@ -350,12 +378,14 @@ class SparseReader:
             for i0, i1, lo, hi in self._major_blocks(starts, ends)
             for c0 in range(lo, hi, step)
         ]
-        # two buffers in turn: while one chunk is searched (numpy releases the GIL) the next one is read
+        # HDF5: two buffers in turn, while one chunk is searched (numpy releases the GIL) the next one is read.
+        # zarr decodes in its own threads and returns fresh arrays: a second chunk in flight would only add memory
+        threaded = len(jobs) > 1 and is_h5(self.indices)
         slots = [(_ChunkReader(self.indices, step), np.empty(step if wanted is not None else 0, dtype=bool))]
-        if len(jobs) > 1:
+        if threaded:
             slots.append((_ChunkReader(self.indices, step), np.empty(len(slots[0][1]), dtype=bool)))
         try:
-            with _pipeline(len(jobs) > 1) as run:
+            with _pipeline(threaded) as run:
                 for k, (c0, c1, i0, i1) in enumerate(jobs):
                     reader, mask_buf = slots[k % len(slots)]
                     run.wait_slot()  # the job that used this slot two turns ago is done
@@ -365,8 +395,7 @@ class SparseReader:
         finally:
             del slots
             bar.close()
-        minor = _gather(out_minor, np.int32)
-        data = _gather(out_data, self.dtype)
+        minor, data = out_minor.result(), out_data.result()
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         return data, minor, indptr
 
