@@ -110,6 +110,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         lazy: bool = False,
         _view: tuple | None = None,
         _storage: Storage | None = None,
+        _axes: tuple[int, int] | None = None,
     ):
         check_backend_name(array_backend, "array")
         check_backend_name(table_backend, "table")
@@ -127,7 +128,11 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         self._frame_fp: dict[str, dict[str, int]] = {}
         root = self._storage.root
         where = self._storage.describe()
-        if (
+        if _axes is not None:
+            # a view of a shadow already checked: the file's axis lengths come from the parent (each attribute
+            # read costs tens of microseconds; a view is often made for one small read)
+            self._n_obs_file, self._n_vars_file = _axes
+        elif (
             not self._mudata_root
             and "mod" in root
             and "obs" in root
@@ -137,8 +142,9 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             raise ValueError(
                 f"'{where}' is a MuData file: open it with MuDataShadow, or one modality as '{where}/mod/<name>'"
             )
-        self._n_obs_file = axis_length(root, "obs", where)
-        self._n_vars_file = axis_length(root, "var", where)
+        if _axes is None:
+            self._n_obs_file = axis_length(root, "obs", where)
+            self._n_vars_file = axis_length(root, "var", where)
         o, v = _view if _view is not None else (None, None)
         # a selection of everything, in order (a modality of a MuData view that keeps all its features), reads as
         # no selection: whole-axis fast paths (copies as stored, major-axis reads) then apply
@@ -295,13 +301,14 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
     def _read(self, path: str, sel: tuple, group: str = "") -> Any:
         """Read the element at ``path`` restricted to ``sel`` and convert it with the backends."""
         elem = self._root()[path]
-        enc = encoding_of(elem)[0]
+        encoding = encoding_of(elem)
+        enc = encoding[0]
         if enc in _ARRAY_ENCODINGS:
             backend = get_array_backend(self._array_backend)
             if self._lazy or backend.from_source:
                 source = ElementSource.from_storage(self._storage, path, sel)
                 return LazyArray(source) if self._lazy else backend.convert(source)
-            return backend.convert(read_element(elem, sel, self._ctx()))
+            return backend.convert(read_element(elem, sel, self._ctx(), encoding))
         if enc in _TABLE_ENCODINGS:
             parts = read_frame_parts(elem, sel[:1], self._ctx())
             parts.axis_name = _TABLE_AXIS_NAMES.get(path.rsplit("/", 2)[-2] if "/" in path else "")
@@ -310,7 +317,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             if self.is_view:  # anndata's views drop unused categories of aligned tables too
                 _drop_unused_categories(parts)
             return _as_view_frame(self._table(parts), self.is_view)
-        value = read_element(elem, sel, self._ctx())
+        value = read_element(elem, sel, self._ctx(), encoding)
         if group == "uns":
             value = self._convert_uns_arrays(value)
         return value
@@ -691,6 +698,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             lazy=self._lazy,
             _view=(file_o, file_v),
             _storage=st,
+            _axes=(self._n_obs_file, self._n_vars_file),
         )
         view._inherit(self, o, v)
         return view

@@ -63,8 +63,8 @@ def encoding_of(elem: Any) -> tuple[str, str]:
     raise TypeError(f"{elem!r} is neither a group nor an array")
 
 
-def reader_for(elem: Any) -> Reader:
-    et, ev = encoding_of(elem)
+def reader_for(elem: Any, encoding: tuple[str, str] | None = None) -> Reader:
+    et, ev = encoding if encoding is not None else encoding_of(elem)
     func = _READERS.get((et, ev)) or _READERS.get((et, _ANY_VERSION))
     if func is None:
         raise NotImplementedError(
@@ -74,9 +74,14 @@ def reader_for(elem: Any) -> Reader:
     return func
 
 
-def read_element(elem: Any, sel: tuple = (), ctx: ReadContext | None = None) -> Any:
-    """Read ``elem`` (the part that ``sel`` selects) through the registered reader of its encoding."""
-    return reader_for(elem)(elem, tuple(sel), ctx or ReadContext())
+def read_element(
+    elem: Any, sel: tuple = (), ctx: ReadContext | None = None, encoding: tuple[str, str] | None = None
+) -> Any:
+    """Read ``elem`` (the part that ``sel`` selects) through the registered reader of its encoding.
+
+    ``encoding``: the element's ``(encoding-type, encoding-version)`` when the caller has read it already.
+    """
+    return reader_for(elem, encoding)(elem, tuple(sel), ctx or ReadContext())
 
 
 def sel_at(sel: tuple, axis: int) -> Any:

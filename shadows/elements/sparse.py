@@ -37,6 +37,8 @@ _MAJOR_GAP_NNZ = 32 * 1024
 _DENSE_HITS = 64
 # Up to this many wanted minor positions, comparisons beat a gather from a table of wanted positions.
 _FEW_TARGETS = 2
+# zarr reads of scattered major positions spanning up to this many values in all are awaited together.
+_CONCURRENT_ZARR = 2**22
 # Up to this many major positions, read only their indptr entries when indptr is not cached yet.
 _FEW_MAJOR = 4096
 
@@ -67,6 +69,22 @@ def get_indptr(group: Any, ctx: ReadContext | None) -> np.ndarray:
 
 def _read_range(arr: Any, start: int, stop: int) -> np.ndarray:
     return np.asarray(arr[start:stop])
+
+
+def _zarr_ranges(ranges: list[tuple[Any, int, int]]) -> list[np.ndarray] | None:
+    """``arr[lo:hi]`` for each zarr array range, awaited together on zarr's event loop (a few scattered cells wait
+    for their chunks once instead of once per range); ``None`` where zarr's async API is not there."""
+    try:
+        import asyncio
+
+        from zarr.core.sync import sync
+    except ImportError:  # pragma: no cover - another zarr: the caller reads range by range
+        return None
+
+    async def gather() -> list:
+        return await asyncio.gather(*(arr.async_array.getitem(slice(lo, hi)) for arr, lo, hi in ranges))
+
+    return [np.asarray(v) for v in sync(gather())]
 
 
 def _read_points(arr: Any, pos: np.ndarray, block_len: int) -> np.ndarray:
@@ -279,9 +297,18 @@ class SparseReader:
 
     def _read_major(self, maj_pos: np.ndarray, starts: np.ndarray, ends: np.ndarray):
         datas, idxs = [], []
-        for i0, i1, lo, hi in self._major_blocks(starts, ends):
-            d = _read_range(self.data, lo, hi)
-            i = _read_range(self.indices, lo, hi)
+        blocks = list(self._major_blocks(starts, ends))
+        got = None
+        if not is_h5(self.data) and 1 < len(blocks) and int(blocks[-1][3] - blocks[0][2]) > 0:
+            ranges = [(arr, lo, hi) for _, _, lo, hi in blocks for arr in (self.data, self.indices)]
+            if sum(hi - lo for _, lo, hi in ranges) <= _CONCURRENT_ZARR:
+                got = _zarr_ranges(ranges)
+        for k, (i0, i1, lo, hi) in enumerate(blocks):
+            if got is not None:
+                d, i = got[2 * k], got[2 * k + 1]
+            else:
+                d = _read_range(self.data, lo, hi)
+                i = _read_range(self.indices, lo, hi)
             st, en = starts[i0:i1], ends[i0:i1]
             if hi - lo != int((en - st).sum()):  # the block spans unselected rows: cut them out
                 keep = ix.ranges_to_positions(st - lo, en - st)
