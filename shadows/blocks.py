@@ -24,6 +24,7 @@ from . import index as ix
 from .elements import ReadContext, SparseReader, encoding_of, matrix_info
 from .elements.dense import read_dense
 from .elements.sparse import get_indptr
+from .rawread import read_range
 from .settings import settings
 from .storage import is_array, is_h5
 
@@ -268,9 +269,9 @@ class _Ring:
         lo, hi = int(self.ip[a]), int(self.ip[b])
         n = hi - lo
         data, indices = self.data[slot][:n], self.indices[slot][:n]
-        if n:
-            self.part.elem["data"].read_direct(data, np.s_[lo:hi], np.s_[0:n])
-            self.part.elem["indices"].read_direct(indices, np.s_[lo:hi], np.s_[0:n])
+        if n:  # without the GIL where the layout allows (shadows.rawread): the caller's work goes on meanwhile
+            read_range(self.part.elem["data"], lo, hi, data)
+            read_range(self.part.elem["indices"], lo, hi, indices)
         indptr = self.ip[a : b + 1] - lo
         n_minor = self.part.shape[1 - self.part.major_axis]
         shape = (b - a, n_minor) if self.part.kind == "csr" else (n_minor, b - a)

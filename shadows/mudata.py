@@ -384,10 +384,14 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
 
         It is built as ``mudata.read_h5mu`` builds one, so mudata's options (``pull_on_update``) apply as there.
         """
+        return self._assemble({m: self._modality(m).to_memory() for m in self._order})
+
+    def _assemble(self, mods: dict[str, Any]) -> mudata.MuData:
+        """An in-memory MuData of ``mods`` (in-memory AnnData objects) and this MuData's own elements, read now."""
         g = self._global.to_memory()
         kwargs = {name: dict(getattr(g, name)) for name in ("obsm", "varm", "obsp", "varp")}
         return mudata.MuData(
-            {m: self._modality(m).to_memory() for m in self._order},
+            mods,
             obs=g.obs,
             var=g.var,
             uns=dict(g.uns),

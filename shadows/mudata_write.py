@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import anndata
 import mudata
-import numpy as np
 from anndata.io import write_elem
 
 from .matrix_write import WriteOptions
@@ -27,7 +26,7 @@ from .stream_write import numpy_twin, write_anndata
 if TYPE_CHECKING:
     from .mudata import MuDataShadow
 
-_GLOBAL_MAPPINGS = ("obsm", "varm", "obsp", "varp")
+_GLOBAL_MAPPINGS = ("obsm", "varm", "obsp", "varp")  # the MuData's own aligned mappings
 
 
 def write_mudata(
@@ -108,21 +107,11 @@ def write_mudata(
 
 def _skeleton(shadow: MuDataShadow) -> mudata.MuData:
     """The MuData's own elements, as :meth:`MuDataShadow.to_memory` builds them, over matrix-free modalities."""
-    g = shadow._global.to_memory()
     mods = {}
     for name in shadow._order:
         twin = numpy_twin(shadow._modality(name))  # pandas tables whatever the shadow's table backend
         mods[name] = anndata.AnnData(obs=twin.obs.copy(), var=twin.var.copy())
-    return mudata.MuData(
-        mods,
-        obs=g.obs,
-        var=g.var,
-        uns=dict(g.uns),
-        obsmap={m: np.asarray(shadow._map("obs", m)) for m in shadow._order},
-        varmap={m: np.asarray(shadow._map("var", m)) for m in shadow._order},
-        axis=shadow.axis,
-        **{name: dict(getattr(g, name)) for name in _GLOBAL_MAPPINGS},
-    )
+    return shadow._assemble(mods)
 
 
 def _global_table(m: mudata.MuData, name: str):

@@ -20,43 +20,20 @@ import scipy.sparse as sp
 
 md = pytest.importorskip("mudata")
 
+from oracle import assert_element_equal, quiet  # noqa: E402
+from test_mudata import (  # noqa: E402, F401 (the autouse fixture applies here too)
+    POOL,
+    SUBSETS,
+    _no_pull_on_update,
+    as_mudata_reads,
+    assert_mudata_equal,
+    build_mudata,
+    read_mudata_oracle,
+    stored_tables,
+    write_mudata,
+)
+
 from shadows import MuDataShadow  # noqa: E402
-
-try:
-    from .oracle import assert_element_equal, quiet
-    from .test_mudata import (
-        POOL,
-        SUBSETS,
-        as_mudata_reads,
-        assert_mudata_equal,
-        build_mudata,
-        read_mudata_oracle,
-        stored_tables,
-        write_mudata,
-    )
-except ImportError:
-    from oracle import assert_element_equal, quiet
-    from test_mudata import (
-        POOL,
-        SUBSETS,
-        as_mudata_reads,
-        assert_mudata_equal,
-        build_mudata,
-        read_mudata_oracle,
-        stored_tables,
-        write_mudata,
-    )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _no_pull_on_update():
-    """As in test_mudata: global tables as stored (mudata 0.3 would pull modality columns on read)."""
-    if hasattr(md, "set_options"):
-        with md.set_options(pull_on_update=False):
-            yield
-    else:
-        yield
-
 
 SOURCES = [(0, "h5mu", None), (1, "h5mu", None), (0, "zarr", 3), (1, "zarr", 2)]
 

@@ -13,6 +13,7 @@ import anndata
 import numpy as np
 
 from .. import index as ix
+from ..rawread import read_rows
 from ..storage import is_h5, read_raw
 from .registry import ReadContext, register_reader
 from .whole import read_all, wants_bar
@@ -42,6 +43,8 @@ def read_dense(arr: Any, sel: tuple = ()) -> np.ndarray:
     if all(s is None for s in sel):
         if wants_bar(arr):  # a large read in an interactive session: show its progress
             return read_all([arr], f"reading {arr.name}")[0]
+        if is_h5(arr) and (out := read_rows(arr, 0, arr.shape[0])) is not None:
+            return out
         return read_raw(arr, ())
     uniq, inverse = [], []
     for s, n in zip(sel, arr.shape, strict=False):
@@ -73,6 +76,17 @@ def _read_h5(arr: Any, uniq: list) -> np.ndarray:
     else:
         post = {}
     rest = [k if not (isinstance(k, np.ndarray) and len(k) == 0) else slice(0, 0) for k in rest]
+    if (
+        isinstance(first, slice)
+        and first.step in (None, 1)
+        and all(isinstance(k, slice) and k == slice(None) for k in rest)
+        and not post
+    ):
+        # a block of whole rows of a contiguous array is one range of bytes: read it raw (see shadows.rawread)
+        a, b, _ = first.indices(arr.shape[0])
+        out = read_rows(arr, a, max(a, b))
+        if out is not None:
+            return out
     if first is None or isinstance(first, slice):
         out = read_raw(arr, (_as_key(first), *rest))
     elif len(first) == 0:

@@ -22,6 +22,7 @@ import scipy.sparse as sp
 
 from .. import index as ix
 from ..progress import progress_bar
+from ..rawread import read_range
 from ..settings import settings
 from ..storage import attr, is_h5
 from .registry import ReadContext, register_reader, sel_at
@@ -68,6 +69,8 @@ def get_indptr(group: Any, ctx: ReadContext | None) -> np.ndarray:
 
 
 def _read_range(arr: Any, start: int, stop: int) -> np.ndarray:
+    if is_h5(arr):
+        return read_range(arr, start, stop)  # without the GIL, in parallel, where the layout allows
     return np.asarray(arr[start:stop])
 
 
@@ -146,9 +149,7 @@ class _ChunkReader:
     def read(self, start: int, stop: int) -> np.ndarray:
         if not self.h5:
             return np.asarray(self.arr[start:stop])
-        n = stop - start
-        self.arr.read_direct(self.buf, np.s_[start:stop], np.s_[0:n])
-        return self.buf[:n]
+        return read_range(self.arr, start, stop, self.buf)
 
 
 class _pipeline:
@@ -251,8 +252,8 @@ class SparseReader:
         if wants_bar(self.data, self.indices):  # a large read in an interactive session: show its progress
             data, indices = read_all([self.data, self.indices], f"reading {self.group.name}")
         else:
-            data = np.asarray(self.data[...])
-            indices = np.asarray(self.indices[...])
+            data = _read_range(self.data, 0, self.data.shape[0])
+            indices = _read_range(self.indices, 0, self.indices.shape[0])
         return cls((data, indices, ip.astype(indices.dtype, copy=False) if len(ip) else ip), shape=self.shape)
 
     # --- the two access paths -------------------------------------------------------------------------------------
@@ -367,7 +368,9 @@ class SparseReader:
         progress = {"scanned": 0}
         total_span = max(1, int((ends - starts).sum()))
 
-        def process(chunk: np.ndarray, c0: int, c1: int, i0: int, i1: int, mask_buf: np.ndarray) -> None:
+        def process(
+            chunk: np.ndarray, c0: int, c1: int, i0: int, i1: int, mask_buf: np.ndarray, vals: np.ndarray | None
+        ) -> None:
             st, en = starts[i0:i1], ends[i0:i1]
             if few:
                 mask = chunk == min_pos[0]
@@ -378,6 +381,7 @@ class SparseReader:
                 mask = np.take(wanted, chunk, out=mask_buf[: len(chunk)])
             hit = np.flatnonzero(mask)
             del mask
+            progress["dense"] = len(hit) * _DENSE_HITS >= c1 - c0
             if len(hit) == 0:
                 progress["scanned"] += c1 - c0
                 return
@@ -398,7 +402,10 @@ class SparseReader:
             out_minor.reserve(len(hit), expected)
             out_data.reserve(len(hit), expected)
             out_minor.append(np.take(lut, np.take(chunk, hit)))
-            out_data.append(self._values_at(values, hit + c0, c1 - c0))
+            if vals is not None:  # the caller read this chunk's values already
+                out_data.append(np.take(vals, hit))
+            else:
+                out_data.append(self._values_at(values, hit + c0, c1 - c0))
 
         jobs = [
             (c0, min(hi, c0 + step), i0, i1)
@@ -408,16 +415,21 @@ class SparseReader:
         # HDF5: two buffers in turn, while one chunk is searched (numpy releases the GIL) the next one is read.
         # zarr decodes in its own threads and returns fresh arrays: a second chunk in flight would only add memory
         threaded = len(jobs) > 1 and is_h5(self.indices)
-        slots = [(_ChunkReader(self.indices, step), np.empty(step if wanted is not None else 0, dtype=bool))]
-        if threaded:
-            slots.append((_ChunkReader(self.indices, step), np.empty(len(slots[0][1]), dtype=bool)))
+        n_slots = 2 if threaded else 1
+        masks = [np.empty(step if wanted is not None else 0, dtype=bool) for _ in range(n_slots)]
+        slots = [(_ChunkReader(self.indices, step), masks[i], _ChunkReader(self.data, step)) for i in range(n_slots)]
+        # while the chunks searched so far hit densely (every chunk does for a few hundred genes of a CSR matrix),
+        # the next chunk's values are read along with its indices, by the reading thread: the searching thread,
+        # the busier one, then only gathers them
+        progress["dense"] = False
         try:
             with _pipeline(threaded) as run:
                 for k, (c0, c1, i0, i1) in enumerate(jobs):
-                    reader, mask_buf = slots[k % len(slots)]
+                    reader, mask_buf, vreader = slots[k % n_slots]
                     run.wait_slot()  # the job that used this slot two turns ago is done
                     chunk = reader.read(c0, c1)
-                    run.submit(process, chunk, c0, c1, i0, i1, mask_buf)
+                    vals = vreader.read(c0, c1) if threaded and progress["dense"] else None
+                    run.submit(process, chunk, c0, c1, i0, i1, mask_buf, vals)
                     bar.update((c1 - c0) * item)
         finally:
             del slots

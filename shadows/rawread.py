@@ -1,0 +1,217 @@
+"""Reading uncompressed HDF5 datasets with the operating system's ``pread``, in parallel threads.
+
+Why this exists: h5py holds the GIL (and its own global lock) for the whole of a read, so a large read uses one
+core and nothing else in the process can run meanwhile: a scan cannot search one chunk while it reads the next,
+and reading all of ``X`` copies from the page cache at the speed of one thread.  Datasets that anndata writes
+without compression are stored as plain bytes: HDF5 tells where they are (the address of a contiguous dataset,
+or of each chunk of a chunked one), and ``os.preadv`` copies them straight into the numpy buffer, without the GIL
+and from several threads at once.
+
+Only the simple, common case takes this path: an HDF5 file opened read-only with the default (``sec2``) driver, a
+dataset without filters, numeric values in the machine's byte order, stored contiguously, or in complete chunks
+along its first axis (1-D).  Everything else goes through h5py as before (:func:`layout` returns ``None``).
+Layouts are remembered per file (path, inode, size and modification time) and dataset.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import h5py
+import numpy as np
+
+# Reads below this many bytes run in the calling thread (still without the GIL): no hand-over cost.
+_THREADED_BYTES = 4 * 2**20
+# Bytes per job handed to a thread.
+_JOB_BYTES = 4 * 2**20
+_MAX_LAYOUTS = 256
+
+_layouts: OrderedDict[tuple, Layout | None] = OrderedDict()
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_pool_pid = 0
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the bytes of a dataset are: ``offsets[k]`` is the file address of chunk ``k`` (``chunk`` elements
+    each; one chunk holding everything for a contiguous dataset)."""
+
+    path: str
+    n: int  # elements (of the flattened dataset)
+    itemsize: int
+    chunk: int
+    offsets: np.ndarray
+
+
+def _reset_after_fork() -> None:
+    global _lock
+    _lock = threading.Lock()  # a fork while another thread held it would leave it held forever in the child
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _workers() -> ThreadPoolExecutor:
+    global _pool, _pool_pid
+    with _lock:
+        # a forked child (dask, multiprocessing) inherits the pool object but not its threads: it makes its own
+        if _pool is None or _pool_pid != os.getpid():
+            _pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="shadows-pread")
+            _pool_pid = os.getpid()
+        return _pool
+
+
+def layout(ds: Any) -> Layout | None:
+    """The raw layout of an h5py dataset, or ``None`` when it must be read through h5py."""
+    if not isinstance(ds, h5py.Dataset):
+        return None
+    try:
+        f = ds.file
+        if f.mode != "r" or f.driver != "sec2":  # a writer's data may still sit in HDF5's buffers
+            return None
+        path = os.fspath(f.filename)
+        st = os.stat(path)
+    except (OSError, ValueError, TypeError):
+        return None
+    key = (path, st.st_ino, st.st_size, st.st_mtime_ns, ds.name)
+    with _lock:
+        if key in _layouts:
+            _layouts.move_to_end(key)
+            return _layouts[key]
+    found = _find_layout(ds, path)
+    with _lock:
+        _layouts[key] = found
+        while len(_layouts) > _MAX_LAYOUTS:
+            _layouts.popitem(last=False)
+    return found
+
+
+def _find_layout(ds: Any, path: str) -> Layout | None:
+    dt = ds.dtype
+    if dt.kind not in "biuf" or dt.byteorder not in ("=", "|", "<" if sys.byteorder == "little" else ">"):
+        return None
+    n = int(np.prod(ds.shape, dtype=np.int64))
+    if n == 0:
+        return None
+    try:
+        if ds.id.get_create_plist().get_nfilters() != 0:
+            return None
+        if ds.chunks is None:
+            off = ds.id.get_offset()
+            if off is None:  # contiguous but never written (fill value only)
+                return None
+            return Layout(path, n, dt.itemsize, n, np.array([off], dtype=np.int64))
+        if len(ds.shape) != 1 or not hasattr(ds.id, "chunk_iter"):
+            return None
+        chunk = int(ds.chunks[0])
+        n_chunks = -(-n // chunk)
+        offsets = np.full(n_chunks, -1, dtype=np.int64)
+        full = chunk * dt.itemsize
+        ok = [True]
+
+        def visit(info: Any) -> None:
+            k = int(info.chunk_offset[0]) // chunk
+            if info.filter_mask != 0 or info.size != full or not 0 <= k < n_chunks:
+                ok[0] = False
+            else:
+                offsets[k] = info.byte_offset
+
+        ds.id.chunk_iter(visit)
+    except Exception:  # an HDF5 build without these queries: h5py reads it
+        return None
+    if not ok[0] or (offsets < 0).any():  # a chunk missing (fill value) or stored in another way
+        return None
+    return Layout(path, n, dt.itemsize, chunk, offsets)
+
+
+def read_into(lay: Layout, start: int, stop: int, out: np.ndarray) -> None:
+    """Copy elements ``start:stop`` of the flattened dataset into ``out`` (C-contiguous, ``stop - start`` long)."""
+    if stop <= start:
+        return
+    if not (0 <= start <= stop <= lay.n):
+        raise IndexError(f"elements {start}:{stop} out of range for a dataset of {lay.n}")
+    buf = memoryview(out).cast("B")
+    if len(buf) != (stop - start) * lay.itemsize:
+        raise ValueError(f"output holds {len(buf)} bytes, {(stop - start) * lay.itemsize} needed")
+    # (file address, bytes) of each piece, in the order of ``out``
+    segments = []
+    at = start
+    while at < stop:
+        k = at // lay.chunk
+        end = min(stop, (k + 1) * lay.chunk)
+        segments.append((int(lay.offsets[k]) + (at - k * lay.chunk) * lay.itemsize, (end - at) * lay.itemsize))
+        at = end
+    fd = os.open(lay.path, os.O_RDONLY)
+    try:
+        total = (stop - start) * lay.itemsize
+        if total < _THREADED_BYTES:
+            _read_segments(fd, buf, 0, segments)
+            return
+        jobs, pos, size, first = [], 0, 0, 0
+        for i, (_, nbytes) in enumerate(segments):
+            size += nbytes
+            if size >= _JOB_BYTES:
+                jobs.append((pos, segments[first : i + 1]))
+                pos, size, first = pos + size, 0, i + 1
+        if first < len(segments):
+            jobs.append((pos, segments[first:]))
+        # long contiguous segments are cut too, so that every thread gets a share
+        split = []
+        for p, segs in jobs:
+            if len(segs) == 1 and segs[0][1] > 2 * _JOB_BYTES:
+                off, nbytes = segs[0]
+                for a in range(0, nbytes, _JOB_BYTES):
+                    split.append((p + a, [(off + a, min(_JOB_BYTES, nbytes - a))]))
+            else:
+                split.append((p, segs))
+        for f in [_workers().submit(_read_segments, fd, buf, p, segs) for p, segs in split]:
+            f.result()
+    finally:
+        os.close(fd)
+
+
+def _read_segments(fd: int, buf: memoryview, pos: int, segments: list[tuple[int, int]]) -> None:
+    for off, nbytes in segments:
+        view = buf[pos : pos + nbytes]
+        done = 0
+        while done < nbytes:
+            got = os.preadv(fd, [view[done:]], off + done)
+            if got <= 0:
+                raise OSError(f"unexpected end of file reading {nbytes} bytes at {off}")
+            done += got
+        pos += nbytes
+
+
+def read_range(ds: Any, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Elements ``start:stop`` of a 1-D dataset (raw when possible, else h5py/zarr), into ``out`` if given."""
+    lay = layout(ds)
+    n = max(0, stop - start)
+    if out is None:
+        out = np.empty(n, dtype=ds.dtype)
+    if lay is not None and len(ds.shape) == 1:
+        read_into(lay, start, stop, out[:n])
+    elif n:
+        if isinstance(ds, h5py.Dataset):
+            ds.read_direct(out, np.s_[start:stop], np.s_[0:n])
+        else:
+            out[:n] = ds[start:stop]
+    return out[:n]
+
+
+def read_rows(ds: Any, start: int, stop: int) -> np.ndarray | None:
+    """Rows ``start:stop`` of a contiguous C-ordered dataset read raw, or ``None`` (the caller uses h5py)."""
+    lay = layout(ds)
+    if lay is None or lay.chunk != lay.n:  # rows of a chunked n-D array are not one range of bytes
+        return None
+    row = int(np.prod(ds.shape[1:], dtype=np.int64))
+    out = np.empty((stop - start, *ds.shape[1:]), dtype=ds.dtype)
+    read_into(lay, start * row, stop * row, out.reshape(-1))
+    return out

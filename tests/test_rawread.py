@@ -1,0 +1,110 @@
+"""Raw (pread) reads of uncompressed HDF5 datasets (``shadows.rawread``) against h5py's reads of the same data.
+
+Which datasets may be read raw is decided from HDF5's own description of the layout; everything else must be left to
+h5py (``layout`` returns ``None``).  The files are written by h5py (and one by mudata, with a 512-byte user block).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from shadows import rawread
+
+
+def _write(path, **datasets):
+    with h5py.File(path, "w") as f:
+        for name, (data, kw) in datasets.items():
+            f.create_dataset(name, data=data, **kw)
+    return path
+
+
+@pytest.fixture
+def h5(tmp_path):
+    rng = np.random.default_rng(0)
+    return _write(
+        tmp_path / "a.h5",
+        contiguous=(rng.random(3_000_000).astype(np.float32), {}),
+        matrix=(rng.integers(0, 100, (700, 300)).astype(np.int64), {}),
+        chunked=(rng.integers(0, 2**31, 2_500_001).astype(np.int32), {"chunks": (24_413,)}),
+        compressed=(np.arange(10_000, dtype=np.float64), {"compression": "gzip", "chunks": (1000,)}),
+        big_endian=(np.arange(1000, dtype=">f4"), {}),
+        strings=(np.array([b"a", b"bc"]), {}),
+    )
+
+
+@pytest.mark.parametrize("name", ["contiguous", "chunked"])
+def test_ranges_equal_h5py(h5, name):
+    rng = np.random.default_rng(1)
+    with h5py.File(h5, "r") as f:
+        ds = f[name]
+        assert rawread.layout(ds) is not None
+        n = ds.shape[0]
+        want = ds[...]
+        cases = [(0, n), (0, 1), (n - 1, n), (24_412, 24_414), (5, 5)]
+        cases += [tuple(sorted(rng.integers(0, n + 1, 2))) for _ in range(20)]
+        for a, b in cases:  # small ones inline, large ones (> 4 MB) through the threads
+            np.testing.assert_array_equal(rawread.read_range(ds, a, b), want[a:b], err_msg=f"{name}[{a}:{b}]")
+        buf = np.empty(100_000, dtype=ds.dtype)
+        got = rawread.read_range(ds, 10, 50_010, buf)
+        assert np.shares_memory(got, buf)
+        np.testing.assert_array_equal(got, want[10:50_010])
+
+
+def test_rows_of_a_matrix(h5):
+    with h5py.File(h5, "r") as f:
+        ds = f["matrix"]
+        np.testing.assert_array_equal(rawread.read_rows(ds, 0, 700), ds[...])
+        np.testing.assert_array_equal(rawread.read_rows(ds, 13, 201), ds[13:201])
+        assert rawread.read_rows(f["chunked"], 0, 10) is None  # rows of a chunked array: h5py's business
+
+
+@pytest.mark.parametrize("name", ["compressed", "big_endian", "strings"])
+def test_left_to_h5py(h5, name):
+    with h5py.File(h5, "r") as f:
+        assert rawread.layout(f[name]) is None
+        if name != "strings":
+            np.testing.assert_array_equal(rawread.read_range(f[name], 3, 900), f[name][3:900])
+
+
+def test_writable_files_and_missing_chunks_are_left_to_h5py(h5, tmp_path):
+    with h5py.File(h5, "r+") as f:  # a writer's bytes may still sit in HDF5's buffers
+        assert rawread.layout(f["contiguous"]) is None
+    p = tmp_path / "sparse_chunks.h5"
+    with h5py.File(p, "w") as f:
+        d = f.create_dataset("d", shape=(100_000,), dtype=np.float32, chunks=(1000,))
+        d[5000:6000] = 1  # one chunk written, the others are fill values
+    with h5py.File(p, "r") as f:
+        assert rawread.layout(f["d"]) is None
+        np.testing.assert_array_equal(rawread.read_range(f["d"], 4990, 6010), f["d"][4990:6010])
+
+
+def test_a_rewritten_file_is_described_anew(tmp_path):
+    p = tmp_path / "r.h5"
+    _write(p, d=(np.arange(1000, dtype=np.float64), {}))
+    with h5py.File(p, "r") as f:
+        np.testing.assert_array_equal(rawread.read_range(f["d"], 0, 1000), np.arange(1000))
+    time.sleep(0.01)
+    _write(p, pad=(np.zeros(5000), {}), d=(np.arange(1000, dtype=np.float64) * 2, {}))  # moves d in the file
+    os.utime(p)
+    with h5py.File(p, "r") as f:
+        np.testing.assert_array_equal(rawread.read_range(f["d"], 0, 1000), np.arange(1000) * 2)
+
+
+def test_user_block_of_h5mu(tmp_path):
+    md = pytest.importorskip("mudata")
+    import anndata as ad
+    import scipy.sparse as sp
+
+    X = sp.random(500, 80, density=0.2, format="csr", dtype=np.float32, random_state=0)
+    p = tmp_path / "m.h5mu"
+    md.MuData({"rna": ad.AnnData(X=X)}).write_h5mu(p)
+    with h5py.File(p, "r") as f:
+        assert f.userblock_size == 512
+        for name in ("data", "indices"):
+            ds = f[f"mod/rna/X/{name}"]
+            np.testing.assert_array_equal(rawread.read_range(ds, 0, ds.shape[0]), ds[...])
