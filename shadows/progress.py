@@ -21,9 +21,10 @@ from .settings import settings
 def interactive() -> bool:
     """Whether a person is likely watching: an IPython/Jupyter session, or stderr is a terminal."""
     try:
-        from IPython import get_ipython  # only present when IPython is installed
-
-        shell = get_ipython()
+        # an IPython session has imported IPython already: importing it here just to ask would cost a plain script
+        # tens of milliseconds and megabytes
+        ipython = sys.modules.get("IPython")
+        shell = ipython.get_ipython() if ipython is not None else None
         if shell is not None and type(shell).__name__ in ("ZMQInteractiveShell", "TerminalInteractiveShell"):
             return True
     except Exception:  # IPython missing or broken: fall back to the terminal test

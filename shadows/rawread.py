@@ -31,11 +31,14 @@ _THREADED_BYTES = 4 * 2**20
 # Bytes per job handed to a thread.
 _JOB_BYTES = 4 * 2**20
 _MAX_LAYOUTS = 256
+# Reads from this many bytes on look up a dataset's layout if it is not known yet; smaller ones use it only if known.
+_FIND_BYTES = 2**20
 
 _layouts: OrderedDict[tuple, Layout | None] = OrderedDict()
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _pool_pid = 0
+_pool_size = 1
 
 
 @dataclass(frozen=True)
@@ -60,17 +63,23 @@ if hasattr(os, "register_at_fork"):
 
 
 def _workers() -> ThreadPoolExecutor:
-    global _pool, _pool_pid
+    global _pool, _pool_pid, _pool_size
     with _lock:
         # a forked child (dask, multiprocessing) inherits the pool object but not its threads: it makes its own
         if _pool is None or _pool_pid != os.getpid():
-            _pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="shadows-pread")
+            n = max(1, min(3, (os.cpu_count() or 2) - 1))  # the caller reads too (see read_into)
+            _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="shadows-pread")
+            _pool_size = n
             _pool_pid = os.getpid()
         return _pool
 
 
-def layout(ds: Any) -> Layout | None:
-    """The raw layout of an h5py dataset, or ``None`` when it must be read through h5py."""
+def layout(ds: Any, find: bool = True) -> Layout | None:
+    """The raw layout of an h5py dataset, or ``None`` when it must be read through h5py.
+
+    ``find=False`` returns only a layout found before: describing a chunked dataset visits every chunk (a few
+    milliseconds for thousands), which a small read would not earn back.
+    """
     if not isinstance(ds, h5py.Dataset):
         return None
     try:
@@ -86,6 +95,8 @@ def layout(ds: Any) -> Layout | None:
         if key in _layouts:
             _layouts.move_to_end(key)
             return _layouts[key]
+    if not find:
+        return None
     found = _find_layout(ds, path)
     with _lock:
         _layouts[key] = found
@@ -172,10 +183,24 @@ def read_into(lay: Layout, start: int, stop: int, out: np.ndarray) -> None:
                     split.append((p + a, [(off + a, min(_JOB_BYTES, nbytes - a))]))
             else:
                 split.append((p, segs))
-        for f in [_workers().submit(_read_segments, fd, buf, p, segs) for p, segs in split]:
-            f.result()
+        # the calling thread takes one lane of jobs itself: one helper thread per extra core is enough
+        pool = _workers()
+        lanes = _pool_size + 1
+        share = -(-len(split) // lanes)
+        groups = [split[i : i + share] for i in range(0, len(split), share)]
+        futures = [pool.submit(_read_jobs, fd, buf, g) for g in groups[1:]]
+        try:
+            _read_jobs(fd, buf, groups[0])
+        finally:
+            for f in futures:
+                f.result()
     finally:
         os.close(fd)
+
+
+def _read_jobs(fd: int, buf: memoryview, jobs: list) -> None:
+    for pos, segments in jobs:
+        _read_segments(fd, buf, pos, segments)
 
 
 def _read_segments(fd: int, buf: memoryview, pos: int, segments: list[tuple[int, int]]) -> None:
@@ -192,8 +217,8 @@ def _read_segments(fd: int, buf: memoryview, pos: int, segments: list[tuple[int,
 
 def read_range(ds: Any, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
     """Elements ``start:stop`` of a 1-D dataset (raw when possible, else h5py/zarr), into ``out`` if given."""
-    lay = layout(ds)
     n = max(0, stop - start)
+    lay = layout(ds, find=n * ds.dtype.itemsize >= _FIND_BYTES) if isinstance(ds, h5py.Dataset) else None
     if out is None:
         out = np.empty(n, dtype=ds.dtype)
     if lay is not None and len(ds.shape) == 1:
@@ -208,10 +233,10 @@ def read_range(ds: Any, start: int, stop: int, out: np.ndarray | None = None) ->
 
 def read_rows(ds: Any, start: int, stop: int) -> np.ndarray | None:
     """Rows ``start:stop`` of a contiguous C-ordered dataset read raw, or ``None`` (the caller uses h5py)."""
-    lay = layout(ds)
+    row = int(np.prod(ds.shape[1:], dtype=np.int64))
+    lay = layout(ds, find=(stop - start) * row * ds.dtype.itemsize >= _FIND_BYTES)
     if lay is None or lay.chunk != lay.n:  # rows of a chunked n-D array are not one range of bytes
         return None
-    row = int(np.prod(ds.shape[1:], dtype=np.int64))
     out = np.empty((stop - start, *ds.shape[1:]), dtype=ds.dtype)
     read_into(lay, start * row, stop * row, out.reshape(-1))
     return out
