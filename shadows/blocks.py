@@ -24,7 +24,7 @@ from . import index as ix
 from .elements import ReadContext, SparseReader, encoding_of, matrix_info
 from .elements.dense import read_dense
 from .elements.sparse import get_indptr
-from .rawread import read_range
+from .rawread import prepare, read_range
 from .settings import settings
 from .storage import is_array, is_h5
 
@@ -260,6 +260,9 @@ class _Ring:
         self.offset = 0 if s is None else s.indices(len(ip) - 1)[0]
         self.ip = ip
         size = max(int(ip[self.offset + b] - ip[self.offset + a]) for a, b in plan)
+        total = int(ip[self.offset + plan[-1][1]] - ip[self.offset + plan[0][0]])
+        prepare(part.elem["data"], total * part.dtype.itemsize)  # many block reads: decided for all of them
+        prepare(part.elem["indices"], total * part.index_dtype.itemsize)
         self.data = [np.empty(size, dtype=part.dtype) for _ in range(slots)]
         self.indices = [np.empty(size, dtype=part.index_dtype) for _ in range(slots)]
         self.cls = sp.csr_matrix if part.kind == "csr" else sp.csc_matrix

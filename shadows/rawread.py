@@ -31,8 +31,11 @@ _THREADED_BYTES = 4 * 2**20
 # Bytes per job handed to a thread.
 _JOB_BYTES = 4 * 2**20
 _MAX_LAYOUTS = 256
-# Reads from this many bytes on look up a dataset's layout if it is not known yet; smaller ones use it only if known.
-_FIND_BYTES = 2**20
+# A read looks up a dataset's layout (when not known yet) only if it is large enough to earn the lookup back:
+# describing a chunked dataset costs a couple of microseconds per chunk, a raw read saves a fraction of a
+# nanosecond per byte.  Smaller reads use a layout only if it is known already.
+_FIND_BYTES = 2**16
+_FIND_BYTES_PER_CHUNK = 2**14
 
 _layouts: OrderedDict[tuple, Layout | None] = OrderedDict()
 _lock = threading.Lock()
@@ -143,6 +146,20 @@ def _find_layout(ds: Any, path: str) -> Layout | None:
     return Layout(path, n, dt.itemsize, chunk, offsets)
 
 
+def worth_finding(ds: Any, nbytes: int) -> bool:
+    """Whether reading ``nbytes`` of ``ds`` (in one or many calls) earns back looking up its layout."""
+    chunks = getattr(ds, "chunks", None)
+    n_chunks = 1 if not chunks else -(-int(ds.shape[0]) // max(1, int(chunks[0])))
+    return nbytes >= max(_FIND_BYTES, n_chunks * _FIND_BYTES_PER_CHUNK)
+
+
+def prepare(ds: Any, nbytes: int) -> None:
+    """Look up the layout of ``ds`` now if the reads to come (``nbytes`` in all) earn it back, so that each of
+    them, however small, can be raw."""
+    if isinstance(ds, h5py.Dataset) and worth_finding(ds, nbytes):
+        layout(ds)
+
+
 def read_into(lay: Layout, start: int, stop: int, out: np.ndarray) -> None:
     """Copy elements ``start:stop`` of the flattened dataset into ``out`` (C-contiguous, ``stop - start`` long)."""
     if stop <= start:
@@ -218,7 +235,7 @@ def _read_segments(fd: int, buf: memoryview, pos: int, segments: list[tuple[int,
 def read_range(ds: Any, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
     """Elements ``start:stop`` of a 1-D dataset (raw when possible, else h5py/zarr), into ``out`` if given."""
     n = max(0, stop - start)
-    lay = layout(ds, find=n * ds.dtype.itemsize >= _FIND_BYTES) if isinstance(ds, h5py.Dataset) else None
+    lay = layout(ds, find=worth_finding(ds, n * ds.dtype.itemsize)) if isinstance(ds, h5py.Dataset) else None
     if out is None:
         out = np.empty(n, dtype=ds.dtype)
     if lay is not None and len(ds.shape) == 1:
@@ -234,7 +251,7 @@ def read_range(ds: Any, start: int, stop: int, out: np.ndarray | None = None) ->
 def read_rows(ds: Any, start: int, stop: int) -> np.ndarray | None:
     """Rows ``start:stop`` of a contiguous C-ordered dataset read raw, or ``None`` (the caller uses h5py)."""
     row = int(np.prod(ds.shape[1:], dtype=np.int64))
-    lay = layout(ds, find=(stop - start) * row * ds.dtype.itemsize >= _FIND_BYTES)
+    lay = layout(ds, find=worth_finding(ds, (stop - start) * row * ds.dtype.itemsize))
     if lay is None or lay.chunk != lay.n:  # rows of a chunked n-D array are not one range of bytes
         return None
     out = np.empty((stop - start, *ds.shape[1:]), dtype=ds.dtype)

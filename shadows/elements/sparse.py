@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from .. import index as ix
 from ..progress import progress_bar
-from ..rawread import read_range
+from ..rawread import prepare, read_range
 from ..settings import settings
 from ..storage import attr, is_h5
 from .registry import ReadContext, register_reader, sel_at
@@ -358,6 +358,8 @@ class SparseReader:
         values = _ChunkReader(self.data, step)
         item = self.indices.dtype.itemsize
         scanned = int((ends - starts).sum()) * item
+        prepare(self.indices, scanned)  # the whole scan decides whether its many reads go raw, not each chunk
+        prepare(self.data, scanned)
         bar = progress_bar(
             scanned, f"scanning {self.group.name} for {len(min_pos)} {'genes' if self.format == 'csr' else 'cells'}"
         )
