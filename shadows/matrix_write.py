@@ -70,6 +70,14 @@ class WriteOptions:
     uns: dict[str, Any] = field(default_factory=dict)
     convert_strings: bool = True
 
+    def override(self, chunk_size: int | None = None, compression: str | None = None, compression_opts: Any = None):
+        """Set the fields a writer's keyword arguments give (``None``: keep the field); returns ``self``."""
+        if chunk_size is not None:
+            self.chunk_size = chunk_size
+        if compression is not None:
+            self.compression, self.compression_opts = compression, compression_opts
+        return self
+
     @property
     def dataset_kwargs(self) -> dict[str, Any]:
         if not self.compression:

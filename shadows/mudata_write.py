@@ -20,7 +20,7 @@ import mudata
 from anndata.io import write_elem
 
 from .matrix_write import WriteOptions
-from .sink import Output
+from .sink import Output, refuse_own_file
 from .stream_write import numpy_twin, write_anndata
 
 if TYPE_CHECKING:
@@ -67,16 +67,10 @@ def write_mudata(
     if file_format not in ("h5mu", "zarr"):
         raise ValueError(f"file_format must be 'h5mu' or 'zarr', got {file_format!r}")
     dst = Path(os.fspath(path))
-    src = Path(shadow._storage.filename)
-    if dst.exists() and src.exists() and os.path.samefile(dst, src):
-        raise ValueError(f"Cannot stream '{shadow._storage.describe()}' into the file it is read from ('{dst}')")
+    refuse_own_file(shadow, dst)
     skeleton = _skeleton(shadow)
-    opts = WriteOptions(tmpdir=dst.parent)
-    if chunk_size is not None:
-        opts.chunk_size = chunk_size
-    if compression is not None:
-        opts.compression, opts.compression_opts = compression, compression_opts
-    kwargs = {"compression": compression, "compression_opts": compression_opts} if compression else {}
+    opts = WriteOptions(tmpdir=dst.parent).override(chunk_size, compression, compression_opts)
+    kwargs = opts.dataset_kwargs
     version = mudata.__version__
     if file_format == "h5mu":
         fmt_version = getattr(mudata, "__mudataversion__", "0.1.0")

@@ -189,6 +189,13 @@ class DenseSink:
         pass
 
 
+def refuse_own_file(shadow: Any, dst: Path) -> None:
+    """Raise if ``dst`` is the file ``shadow`` reads from: streaming into it would destroy the source."""
+    src = Path(shadow._storage.filename)
+    if dst.exists() and src.exists() and os.path.samefile(dst, src):
+        raise ValueError(f"Cannot stream '{shadow._storage.describe()}' into the file it is read from ('{dst}')")
+
+
 class Output:
     """A new ``.h5ad`` file or zarr store, written under a staging name and moved into place on :meth:`commit`.
 

@@ -25,7 +25,7 @@ from .mapping import ALIGNMENT
 from .matrix_write import WriteOptions
 from .progress import progress_bar
 from .settings import settings
-from .sink import Output
+from .sink import Output, refuse_own_file
 from .transpose import transposed_blocks
 
 if TYPE_CHECKING:
@@ -241,14 +241,8 @@ def write_subset(
     if file_format not in ("h5ad", "zarr"):
         raise ValueError(f"file_format must be 'h5ad' or 'zarr', got {file_format!r}")
     dst = Path(os.fspath(path))
-    src = Path(shadow._storage.filename)
-    if dst.exists() and src.exists() and os.path.samefile(dst, src):
-        raise ValueError(f"Cannot stream '{shadow._storage.describe()}' into the file it is read from ('{dst}')")
-    opts = options or WriteOptions()
-    if chunk_size is not None:
-        opts.chunk_size = chunk_size
-    if compression is not None:
-        opts.compression, opts.compression_opts = compression, compression_opts
+    refuse_own_file(shadow, dst)
+    opts = (options or WriteOptions()).override(chunk_size, compression, compression_opts)
     for name in [as_dense] if isinstance(as_dense, str) else as_dense:
         opts.formats[name] = "dense"
     opts.convert_strings = opts.convert_strings and convert_strings_to_categoricals

@@ -166,9 +166,9 @@ def test_streamed_view_holds_no_whole_matrix(tmp_path):
     )
     assert p.returncode == 0, p.stderr[-3000:]
     peak = json.loads(p.stdout.strip().splitlines()[-1])["peak_bytes"]
-    # the half of X alone is 40 MB, with the layer 80 MB; the MuData's own tables (O(cells)) are a few MB and the
-    # blocks of a 1 MiB budget stay far below
-    assert peak < 0.2 * matrix_bytes, f"peak {peak / 2**20:.1f} MiB for a {matrix_bytes / 2**20:.1f} MiB matrix"
+    # the half of X alone is 40 MB, with the layer 80 MB; what the write holds is the MuData's own tables (O(cells):
+    # 5-15 MB for 20,000 cells, more with pandas 3's Arrow strings) and blocks of a 1 MiB budget
+    assert peak < 0.3 * matrix_bytes, f"peak {peak / 2**20:.1f} MiB for a {matrix_bytes / 2**20:.1f} MiB matrix"
     with quiet():
         back, want = md.read_h5mu(dst), md.read_h5mu(src)[np.arange(0, n, 2)]
     assert (back["rna"].X != want["rna"].X).nnz == 0
