@@ -169,45 +169,29 @@ def read_into(lay: Layout, start: int, stop: int, out: np.ndarray) -> None:
     buf = memoryview(out).cast("B")
     if len(buf) != (stop - start) * lay.itemsize:
         raise ValueError(f"output holds {len(buf)} bytes, {(stop - start) * lay.itemsize} needed")
-    # (file address, bytes) of each piece, in the order of ``out``
-    segments = []
+    # (position in ``out``, file address, bytes) of each piece; a long contiguous run is cut into pieces of at
+    # most _JOB_BYTES, so that every thread gets a share
+    pieces = []
     at = start
     while at < stop:
         k = at // lay.chunk
         end = min(stop, (k + 1) * lay.chunk)
-        segments.append((int(lay.offsets[k]) + (at - k * lay.chunk) * lay.itemsize, (end - at) * lay.itemsize))
+        pos, off = (at - start) * lay.itemsize, int(lay.offsets[k]) + (at - k * lay.chunk) * lay.itemsize
+        nbytes = (end - at) * lay.itemsize
+        pieces += [(pos + a, off + a, min(_JOB_BYTES, nbytes - a)) for a in range(0, nbytes, _JOB_BYTES)]
         at = end
     fd = os.open(lay.path, os.O_RDONLY)
     try:
-        total = (stop - start) * lay.itemsize
-        if total < _THREADED_BYTES:
-            _read_segments(fd, buf, 0, segments)
+        if len(buf) < _THREADED_BYTES:
+            _read_pieces(fd, buf, pieces)
             return
-        jobs, pos, size, first = [], 0, 0, 0
-        for i, (_, nbytes) in enumerate(segments):
-            size += nbytes
-            if size >= _JOB_BYTES:
-                jobs.append((pos, segments[first : i + 1]))
-                pos, size, first = pos + size, 0, i + 1
-        if first < len(segments):
-            jobs.append((pos, segments[first:]))
-        # long contiguous segments are cut too, so that every thread gets a share
-        split = []
-        for p, segs in jobs:
-            if len(segs) == 1 and segs[0][1] > 2 * _JOB_BYTES:
-                off, nbytes = segs[0]
-                for a in range(0, nbytes, _JOB_BYTES):
-                    split.append((p + a, [(off + a, min(_JOB_BYTES, nbytes - a))]))
-            else:
-                split.append((p, segs))
-        # the calling thread takes one lane of jobs itself: one helper thread per extra core is enough
-        pool = _workers()
-        lanes = _pool_size + 1
-        share = -(-len(split) // lanes)
-        groups = [split[i : i + share] for i in range(0, len(split), share)]
-        futures = [pool.submit(_read_jobs, fd, buf, g) for g in groups[1:]]
+        # the calling thread reads one lane itself: one helper thread per extra core is enough
+        pool = _workers()  # first: it sets _pool_size
+        share = -(-len(pieces) // (_pool_size + 1))
+        lanes = [pieces[i : i + share] for i in range(0, len(pieces), share)]
+        futures = [pool.submit(_read_pieces, fd, buf, lane) for lane in lanes[1:]]
         try:
-            _read_jobs(fd, buf, groups[0])
+            _read_pieces(fd, buf, lanes[0])
         finally:
             for f in futures:
                 f.result()
@@ -215,13 +199,8 @@ def read_into(lay: Layout, start: int, stop: int, out: np.ndarray) -> None:
         os.close(fd)
 
 
-def _read_jobs(fd: int, buf: memoryview, jobs: list) -> None:
-    for pos, segments in jobs:
-        _read_segments(fd, buf, pos, segments)
-
-
-def _read_segments(fd: int, buf: memoryview, pos: int, segments: list[tuple[int, int]]) -> None:
-    for off, nbytes in segments:
+def _read_pieces(fd: int, buf: memoryview, pieces: list[tuple[int, int, int]]) -> None:
+    for pos, off, nbytes in pieces:
         view = buf[pos : pos + nbytes]
         done = 0
         while done < nbytes:
@@ -229,7 +208,6 @@ def _read_segments(fd: int, buf: memoryview, pos: int, segments: list[tuple[int,
             if got <= 0:
                 raise OSError(f"unexpected end of file reading {nbytes} bytes at {off}")
             done += got
-        pos += nbytes
 
 
 def read_range(ds: Any, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:

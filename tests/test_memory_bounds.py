@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rss_child import RSS_HELPERS
 
 try:
     import shadows  # noqa: F401
@@ -84,18 +85,13 @@ def files(tmp_path_factory) -> dict:
     return {"csr": csr, "csc": csc, "expected": expected}
 
 
-CHILD = textwrap.dedent(
+CHILD = RSS_HELPERS + textwrap.dedent(
     """
     import gc, json, sys
     import numpy as np, scipy.sparse as sp, pandas, h5py, anndata
     import shadows
     from shadows import AnnDataShadow
 
-    def kib(key):
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
 
     def total(x):
         for _ in range(3):

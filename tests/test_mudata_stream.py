@@ -17,6 +17,7 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from rss_child import RSS_HELPERS
 
 md = pytest.importorskip("mudata")
 
@@ -121,17 +122,12 @@ def test_streaming_refuses_its_own_file_and_keeps_destination_on_failure(source,
     sh.close()
 
 
-CHILD = textwrap.dedent(
+CHILD = RSS_HELPERS + textwrap.dedent(
     """
     import json, sys
     import numpy as np, h5py, anndata, mudata
     from shadows import MuDataShadow
 
-    def kib(key):
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
 
     src, dst = sys.argv[1], sys.argv[2]
     m = MuDataShadow(src)

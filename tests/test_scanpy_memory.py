@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rss_child import RSS_HELPERS
 
 pytest.importorskip("scanpy")
 pytestmark = pytest.mark.skipif(
@@ -67,7 +68,7 @@ def _write(path: Path, n_obs: int) -> float:
     return float(X[:, GENE_INDEX].sum(dtype=np.float64))
 
 
-CHILD = textwrap.dedent(
+CHILD = RSS_HELPERS + textwrap.dedent(
     """
     import gc, json, sys
     import matplotlib
@@ -77,11 +78,6 @@ CHILD = textwrap.dedent(
     import scanpy as sc
     from shadows import AnnDataShadow
 
-    def kib(key):
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
 
     path, gene = sys.argv[1], sys.argv[2]
     # the plotting stack's one-time costs (imports, font cache, colormaps, first canvas) are not the data's:

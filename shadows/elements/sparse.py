@@ -90,13 +90,16 @@ def _zarr_ranges(ranges: list[tuple[Any, int, int]]) -> list[np.ndarray] | None:
     return [np.asarray(v) for v in sync(gather())]
 
 
-def _read_points(arr: Any, pos: np.ndarray, block_len: int) -> np.ndarray:
-    """Values of ``arr`` at sorted absolute positions ``pos`` that all lie in one scanned block."""
+def _read_points(arr: Any, pos: np.ndarray, block_len: int, reader: _ChunkReader | None = None) -> np.ndarray:
+    """Values of ``arr`` at sorted absolute positions ``pos`` that all lie in one scanned block.
+
+    Dense hits are read as one span (into ``reader``'s reused buffer when given) and gathered.
+    """
     if len(pos) == 0:
         return np.zeros(0, dtype=arr.dtype)
     if len(pos) * _DENSE_HITS >= block_len:
         lo, hi = int(pos[0]), int(pos[-1]) + 1
-        return _read_range(arr, lo, hi)[pos - lo]
+        return np.take(reader.read(lo, hi) if reader is not None else _read_range(arr, lo, hi), pos - lo)
     if not is_h5(arr):
         # zarr decompresses whole chunks anyway: its coordinate selection reads each touched chunk once
         return np.asarray(arr.get_coordinate_selection(pos))
@@ -407,7 +410,7 @@ class SparseReader:
             if vals is not None:  # the caller read this chunk's values already
                 out_data.append(np.take(vals, hit))
             else:
-                out_data.append(self._values_at(values, hit + c0, c1 - c0))
+                out_data.append(_read_points(self.data, hit + c0, c1 - c0, values))
 
         jobs = [
             (c0, min(hi, c0 + step), i0, i1)
@@ -439,13 +442,6 @@ class SparseReader:
         minor, data = out_minor.result(), out_data.result()
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         return data, minor, indptr
-
-    def _values_at(self, values: _ChunkReader, pos: np.ndarray, block_len: int) -> np.ndarray:
-        """``data`` at sorted absolute positions ``pos`` of one scanned chunk (``block_len`` values long)."""
-        if len(pos) * _DENSE_HITS >= block_len:  # dense hits: one read of their span into the reused buffer
-            lo, hi = int(pos[0]), int(pos[-1]) + 1
-            return np.take(values.read(lo, hi), pos - lo)
-        return _read_points(self.data, pos, block_len)
 
 
 def scan_step(budget: int) -> int:
