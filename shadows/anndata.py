@@ -961,7 +961,14 @@ def _as_view_frame(value: Any, is_view: bool) -> Any:
     return DataFrameView(value, view_args=None)
 
 
-_ANNDATA_013 = tuple(int(p) for p in anndata.__version__.split(".")[:2] if p.isdigit()) >= (0, 13)
+def _version_tuple(dist: str) -> tuple[int, ...]:
+    # importlib.metadata, not ``anndata.__version__``: that attribute is deprecated and warns on access
+    from importlib.metadata import version
+
+    return tuple(int(p) for p in version(dist).split(".")[:2] if p.isdigit())
+
+
+_ANNDATA_013 = _version_tuple("anndata") >= (0, 13)
 
 
 def _column_vector(col: pd.Series) -> Any:

@@ -12,6 +12,7 @@ the number of cells and features, not with the matrices, are built in memory.  T
 from __future__ import annotations
 
 import os
+from importlib.metadata import version as metadata_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,7 +72,7 @@ def write_mudata(
     skeleton = _skeleton(shadow)
     opts = WriteOptions(tmpdir=dst.parent).override(chunk_size, compression, compression_opts)
     kwargs = opts.dataset_kwargs
-    version = mudata.__version__
+    version = metadata_version("mudata")  # not mudata.__version__: deprecated in its newer releases
     if file_format == "h5mu":
         fmt_version = getattr(mudata, "__mudataversion__", "0.1.0")
         header = f"MuData (format-version={fmt_version};creator=shadows;creator-version={_own_version()})".encode()

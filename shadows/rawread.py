@@ -235,3 +235,53 @@ def read_rows(ds: Any, start: int, stop: int) -> np.ndarray | None:
     out = np.empty((stop - start, *ds.shape[1:]), dtype=ds.dtype)
     read_into(lay, start * row, stop * row, out.reshape(-1))
     return out
+
+
+# --- zero-copy views through a memory map ------------------------------------------------------------------------------
+# A single pass over a whole uncompressed matrix (statistics) spends as long copying the bytes out of the page cache
+# as computing on them; a memory map hands the computation the page cache's own pages instead.  Each view maps just
+# its own range and owns that map: the map (and the mapped pages, which count in the process's resident memory)
+# goes when the view does, and a view can never point at unmapped memory.
+
+
+def mapped_runs(lay: Layout) -> np.ndarray:
+    """Element positions cutting a dataset into runs whose bytes are consecutive in the file (HDF5 puts its
+    B-tree nodes between some chunks): ``[0, ..., n]``."""
+    if lay.chunk >= lay.n:
+        return np.array([0, lay.n], dtype=np.int64)
+    gaps = np.flatnonzero(np.diff(lay.offsets) != lay.chunk * lay.itemsize) + 1
+    return np.concatenate([[0], gaps * lay.chunk, [lay.n]]).astype(np.int64)
+
+
+def mapped_view(lay: Layout, dtype: Any, start: int, stop: int) -> np.ndarray:
+    """Elements ``start:stop`` of the dataset described by ``lay`` (within one of its runs), read-only, viewed
+    through a memory map of just that range."""
+    import mmap
+
+    k = start // lay.chunk
+    last = max(start, stop - 1) // lay.chunk
+    if int(lay.offsets[last]) - int(lay.offsets[k]) != (last - k) * lay.chunk * lay.itemsize:
+        raise ValueError(f"elements {start}:{stop} of a dataset in {lay.path} are not laid out in one run")
+    off = int(lay.offsets[k]) + (start - k * lay.chunk) * lay.itemsize
+    nbytes = (stop - start) * lay.itemsize
+    if nbytes == 0:
+        return np.zeros(0, dtype=dtype)
+    base = off - off % mmap.ALLOCATIONGRANULARITY  # maps start on a page boundary
+    with open(lay.path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size < off + nbytes:
+            raise OSError(f"{lay.path} is shorter than its dataset layout says (changed while open?)")
+        m = mmap.mmap(fh.fileno(), off + nbytes - base, prot=mmap.PROT_READ, offset=base)
+    return np.frombuffer(m, dtype=dtype, count=stop - start, offset=off - base)
+
+
+def mappable(*datasets: Any) -> list[Layout] | None:
+    """The layouts of 1-D h5py datasets that :func:`mapped_view` can view, or ``None``."""
+    lays = []
+    for ds in datasets:
+        if not isinstance(ds, h5py.Dataset) or len(ds.shape) != 1:
+            return None
+        lay = layout(ds)
+        if lay is None:
+            return None
+        lays.append(lay)
+    return lays

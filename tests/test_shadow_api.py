@@ -297,3 +297,22 @@ def test_open_reads_no_matrix(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     peak = float(out.stdout.strip().splitlines()[-1])
     assert peak < 0.05 * size_mb, f"open + shape + obsm peaked at {peak:.1f} MB for a {size_mb:.0f} MB file"
+
+
+def test_import_and_open_emit_no_warnings(tmp_path):
+    """``import shadows`` and a first read warn about nothing (our own deprecated calls included: the suite's
+    filters hide FutureWarnings, so this runs in a child process with warnings as errors)."""
+    path = tmp_path / "a.h5ad"
+    small().write_h5ad(path)
+    code = textwrap.dedent(
+        f"""
+        import warnings
+        warnings.simplefilter("error")
+        import shadows
+        s = shadows.AnnDataShadow({str(path)!r})
+        s.X, s.obs, s[:3, :2].X
+        print(repr(s)[:10])
+        """
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
