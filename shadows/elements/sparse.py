@@ -25,6 +25,7 @@ from ..progress import progress_bar
 from ..rawread import prepare, read_range
 from ..settings import settings
 from ..storage import attr, is_h5
+from ..zarrchunks import decoder
 from .registry import ReadContext, register_reader, sel_at
 from .whole import read_all, wants_bar
 
@@ -63,7 +64,9 @@ def get_indptr(group: Any, ctx: ReadContext | None) -> np.ndarray:
     key = group.name
     ip = cache.get(key)
     if ip is None:
-        ip = np.asarray(group["indptr"][...], dtype=np.int64)
+        arr = group["indptr"]
+        dec = None if is_h5(arr) else decoder(arr)  # zarr on local disk: decoded without zarr's event loop
+        ip = np.asarray(dec.read(0, dec.n) if dec is not None else arr[...], dtype=np.int64)
         cache[key] = ip
     return ip
 
@@ -97,7 +100,8 @@ def _read_points(arr: Any, pos: np.ndarray, block_len: int, reader: _ChunkReader
     """
     if len(pos) == 0:
         return np.zeros(0, dtype=arr.dtype)
-    if len(pos) * _DENSE_HITS >= block_len:
+    if len(pos) * _DENSE_HITS >= block_len or (reader is not None and reader.dec is not None):
+        # (a zarr chunk with a hit is decoded whole anyway: read the span of the hits)
         lo, hi = int(pos[0]), int(pos[-1]) + 1
         return np.take(reader.read(lo, hi) if reader is not None else _read_range(arr, lo, hi), pos - lo)
     if not is_h5(arr):
@@ -142,14 +146,26 @@ class _Appender:
 
 
 class _ChunkReader:
-    """Reads consecutive ranges of a 1-D array into one reused buffer (no fresh pages to fault in per chunk)."""
+    """Reads consecutive ranges of a 1-D array into one reused buffer (no fresh pages to fault in per chunk).
+
+    zarr arrays on local disk are decoded chunk by chunk straight into the buffer (:mod:`shadows.zarrchunks`);
+    other zarr arrays are read through zarr, into fresh arrays.
+    """
 
     def __init__(self, arr: Any, size: int):
         self.arr = arr
         self.h5 = is_h5(arr)
-        self.buf = np.empty(size, dtype=arr.dtype) if self.h5 else None
+        self.dec = None if self.h5 else decoder(arr)
+        self.buf = np.empty(size, dtype=arr.dtype) if self.h5 or self.dec is not None else None
+
+    @property
+    def in_place(self) -> bool:
+        """Whether reads go into the reused buffer (and release the GIL): worth a second thread."""
+        return self.buf is not None
 
     def read(self, start: int, stop: int) -> np.ndarray:
+        if self.dec is not None:
+            return self.dec.read_into(start, stop, self.buf)
         if not self.h5:
             return np.asarray(self.arr[start:stop])
         return read_range(self.arr, start, stop, self.buf)
@@ -355,10 +371,14 @@ class SparseReader:
         if is_h5(self.indices):
             step = max(2**16, step // 2)  # two chunks in flight (see below): each half as long
         elif self.indices.chunks:
-            # whole zarr chunks per step: a chunk cut in two would be decompressed twice
+            # whole zarr chunks per step: a chunk cut in two would be decompressed twice; decoded chunks are in
+            # flight two at a time (as HDF5's), so each step is half as long
             c = int(self.indices.chunks[0])
+            if decoder(self.indices) is not None:
+                step //= 2
             step = max(c, step - step % c)
         values = _ChunkReader(self.data, step)
+        decoded = values.dec is not None
         item = self.indices.dtype.itemsize
         scanned = int((ends - starts).sum()) * item
         prepare(self.indices, scanned)  # the whole scan decides whether its many reads go raw, not each chunk
@@ -386,7 +406,9 @@ class SparseReader:
                 mask = np.take(wanted, chunk, out=mask_buf[: len(chunk)])
             hit = np.flatnonzero(mask)
             del mask
-            progress["dense"] = len(hit) * _DENSE_HITS >= c1 - c0
+            # read the next chunk's values ahead while hits are dense; for zarr chunks, decoded whole for any hit,
+            # while there are hits at all
+            progress["dense"] = len(hit) > 0 if decoded else len(hit) * _DENSE_HITS >= c1 - c0
             if len(hit) == 0:
                 progress["scanned"] += c1 - c0
                 return
@@ -417,9 +439,10 @@ class SparseReader:
             for i0, i1, lo, hi in self._major_blocks(starts, ends)
             for c0 in range(lo, hi, step)
         ]
-        # HDF5: two buffers in turn, while one chunk is searched (numpy releases the GIL) the next one is read.
-        # zarr decodes in its own threads and returns fresh arrays: a second chunk in flight would only add memory
-        threaded = len(jobs) > 1 and is_h5(self.indices)
+        # two buffers in turn: while one chunk is searched (numpy releases the GIL), the next one is read (HDF5)
+        # or decoded (zarr on local disk); zarr's own reads return fresh arrays: a second chunk in flight would only
+        # add memory
+        threaded = len(jobs) > 1 and values.in_place
         n_slots = 2 if threaded else 1
         masks = [np.empty(step if wanted is not None else 0, dtype=bool) for _ in range(n_slots)]
         slots = [(_ChunkReader(self.indices, step), masks[i], _ChunkReader(self.data, step)) for i in range(n_slots)]
