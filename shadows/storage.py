@@ -281,13 +281,29 @@ def decode_strings(a: Any) -> np.ndarray:
 def read_raw(x: Any, key: Any = ()) -> Any:
     """Read ``x[key]`` returning strings decoded; ``key`` is anything h5py/zarr basic indexing takes."""
     if is_h5(x) and h5py.check_string_dtype(x.dtype) is not None:
-        return decode_strings(x.asstr()[key]) if x.shape != () else x.asstr()[()]
+        return _read_h5_strings(x, key) if x.shape != () else x.asstr()[()]
     v = x[key]
     # zarr's numpy StringDType arrays are left as they are (anndata hands them to pandas that way too); bytes and
     # objects holding bytes are decoded
     if isinstance(v, np.ndarray) and v.dtype.kind in "SO" and is_string_array(x):
         return decode_strings(v)
     return v
+
+
+def _read_h5_strings(x: Any, key: Any) -> np.ndarray:
+    """Variable-length strings of an h5py dataset as an object array of ``str``.
+
+    h5py decodes them into numpy's ``StringDType`` in C, about twice as fast as ``asstr()`` (which decodes one
+    Python object at a time): names of a 50,000-gene atlas are the first read of every gene lookup.
+    """
+    info = h5py.check_string_dtype(x.dtype)
+    string_dtype = getattr(getattr(np, "dtypes", None), "StringDType", None)
+    if info is not None and info.length is None and string_dtype is not None:
+        try:
+            return x.astype(string_dtype())[key].astype(object)
+        except (TypeError, ValueError, UnicodeDecodeError):  # an h5py without it, or bytes that are not UTF-8
+            pass
+    return decode_strings(x.asstr()[key])
 
 
 def _warm_up_h5py() -> None:

@@ -316,3 +316,21 @@ def test_import_and_open_emit_no_warnings(tmp_path):
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
+
+
+def test_string_datasets_read_like_h5py_asstr(tmp_path):
+    """Names are decoded through numpy's StringDType where h5py offers it: the same ``str`` objects as h5py's own
+    ``asstr()``, for any Unicode, empty strings and slices; fixed-length strings take h5py's path."""
+    from shadows.storage import read_raw
+
+    names = np.array(["", "gène", "细胞", "a b\tc", "x" * 300, "🧬", "naïve_T"], dtype=object)
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        f.create_dataset("v", data=names, dtype=h5py.string_dtype())
+        f.create_dataset("fixed", data=np.array([b"ab", b"c"], dtype="S2"))
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        for key in ((), slice(1, 5), np.array([0, 3, 6])):
+            got = read_raw(f["v"], key)
+            want = f["v"].asstr()[key]
+            assert got.dtype == object and list(got) == list(want)
+            assert all(type(v) is str for v in got)
+        assert list(read_raw(f["fixed"])) == ["ab", "c"]

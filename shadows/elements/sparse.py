@@ -14,6 +14,7 @@ The result is a scipy matrix of the stored format, rows and columns in the order
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import h5py
@@ -215,9 +216,19 @@ class SparseReader:
         self.group = group
         self.ctx = ctx
         self.format, self.shape = matrix_info(group)
-        self.data = group["data"]
-        self.indices = group["indices"]
-        self.dtype = self.data.dtype
+
+    # opened on first use: a read served by the column index never touches this matrix's own arrays
+    @functools.cached_property
+    def data(self) -> Any:
+        return self.group["data"]
+
+    @functools.cached_property
+    def indices(self) -> Any:
+        return self.group["indices"]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
 
     @property
     def indptr(self) -> np.ndarray:
