@@ -150,6 +150,23 @@ class ChunkDecoder:
     def read(self, start: int, stop: int) -> np.ndarray:
         return self.read_into(start, stop, np.empty(max(0, stop - start), dtype=self.dtype))
 
+    def take(self, pos: np.ndarray) -> np.ndarray:
+        """Values at sorted positions ``pos``: each chunk holding some is decoded once."""
+        out = np.empty(len(pos), dtype=self.dtype)
+        if len(pos) == 0:
+            return out
+        if int(pos[0]) < 0 or int(pos[-1]) >= self.n:
+            raise IndexError(f"positions out of range for an array of {self.n} in {self.root}")
+        if self._scratch is None:
+            self._scratch = np.empty(self.chunk, dtype=self.dtype)
+        ks = pos // self.chunk
+        cuts = np.flatnonzero(np.diff(ks)) + 1
+        for a, b in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(pos)]]), strict=True):
+            k = int(ks[a])
+            self.decode_chunk(k, self._scratch)
+            out[a:b] = self._scratch[pos[a:b] - k * self.chunk]
+        return out
+
 
 def decoder(arr: Any) -> ChunkDecoder | None:
     """A :class:`ChunkDecoder` for a zarr array, or ``None`` where it must be read through zarr."""

@@ -34,8 +34,14 @@ def _check(arr, values: np.ndarray) -> None:
         got = dec.read_into(a, b, buf)
         assert got.base is buf or got is buf or np.shares_memory(got, buf)
         np.testing.assert_array_equal(got, values[a:b])
+    for size in (1, 5, 300):
+        pos = np.unique(rng.integers(0, N, size))
+        np.testing.assert_array_equal(dec.take(pos), values[pos])
+    np.testing.assert_array_equal(dec.take(np.array([N - 1])), values[-1:])
     with pytest.raises(IndexError, match="out of range"):
         dec.read(0, N + 1)
+    with pytest.raises(IndexError, match="out of range"):
+        dec.take(np.array([3, N]))
 
 
 @pytest.mark.parametrize("compressor", ["blosc", "zstd", "gzip", None])

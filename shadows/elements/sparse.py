@@ -72,10 +72,13 @@ def get_indptr(group: Any, ctx: ReadContext | None) -> np.ndarray:
     return ip
 
 
-def _read_range(arr: Any, start: int, stop: int) -> np.ndarray:
+def _read_range(arr: Any, start: int, stop: int, whole: bool = False) -> np.ndarray:
     if is_h5(arr):
         return read_range(arr, start, stop)  # without the GIL, in parallel, where the layout allows
-    return np.asarray(arr[start:stop])
+    # a part of a zarr array on local disk: its chunks decoded one by one (no event loop, no concurrent copies of
+    # whole chunks); a whole array: zarr decodes its chunks concurrently, which is faster there
+    dec = None if whole else decoder(arr)
+    return dec.read(start, stop) if dec is not None else np.asarray(arr[start:stop])
 
 
 def _zarr_ranges(ranges: list[tuple[Any, int, int]]) -> list[np.ndarray] | None:
@@ -106,8 +109,9 @@ def _read_points(arr: Any, pos: np.ndarray, block_len: int, reader: _ChunkReader
         lo, hi = int(pos[0]), int(pos[-1]) + 1
         return np.take(reader.read(lo, hi) if reader is not None else _read_range(arr, lo, hi), pos - lo)
     if not is_h5(arr):
-        # zarr decompresses whole chunks anyway: its coordinate selection reads each touched chunk once
-        return np.asarray(arr.get_coordinate_selection(pos))
+        # whole chunks are decompressed anyway: each chunk touched is decoded once
+        dec = decoder(arr)
+        return dec.take(pos) if dec is not None else np.asarray(arr.get_coordinate_selection(pos))
     # one HDF5 point selection: a single read call for all hits (h5py's fancy indexing would make one per run)
     out = np.empty(len(pos), dtype=arr.dtype)
     fspace = arr.id.get_space()
@@ -282,8 +286,8 @@ class SparseReader:
         if wants_bar(self.data, self.indices):  # a large read in an interactive session: show its progress
             data, indices = read_all([self.data, self.indices], f"reading {self.group.name}")
         else:
-            data = _read_range(self.data, 0, self.data.shape[0])
-            indices = _read_range(self.indices, 0, self.indices.shape[0])
+            data = _read_range(self.data, 0, self.data.shape[0], whole=True)
+            indices = _read_range(self.indices, 0, self.indices.shape[0], whole=True)
         return cls((data, indices, ip.astype(indices.dtype, copy=False) if len(ip) else ip), shape=self.shape)
 
     # --- the two access paths -------------------------------------------------------------------------------------
@@ -330,7 +334,8 @@ class SparseReader:
         datas, idxs = [], []
         blocks = list(self._major_blocks(starts, ends))
         got = None
-        if not is_h5(self.data) and 1 < len(blocks) and int(blocks[-1][3] - blocks[0][2]) > 0:
+        concurrent = not is_h5(self.data) and decoder(self.data) is None  # (zarr, not decoded here)
+        if concurrent and 1 < len(blocks) and int(blocks[-1][3] - blocks[0][2]) > 0:
             ranges = [(arr, lo, hi) for _, _, lo, hi in blocks for arr in (self.data, self.indices)]
             if sum(hi - lo for _, lo, hi in ranges) <= _CONCURRENT_ZARR:
                 got = _zarr_ranges(ranges)
