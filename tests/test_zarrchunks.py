@@ -129,6 +129,8 @@ def test_gene_scans_over_decoded_chunks_equal_anndata(tmp_path, zarr_format):
         assert decoder(g["X/indices"]) is not None
         got = s[:, genes].X
         rows = s[np.arange(0, 4000, 7), :][:, [5, 1]].X
+        whole = s.X  # both arrays decoded at once, chunk by chunk
     ref = ad.read_zarr(path)
+    assert whole.format == "csr" and (whole != ref.X).nnz == 0 and whole.dtype == ref.X.dtype
     np.testing.assert_array_equal(got.toarray(), ref[:, genes].X.toarray())
     np.testing.assert_array_equal(rows.toarray(), ref[np.arange(0, 4000, 7), :][:, [5, 1]].X.toarray())

@@ -283,8 +283,16 @@ class SparseReader:
     def _whole(self) -> sp.spmatrix:
         cls = sp.csr_matrix if self.format == "csr" else sp.csc_matrix
         ip = self.indptr
+        decs = [] if is_h5(self.data) else [decoder(self.data), decoder(self.indices)]
         if wants_bar(self.data, self.indices):  # a large read in an interactive session: show its progress
             data, indices = read_all([self.data, self.indices], f"reading {self.group.name}")
+        elif decs and all(d is not None for d in decs):
+            # zarr on local disk: each array decoded chunk by chunk straight into its result, the two at once (zarr
+            # would also hold its concurrently decoded chunks besides the result)
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="shadows-decode") as pool:
+                data, indices = pool.map(lambda d: d.read(0, d.n), decs)
         else:
             data = _read_range(self.data, 0, self.data.shape[0], whole=True)
             indices = _read_range(self.indices, 0, self.indices.shape[0], whole=True)
