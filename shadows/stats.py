@@ -23,6 +23,11 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .blocks import in_memory_blocks, iter_major, native
+
+try:  # the C routine behind scipy's sparse matrix-vector product
+    from scipy.sparse._sparsetools import csc_matvec as _csc_matvec
+except ImportError:  # pragma: no cover - a future scipy without it: the public product
+    _csc_matvec = None
 from .convert import open_source
 from .progress import progress_bar
 from .rawread import mappable, mapped_runs, mapped_view
@@ -268,12 +273,12 @@ class Reducer:
             # stored entries per position: float32 ones are exact here (fewer than 2**24 per block) and fast
             n_out = self.shape[self.out_axis]
             ones = self._ones(max(len(data), k))
-            stored = sp.csc_matrix((ones[: len(data)], idx, ip), shape=(n_out, k)) @ ones[:k]
+            stored = _matvec(ones[: len(data)], idx, ip, (n_out, k), ones[:k])
             stored = np.rint(stored).astype(np.int64)
             self.stored += stored
             self.nnz += stored
             if low <= 0 and (zeros := data == 0).any():  # explicit zeros are stored but are not non-zeros
-                z = sp.csc_matrix((zeros.astype(np.float32), idx, ip), shape=(n_out, k)) @ ones[:k]
+                z = _matvec(zeros.astype(np.float32), idx, ip, (n_out, k), ones[:k])
                 self.nnz -= np.rint(z).astype(np.int64)
         finally:
             pending.result()
@@ -296,9 +301,9 @@ class Reducer:
         x64 = self._work(len(data))
         x64[...] = data
         ones64 = np.ones(k)
-        self.sum += sp.csc_matrix((x64, idx, ip), shape=(n_out, k)) @ ones64
+        _matvec(x64, idx, ip, (n_out, k), ones64, self.sum)
         np.multiply(x64, x64, out=x64)
-        self.sumsq += sp.csc_matrix((x64, idx, ip), shape=(n_out, k)) @ ones64
+        _matvec(x64, idx, ip, (n_out, k), ones64, self.sumsq)
 
     def _pool(self) -> Any:
         if self._executor is None:
@@ -328,6 +333,31 @@ class Reducer:
             mins = np.full(len(mins), np.nan)
             maxs = np.full(len(maxs), np.nan)
         return {"sum": self.sum, "mean": mean, "var": var, "nnz": self.nnz, "min": mins, "max": maxs}
+
+
+def _matvec(
+    data: np.ndarray, idx: np.ndarray, ip: np.ndarray, shape: tuple[int, int], x: np.ndarray, out: Any = None
+) -> np.ndarray:
+    """``csc_matrix((data, idx, ip), shape) @ x``, added to ``out`` when given (and returned).
+
+    scipy's C routine is called directly where the types allow: no matrix object checked and built in Python
+    (which needs the GIL, held by the other thread's ``ufunc.at``) and no temporary result.
+    """
+    if (
+        _csc_matvec is not None
+        and idx.dtype == ip.dtype
+        and idx.dtype in (np.int32, np.int64)
+        and data.dtype == x.dtype
+    ):
+        res = np.zeros(shape[0], dtype=data.dtype) if out is None else out
+        if res.dtype == data.dtype:
+            _csc_matvec(shape[0], shape[1], ip, idx, data, x, res)
+            return res
+    prod = sp.csc_matrix((data, idx, ip), shape=shape) @ x
+    if out is None:
+        return prod
+    out += prod
+    return out
 
 
 def _extremes(dtype: np.dtype) -> tuple[Any, Any]:

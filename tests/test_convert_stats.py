@@ -213,3 +213,18 @@ def test_stats_through_memory_maps_cut_mid_row(tmp_path, compression):
         dense = m.toarray()
         _check_stats(shadows.stats(s, axis=0), dense, 0)
         _check_stats(shadows.stats(s, axis=1), dense, 1)
+
+
+def test_scatter_matvec_fast_path_and_fallback():
+    """The direct call of scipy's C product and the public product (other index types) agree, accumulating."""
+    from shadows.stats import _matvec
+
+    m = sp.random(30, 50, density=0.3, format="csc", random_state=2, dtype=np.float64)
+    x = np.random.default_rng(3).random(50)
+    want = m @ x
+    for idx_dtype in (np.int32, np.int64, np.uint16):
+        idx, ip = m.indices.astype(idx_dtype), m.indptr.astype(idx_dtype)
+        np.testing.assert_allclose(_matvec(m.data, idx, ip, m.shape, x), want, rtol=1e-12)
+        out = np.ones(30)
+        assert _matvec(m.data, idx, ip, m.shape, x, out) is out
+        np.testing.assert_allclose(out, want + 1, rtol=1e-12)
