@@ -26,7 +26,7 @@ from ..progress import progress_bar
 from ..rawread import prepare, read_range
 from ..settings import settings
 from ..storage import attr, is_h5
-from ..zarrchunks import decoder
+from ..zarrchunks import ChunkDecoder, decoder
 from .registry import ReadContext, register_reader, sel_at
 from .whole import read_all, wants_bar
 
@@ -72,12 +72,11 @@ def get_indptr(group: Any, ctx: ReadContext | None) -> np.ndarray:
     return ip
 
 
-def _read_range(arr: Any, start: int, stop: int, whole: bool = False) -> np.ndarray:
+def _read_range(arr: Any, start: int, stop: int, dec: ChunkDecoder | None = None) -> np.ndarray:
     if is_h5(arr):
         return read_range(arr, start, stop)  # without the GIL, in parallel, where the layout allows
-    # a part of a zarr array on local disk: its chunks decoded one by one (no event loop, no concurrent copies of
-    # whole chunks); a whole array: zarr decodes its chunks concurrently, which is faster there
-    dec = None if whole else decoder(arr)
+    # zarr with the caller's decoder (local disk): chunks decoded one by one, without zarr's event loop or its
+    # concurrent copies of whole chunks
     return dec.read(start, stop) if dec is not None else np.asarray(arr[start:stop])
 
 
@@ -104,14 +103,17 @@ def _read_points(arr: Any, pos: np.ndarray, block_len: int, reader: _ChunkReader
     """
     if len(pos) == 0:
         return np.zeros(0, dtype=arr.dtype)
-    if len(pos) * _DENSE_HITS >= block_len or (reader is not None and reader.dec is not None):
+    dense = len(pos) * _DENSE_HITS >= block_len
+    lo, hi = int(pos[0]), int(pos[-1]) + 1
+    if reader is not None and (dense or reader.dec is not None):
         # (a zarr chunk with a hit is decoded whole anyway: read the span of the hits)
-        lo, hi = int(pos[0]), int(pos[-1]) + 1
-        return np.take(reader.read(lo, hi) if reader is not None else _read_range(arr, lo, hi), pos - lo)
+        return np.take(reader.read(lo, hi), pos - lo)
     if not is_h5(arr):
         # whole chunks are decompressed anyway: each chunk touched is decoded once
         dec = decoder(arr)
         return dec.take(pos) if dec is not None else np.asarray(arr.get_coordinate_selection(pos))
+    if dense:
+        return np.take(read_range(arr, lo, hi), pos - lo)
     # one HDF5 point selection: a single read call for all hits (h5py's fancy indexing would make one per run)
     out = np.empty(len(pos), dtype=arr.dtype)
     fspace = arr.id.get_space()
@@ -234,6 +236,13 @@ class SparseReader:
     def dtype(self) -> np.dtype:
         return self.data.dtype
 
+    @functools.cached_property
+    def _decoders(self) -> tuple[ChunkDecoder | None, ChunkDecoder | None]:
+        """Chunk decoders of ``data`` and ``indices`` (zarr on local disk; ``None`` otherwise)."""
+        if is_h5(self.data):
+            return None, None
+        return decoder(self.data), decoder(self.indices)
+
     @property
     def indptr(self) -> np.ndarray:
         return get_indptr(self.group, self.ctx)
@@ -283,10 +292,10 @@ class SparseReader:
     def _whole(self) -> sp.spmatrix:
         cls = sp.csr_matrix if self.format == "csr" else sp.csc_matrix
         ip = self.indptr
-        decs = [] if is_h5(self.data) else [decoder(self.data), decoder(self.indices)]
+        decs = self._decoders
         if wants_bar(self.data, self.indices):  # a large read in an interactive session: show its progress
             data, indices = read_all([self.data, self.indices], f"reading {self.group.name}")
-        elif decs and all(d is not None for d in decs):
+        elif all(d is not None for d in decs):
             # zarr on local disk: each array decoded chunk by chunk straight into its result, the two at once (zarr
             # would also hold its concurrently decoded chunks besides the result)
             from concurrent.futures import ThreadPoolExecutor
@@ -294,8 +303,8 @@ class SparseReader:
             with ThreadPoolExecutor(max_workers=2, thread_name_prefix="shadows-decode") as pool:
                 data, indices = pool.map(lambda d: d.read(0, d.n), decs)
         else:
-            data = _read_range(self.data, 0, self.data.shape[0], whole=True)
-            indices = _read_range(self.indices, 0, self.indices.shape[0], whole=True)
+            data = _read_range(self.data, 0, self.data.shape[0])
+            indices = _read_range(self.indices, 0, self.indices.shape[0])
         return cls((data, indices, ip.astype(indices.dtype, copy=False) if len(ip) else ip), shape=self.shape)
 
     # --- the two access paths -------------------------------------------------------------------------------------
@@ -342,7 +351,8 @@ class SparseReader:
         datas, idxs = [], []
         blocks = list(self._major_blocks(starts, ends))
         got = None
-        concurrent = not is_h5(self.data) and decoder(self.data) is None  # (zarr, not decoded here)
+        dec_data, dec_indices = self._decoders
+        concurrent = not is_h5(self.data) and dec_data is None  # (zarr, not decoded here)
         if concurrent and 1 < len(blocks) and int(blocks[-1][3] - blocks[0][2]) > 0:
             ranges = [(arr, lo, hi) for _, _, lo, hi in blocks for arr in (self.data, self.indices)]
             if sum(hi - lo for _, lo, hi in ranges) <= _CONCURRENT_ZARR:
@@ -351,8 +361,8 @@ class SparseReader:
             if got is not None:
                 d, i = got[2 * k], got[2 * k + 1]
             else:
-                d = _read_range(self.data, lo, hi)
-                i = _read_range(self.indices, lo, hi)
+                d = _read_range(self.data, lo, hi, dec_data)
+                i = _read_range(self.indices, lo, hi, dec_indices)
             st, en = starts[i0:i1], ends[i0:i1]
             if hi - lo != int((en - st).sum()):  # the block spans unselected rows: cut them out
                 keep = ix.ranges_to_positions(st - lo, en - st)
@@ -398,7 +408,7 @@ class SparseReader:
             # whole zarr chunks per step: a chunk cut in two would be decompressed twice; decoded chunks are in
             # flight two at a time (as HDF5's), so each step is half as long
             c = int(self.indices.chunks[0])
-            if decoder(self.indices) is not None:
+            if self._decoders[1] is not None:
                 step //= 2
             step = max(c, step - step % c)
         values = _ChunkReader(self.data, step)
