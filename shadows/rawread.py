@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -160,8 +161,9 @@ def prepare(ds: Any, nbytes: int) -> None:
         layout(ds)
 
 
-def read_into(lay: Layout, start: int, stop: int, out: np.ndarray) -> None:
-    """Copy elements ``start:stop`` of the flattened dataset into ``out`` (C-contiguous, ``stop - start`` long)."""
+def read_into(lay: Layout, start: int, stop: int, out: np.ndarray, fd: int | None = None) -> None:
+    """Copy elements ``start:stop`` of the flattened dataset into ``out`` (C-contiguous, ``stop - start`` long),
+    through ``fd`` (the file opened read-only) if given."""
     if stop <= start:
         return
     if not (0 <= start <= stop <= lay.n):
@@ -180,7 +182,9 @@ def read_into(lay: Layout, start: int, stop: int, out: np.ndarray) -> None:
         nbytes = (end - at) * lay.itemsize
         pieces += [(pos + a, off + a, min(_JOB_BYTES, nbytes - a)) for a in range(0, nbytes, _JOB_BYTES)]
         at = end
-    fd = os.open(lay.path, os.O_RDONLY)
+    own = fd is None
+    if own:
+        fd = os.open(lay.path, os.O_RDONLY)
     try:
         if len(buf) < _THREADED_BYTES:
             _read_pieces(fd, buf, pieces)
@@ -196,7 +200,8 @@ def read_into(lay: Layout, start: int, stop: int, out: np.ndarray) -> None:
             for f in futures:
                 f.result()
     finally:
-        os.close(fd)
+        if own:
+            os.close(fd)
 
 
 def _read_pieces(fd: int, buf: memoryview, pieces: list[tuple[int, int, int]]) -> None:
@@ -224,6 +229,42 @@ def read_range(ds: Any, start: int, stop: int, out: np.ndarray | None = None) ->
         else:
             out[:n] = ds[start:stop]
     return out[:n]
+
+
+class RangeReader:
+    """Many reads of ranges of one 1-D dataset, with its layout looked up and its file opened once.
+
+    Why: :func:`read_range` looks the layout up on every call (h5py file and property-list objects, a ``stat``:
+    about 0.2 ms), which a scan making hundreds of reads of a few MB each pays hundreds of times, in the thread that
+    feeds the others.  Datasets without a raw layout are read as :func:`read_range` reads them.
+    """
+
+    def __init__(self, ds: Any, nbytes: int | None = None):
+        self.ds = ds
+        self.lay = None
+        if isinstance(ds, h5py.Dataset) and len(ds.shape) == 1:
+            total = nbytes if nbytes is not None else int(ds.shape[0]) * ds.dtype.itemsize
+            self.lay = layout(ds, find=worth_finding(ds, total))
+        self.fd = None
+        if self.lay is not None:
+            self.fd = os.open(self.lay.path, os.O_RDONLY)
+            # closed with the reader, even when a scan is abandoned half-way by an exception
+            self._closer = weakref.finalize(self, os.close, self.fd)
+
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Elements ``start:stop``, into ``out`` if given."""
+        if self.lay is None:
+            return read_range(self.ds, start, stop, out)
+        n = max(0, stop - start)
+        if out is None:
+            out = np.empty(n, dtype=self.ds.dtype)
+        read_into(self.lay, start, stop, out[:n], self.fd)
+        return out[:n]
+
+    def close(self) -> None:
+        if self.fd is not None:
+            self._closer()
+            self.fd = None
 
 
 def read_rows(ds: Any, start: int, stop: int) -> np.ndarray | None:

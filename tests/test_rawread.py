@@ -55,6 +55,29 @@ def test_ranges_equal_h5py(h5, name):
         np.testing.assert_array_equal(got, want[10:50_010])
 
 
+@pytest.mark.parametrize("name", ["contiguous", "chunked", "compressed"])
+def test_range_reader_equals_h5py_and_closes_its_file(h5, name):
+    """A RangeReader reads as read_range does, through one descriptor it closes (h5py reads what has no layout)."""
+    with h5py.File(h5, "r") as f:
+        ds = f[name]
+        want = ds[...]
+        r = rawread.RangeReader(ds)
+        assert (r.fd is None) == (name == "compressed")
+        n = ds.shape[0]
+        buf = np.empty(n, dtype=ds.dtype)
+        for a, b in [(0, n), (3, 7), (n - 5, n), (n // 3, n // 2), (4, 4)]:
+            np.testing.assert_array_equal(r.read(a, b), want[a:b])
+            got = r.read(a, b, buf)
+            assert np.shares_memory(got, buf) or a == b
+            np.testing.assert_array_equal(got, want[a:b])
+        fd = r.fd
+        r.close()
+        if fd is not None:
+            with pytest.raises(OSError):
+                os.fstat(fd)
+        np.testing.assert_array_equal(r.read(0, 10), want[:10])  # still readable, through a fresh descriptor
+
+
 def test_rows_of_a_matrix(h5):
     with h5py.File(h5, "r") as f:
         ds = f["matrix"]
