@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 import zarr
 
+from . import rawwrite
 from .storage import is_h5
 
 USERBLOCK = 512  # bytes reserved before the HDF5 superblock when a header is asked for (mudata's size)
@@ -118,8 +119,15 @@ class SparseSink:
         grows = nnz is None
         self.indptr_dtype = np.dtype(np.int64) if grows or nnz >= 2**31 - 1 else np.dtype(np.int32)
         kw = {"compression": compression, "compression_opts": compression_opts}
-        self.data = new_array(self.group, "data", (nnz or 0,), dtype, resizable=grows, **kw)
-        self.indices = new_array(self.group, "indices", (nnz or 0,), self.index_dtype, resizable=grows, **kw)
+        # values of arrays made at their final size go to the file with pwrite (shadows.rawwrite), without holding
+        # the GIL: the thread preparing the next block (a conversion's merge) runs meanwhile
+        self.raw: dict[str, Any] = {}
+        for key, dt in (("data", dtype), ("indices", self.index_dtype)):
+            if not grows and not compression and is_h5(self.group):
+                arr, self.raw[key] = rawwrite.create(self.group, key, nnz, dt)
+            else:
+                arr = new_array(self.group, key, (nnz or 0,), dt, resizable=grows, **kw)
+            setattr(self, key, arr)
         self.indptr = new_array(self.group, "indptr", (n_major + 1,), self.indptr_dtype, **kw)
         self.grows = grows
         self.nnz = 0
@@ -137,8 +145,12 @@ class SparseSink:
             if self.grows:
                 self.data.resize((hi,))
                 self.indices.resize((hi,))
-            self.data[lo:hi] = np.asarray(data[int(indptr[0]) : int(indptr[-1])], dtype=self.data.dtype)
-            self.indices[lo:hi] = np.asarray(indices[int(indptr[0]) : int(indptr[-1])], dtype=self.index_dtype)
+            for key, values in (("data", data), ("indices", indices)):
+                part = np.asarray(values[int(indptr[0]) : int(indptr[-1])], dtype=getattr(self, key).dtype)
+                if self.raw.get(key) is not None:
+                    self.raw[key].write(lo, part)
+                else:
+                    getattr(self, key)[lo:hi] = part
         if k:
             ip = np.asarray(indptr[1:], dtype=np.int64) - int(indptr[0]) + self.nnz
             self.indptr[self.major + 1 : self.major + 1 + k] = ip.astype(self.indptr_dtype)
@@ -150,6 +162,9 @@ class SparseSink:
         self.append(block.data, block.indices, block.indptr)
 
     def close(self) -> None:
+        for w in self.raw.values():
+            if w is not None:
+                w.close()
         if self.major != self.n_major:
             raise ValueError(f"'{self.group.name}': {self.major} of {self.n_major} major positions were written")
         if not self.grows and self.nnz != self.data.shape[0]:
