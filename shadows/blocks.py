@@ -24,7 +24,7 @@ from . import index as ix
 from .elements import ReadContext, SparseReader, encoding_of, matrix_info
 from .elements.dense import read_dense
 from .elements.sparse import get_indptr
-from .rawread import prepare, read_range
+from .rawread import RangeReader, prepare
 from .settings import settings
 from .storage import is_array, is_h5
 
@@ -263,6 +263,8 @@ class _Ring:
         total = int(ip[self.offset + plan[-1][1]] - ip[self.offset + plan[0][0]])
         prepare(part.elem["data"], total * part.dtype.itemsize)  # many block reads: decided for all of them
         prepare(part.elem["indices"], total * part.index_dtype.itemsize)
+        # the layouts are looked up and the file opened once for all blocks
+        self.readers = (RangeReader(part.elem["data"], 0), RangeReader(part.elem["indices"], 0))
         self.data = [np.empty(size, dtype=part.dtype) for _ in range(slots)]
         self.indices = [np.empty(size, dtype=part.index_dtype) for _ in range(slots)]
         self.cls = sp.csr_matrix if part.kind == "csr" else sp.csc_matrix
@@ -273,8 +275,8 @@ class _Ring:
         n = hi - lo
         data, indices = self.data[slot][:n], self.indices[slot][:n]
         if n:  # without the GIL where the layout allows (shadows.rawread): the caller's work goes on meanwhile
-            read_range(self.part.elem["data"], lo, hi, data)
-            read_range(self.part.elem["indices"], lo, hi, indices)
+            self.readers[0].read(lo, hi, data)
+            self.readers[1].read(lo, hi, indices)
         indptr = self.ip[a : b + 1] - lo
         n_minor = self.part.shape[1 - self.part.major_axis]
         shape = (b - a, n_minor) if self.part.kind == "csr" else (n_minor, b - a)

@@ -95,8 +95,10 @@ class Spool:
     def close(self) -> None:
         self.items = []
         if self.file is not None:
-            self.file.close()
-            self.file = None
+            f, self.file = self.file, None
+            # closing the (unlinked) file frees its pages, tens of ms for a large spool: done in the background,
+            # the result is complete without it
+            threading.Thread(target=f.close, name="shadows-spool-close", daemon=True).start()
 
 
 class Buffers:
