@@ -72,11 +72,9 @@ def write_anndata(
     total = sum(part.stored_bytes() * (3 if _changes_layout(part, p, opts) else 1) for p, part in streamed.items())
     bar = progress_bar(total, f"writing {Path(str(shadow._storage.filename)).name}", progress=progress)
     w = _Writer(twin, root, opts, parts, copier, bar)
-    try:
-        set_encoding(group, "anndata", "0.1.0")
-        w.matrix(group, "X", "X")
-        for name in ("obs", "var"):
-            w.frame(group, name)
+
+    def rest() -> None:
+        w.frame(group, "var")
         for g in _MAPPINGS:
             sub = group.create_group(g)
             set_encoding(sub, "dict", "0.1.0")
@@ -84,8 +82,44 @@ def write_anndata(
                 w.matrix(sub, str(key), f"{g}/{key}")
         w.uns(group)
         w.raw(group)
+        # obs last: the longest copy (a string per cell), which holds HDF5's lock, begins after X's arrays are set
+        # up when the two run side by side
+        w.frame(group, "obs")
+
+    try:
+        set_encoding(group, "anndata", "0.1.0")
+        if set(streamed) == {"X"} and _only_copies_besides_x(twin, opts, copier):
+            # X alone is streamed (a conversion) and everything else is copied as stored (HDF5's object copy,
+            # tens of ms for a table of strings, without the GIL: see shadows.rawcopy): the copies run beside X's
+            # conversion, whose threads leave a core partly idle, instead of after it
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadows-copy") as pool:
+                copies = pool.submit(rest)
+                try:
+                    w.matrix(group, "X", "X")
+                finally:
+                    copies.result()  # waited for even when X failed: the output is closed only after both
+        else:
+            w.matrix(group, "X", "X")
+            rest()
     finally:
         bar.close()
+
+
+def _only_copies_besides_x(twin: AnnDataShadow, opts: WriteOptions, copier: RawCopier) -> bool:
+    """Whether every element but X is taken whole and unchanged (copied as stored, in little memory)."""
+    return (
+        copier.enabled
+        and not twin.is_view
+        and twin._oidx is None
+        and twin._vidx is None
+        and not (twin._pending or twin._inherited or twin._deleted)
+        and not opts.obs_columns
+        and not opts.uns
+        and set(opts.transforms) <= {"X"}
+        and set(opts.formats) <= {"X"}
+    )
 
 
 def numpy_twin(shadow: AnnDataShadow) -> AnnDataShadow:

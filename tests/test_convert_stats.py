@@ -48,6 +48,31 @@ def test_convert_changes_x_and_layers_only(tmp_path, fmt, zf, src_kind, target):
     assert_adata_equal(back, ref, "converted", vectors=False, to_memory=False)
 
 
+@pytest.mark.parametrize("fmt", ["h5ad", "zarr"])
+def test_convert_x_alone_copies_the_rest_beside_it(tmp_path, fmt, monkeypatch):
+    """With X the only matrix converted, every other element is copied while X converts (in another thread, HDF5
+    copies without the GIL); keys that are not ASCII still keep their names."""
+    from shadows import rawcopy, stream_write
+
+    a = rich(kind="csr", seed=3, light=True)
+    a.obsm["émbedding"] = np.arange(a.n_obs * 2, dtype=np.float32).reshape(a.n_obs, 2)
+    zf = int(getattr(ad.settings, "zarr_write_format", 2)) if fmt == "zarr" else None  # copies need the same format
+    path = write_source(a, tmp_path, fmt, zf)
+    seen = []
+    check = stream_write._only_copies_besides_x
+    monkeypatch.setattr(stream_write, "_only_copies_besides_x", lambda *args: seen.append(check(*args)) or seen[-1])
+    out = tmp_path / ("out.zarr" if fmt == "zarr" else "out.h5ad")
+    shadows.convert(path, out, "csc", layers=False)
+    assert seen == [True]
+    if fmt == "h5ad":
+        assert rawcopy._hdf5() is not None  # h5py's own HDF5 library, found in the process
+    back, ref = read_oracle(out), read_oracle(path)
+    assert back.X.format == "csc"
+    np.testing.assert_array_equal(back.X.toarray(), dense_of(ref.X))
+    ref.X = back.X
+    assert_adata_equal(back, ref, "converted", vectors=False, to_memory=False)
+
+
 def test_convert_out_of_core_with_a_tiny_budget(tmp_path):
     # the budget forces the scratch file and many buckets: results must not depend on it
     x = counts(500, 60, seed=9, density=0.2)
