@@ -168,11 +168,6 @@ class _ChunkReader:
         self.raw = RangeReader(arr, 0) if self.h5 else None
         self.buf = np.empty(size, dtype=arr.dtype) if self.h5 or self.dec is not None else None
 
-    @property
-    def in_place(self) -> bool:
-        """Whether reads go into the reused buffer (and release the GIL): worth a second thread."""
-        return self.buf is not None
-
     def read(self, start: int, stop: int) -> np.ndarray:
         if self.dec is not None:
             return self.dec.read_into(start, stop, self.buf)
