@@ -189,13 +189,25 @@ def read_into(lay: Layout, start: int, stop: int, out: np.ndarray, fd: int | Non
         if len(buf) < _THREADED_BYTES:
             _read_pieces(fd, buf, pieces)
             return
-        # the calling thread reads one lane itself: one helper thread per extra core is enough
+        # the calling thread reads too: one helper thread per extra core is enough.  Pieces are handed out one at
+        # a time to whichever thread is free (not split in fixed shares): a thread that is descheduled for a while
+        # (a busy machine, another read using the helpers) leaves its share to the others instead of holding up
+        # the whole read
         pool = _workers()  # first: it sets _pool_size
-        share = -(-len(pieces) // (_pool_size + 1))
-        lanes = [pieces[i : i + share] for i in range(0, len(pieces), share)]
-        futures = [pool.submit(_read_pieces, fd, buf, lane) for lane in lanes[1:]]
+        queue = iter(pieces)
+        take = threading.Lock()
+
+        def lane() -> None:
+            while True:
+                with take:
+                    piece = next(queue, None)
+                if piece is None:
+                    return
+                _read_pieces(fd, buf, [piece])
+
+        futures = [pool.submit(lane) for _ in range(min(_pool_size, len(pieces) - 1))]
         try:
-            _read_pieces(fd, buf, lanes[0])
+            lane()
         finally:
             for f in futures:
                 f.result()
