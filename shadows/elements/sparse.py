@@ -164,9 +164,14 @@ class _ChunkReader:
         self.h5 = is_h5(arr)
         self.dec = None if self.h5 else decoder(arr)
         # raw reads through a layout looked up once (the caller has decided, with ``prepare``, whether the whole
-        # scan reads raw)
+        # scan reads raw): a lookup per chunk cost about 0.2 ms, in the thread that feeds the other
         self.raw = RangeReader(arr, 0) if self.h5 else None
         self.buf = np.empty(size, dtype=arr.dtype) if self.h5 or self.dec is not None else None
+
+    @property
+    def in_place(self) -> bool:
+        """Whether reads go into the reused buffer (and release the GIL): worth a second thread."""
+        return self.buf is not None
 
     def read(self, start: int, stop: int) -> np.ndarray:
         if self.dec is not None:
@@ -413,6 +418,8 @@ class SparseReader:
         scanned = int((ends - starts).sum()) * item
         prepare(self.indices, scanned)  # the whole scan decides whether its many reads go raw, not each chunk
         prepare(self.data, scanned)
+        values = _ChunkReader(self.data, step)
+        decoded = values.dec is not None
         bar = progress_bar(
             scanned, f"scanning {self.group.name} for {len(min_pos)} {'genes' if self.format == 'csr' else 'cells'}"
         )
@@ -423,22 +430,22 @@ class SparseReader:
         progress = {"scanned": 0}
         total_span = max(1, int((ends - starts).sum()))
 
-        def find(chunk: np.ndarray, mask_buf: np.ndarray) -> np.ndarray:
-            """Which values of ``chunk`` are wanted minor positions (a mask, in ``mask_buf``)."""
-            mask = mask_buf[: len(chunk)]
-            if few:
-                np.equal(chunk, min_pos[0], out=mask)
-                for t in min_pos[1:]:
-                    mask |= chunk == t
-                return mask
-            # np.take into a reused buffer: about twice as fast as fancy indexing, and no allocation
-            return np.take(wanted, chunk, out=mask)
-
         def process(
-            chunk: np.ndarray, mask: np.ndarray, c0: int, c1: int, i0: int, i1: int, vreader: _ChunkReader
+            chunk: np.ndarray, c0: int, c1: int, i0: int, i1: int, mask_buf: np.ndarray, vals: np.ndarray | None
         ) -> None:
             st, en = starts[i0:i1], ends[i0:i1]
+            if few:
+                mask = chunk == min_pos[0]
+                for t in min_pos[1:]:
+                    mask |= chunk == t
+            else:
+                # np.take into a reused buffer: about twice as fast as fancy indexing, and no allocation
+                mask = np.take(wanted, chunk, out=mask_buf[: len(chunk)])
             hit = np.flatnonzero(mask)
+            del mask
+            # read the next chunk's values ahead while hits are dense; for zarr chunks, decoded whole for any hit,
+            # while there are hits at all
+            progress["dense"] = len(hit) > 0 if decoded else len(hit) * _DENSE_HITS >= c1 - c0
             if len(hit) == 0:
                 progress["scanned"] += c1 - c0
                 return
@@ -459,33 +466,35 @@ class SparseReader:
             out_minor.reserve(len(hit), expected)
             out_data.reserve(len(hit), expected)
             out_minor.append(np.take(lut, np.take(chunk, hit)))
-            if vreader.dec is not None:
-                # zarr chunks are decoded whole for any hit: decode the step's (whole) chunks straight into the
-                # slot's buffer, not a part of them through a temporary
-                out_data.append(np.take(vreader.read(c0, c1), hit))
-            else:  # (dense hits: the span of the hits is read into the slot's buffer and gathered)
-                out_data.append(_read_points(self.data, hit + c0, c1 - c0, vreader))
+            if vals is not None:  # the caller read this chunk's values already
+                out_data.append(np.take(vals, hit))
+            else:
+                out_data.append(_read_points(self.data, hit + c0, c1 - c0, values))
 
         jobs = [
             (c0, min(hi, c0 + step), i0, i1)
             for i0, i1, lo, hi in self._major_blocks(starts, ends)
             for c0 in range(lo, hi, step)
         ]
-        # Two threads share the work of each chunk, about evenly: the caller reads its indices and marks the wanted
-        # ones; a worker finds the marks, reads the values there and keeps them, while the caller goes on with the
-        # next chunk (reads, decoding and numpy all release the GIL).  zarr's own reads (remote stores) return
-        # fresh arrays: a second chunk in flight would only add memory.
-        threaded = len(jobs) > 1 and (is_h5(self.data) or self._decoders[0] is not None)
+        # two buffers in turn: while one chunk is searched (numpy releases the GIL), the next one is read (HDF5)
+        # or decoded (zarr on local disk); zarr's own reads return fresh arrays: a second chunk in flight would only
+        # add memory
+        threaded = len(jobs) > 1 and values.in_place
         n_slots = 2 if threaded else 1
-        masks = [np.empty(step, dtype=bool) for _ in range(n_slots)]
+        masks = [np.empty(step if wanted is not None else 0, dtype=bool) for _ in range(n_slots)]
         slots = [(_ChunkReader(self.indices, step), masks[i], _ChunkReader(self.data, step)) for i in range(n_slots)]
+        # while the chunks searched so far hit densely (every chunk does for a few hundred genes of a CSR matrix),
+        # the next chunk's values are read along with its indices, by the reading thread: the searching thread,
+        # the busier one, then only gathers them
+        progress["dense"] = False
         try:
             with _pipeline(threaded) as run:
                 for k, (c0, c1, i0, i1) in enumerate(jobs):
                     reader, mask_buf, vreader = slots[k % n_slots]
                     run.wait_slot()  # the job that used this slot two turns ago is done
                     chunk = reader.read(c0, c1)
-                    run.submit(process, chunk, find(chunk, mask_buf), c0, c1, i0, i1, vreader)
+                    vals = vreader.read(c0, c1) if threaded and progress["dense"] else None
+                    run.submit(process, chunk, c0, c1, i0, i1, mask_buf, vals)
                     bar.update((c1 - c0) * item)
         finally:
             slots.clear()
