@@ -8,6 +8,7 @@ way, so that the output carries the encodings current anndata writes; anything e
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 from typing import Any
@@ -67,32 +68,28 @@ def _h5ocopy_without_gil(elem: h5py.HLObject, parent: h5py.Group, name: str) -> 
         return lib.H5Ocopy(elem.id.id, b".", parent.id.id, name.encode(), 0, 0) >= 0
 
 
-_HDF5: list = []
-
-
+@functools.cache
 def _hdf5() -> Any:
     """The HDF5 library h5py is linked with (found among the process's mapped files), through ctypes, or ``None``.
 
     (``hid_t`` is a 64-bit integer in every HDF5 that h5py 3 supports, 1.10.4 and later; ``H5P_DEFAULT`` is 0.)
     """
-    if not _HDF5:
-        lib = None
-        try:
-            import ctypes
-            import re
+    import ctypes
+    import re
 
-            with open("/proc/self/maps") as maps:
-                paths = {line.split()[-1] for line in maps if re.search(r"/libhdf5[-.][^/]*\.so", line)}
-            paths = [p for p in paths if "_hl" not in Path(p).name]
-            if len(paths) == 1:
-                lib = ctypes.CDLL(paths[0])
-                lib.H5Ocopy.argtypes = [ctypes.c_int64, ctypes.c_char_p, ctypes.c_int64, ctypes.c_char_p]
-                lib.H5Ocopy.argtypes += [ctypes.c_int64, ctypes.c_int64]
-                lib.H5Ocopy.restype = ctypes.c_int
-        except (OSError, AttributeError):
-            lib = None
-        _HDF5.append(lib)
-    return _HDF5[0]
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if re.search(r"/libhdf5[-.][^/]*\.so", line)}
+        paths = [p for p in paths if "_hl" not in Path(p).name]
+        if len(paths) != 1:
+            return None
+        lib = ctypes.CDLL(paths[0])
+        lib.H5Ocopy.argtypes = [ctypes.c_int64, ctypes.c_char_p, ctypes.c_int64, ctypes.c_char_p]
+        lib.H5Ocopy.argtypes += [ctypes.c_int64, ctypes.c_int64]
+        lib.H5Ocopy.restype = ctypes.c_int
+        return lib
+    except (OSError, AttributeError):
+        return None
 
 
 def _same_kind(a: Any, b: Any) -> bool:

@@ -109,9 +109,15 @@ def layout(ds: Any, find: bool = True) -> Layout | None:
     return found
 
 
+def plain_numeric(dtype: Any) -> bool:
+    """Whether values of ``dtype`` are plain numbers in the machine's byte order (their bytes are the values)."""
+    dt = np.dtype(dtype)
+    return dt.kind in "biuf" and dt.byteorder in ("=", "|", "<" if sys.byteorder == "little" else ">")
+
+
 def _find_layout(ds: Any, path: str) -> Layout | None:
     dt = ds.dtype
-    if dt.kind not in "biuf" or dt.byteorder not in ("=", "|", "<" if sys.byteorder == "little" else ">"):
+    if not plain_numeric(dt):
         return None
     n = int(np.prod(ds.shape, dtype=np.int64))
     if n == 0:
@@ -231,10 +237,16 @@ def read_range(ds: Any, start: int, stop: int, out: np.ndarray | None = None) ->
     """Elements ``start:stop`` of a 1-D dataset (raw when possible, else h5py/zarr), into ``out`` if given."""
     n = max(0, stop - start)
     lay = layout(ds, find=worth_finding(ds, n * ds.dtype.itemsize)) if isinstance(ds, h5py.Dataset) else None
+    return _read(ds, lay if lay is not None and len(ds.shape) == 1 else None, start, stop, out)
+
+
+def _read(ds: Any, lay: Layout | None, start: int, stop: int, out: np.ndarray | None, fd: int | None = None):
+    """Elements ``start:stop`` of ``ds``: raw through ``lay`` (and ``fd``) when given, else through h5py/zarr."""
+    n = max(0, stop - start)
     if out is None:
         out = np.empty(n, dtype=ds.dtype)
-    if lay is not None and len(ds.shape) == 1:
-        read_into(lay, start, stop, out[:n])
+    if lay is not None:
+        read_into(lay, start, stop, out[:n], fd)
     elif n:
         if isinstance(ds, h5py.Dataset):
             ds.read_direct(out, np.s_[start:stop], np.s_[0:n])
@@ -248,7 +260,7 @@ class RangeReader:
 
     Why: :func:`read_range` looks the layout up on every call (h5py file and property-list objects, a ``stat``:
     about 0.2 ms), which a scan making hundreds of reads of a few MB each pays hundreds of times, in the thread that
-    feeds the others.  Datasets without a raw layout are read as :func:`read_range` reads them.
+    feeds the others.  Datasets without a raw layout are read through h5py or zarr.
     """
 
     def __init__(self, ds: Any, nbytes: int | None = None):
@@ -265,13 +277,7 @@ class RangeReader:
 
     def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         """Elements ``start:stop``, into ``out`` if given."""
-        if self.lay is None:
-            return read_range(self.ds, start, stop, out)
-        n = max(0, stop - start)
-        if out is None:
-            out = np.empty(n, dtype=self.ds.dtype)
-        read_into(self.lay, start, stop, out[:n], self.fd)
-        return out[:n]
+        return _read(self.ds, self.lay, start, stop, out, self.fd)
 
     def close(self) -> None:
         if self.fd is not None:

@@ -15,19 +15,19 @@ HDF5's as usual.  Datasets that cannot be made so are created normally and writt
 from __future__ import annotations
 
 import os
-import sys
 import weakref
 from typing import Any
 
 import h5py
 import numpy as np
 
+from .rawread import plain_numeric
+
 
 def create(parent: h5py.Group, name: str, n: int, dtype: Any) -> tuple[h5py.Dataset, RawWriter | None]:
     """A new 1-D dataset of ``n`` values, and a :class:`RawWriter` for it (``None``: write it through h5py)."""
     dtype = np.dtype(dtype)
-    native = dtype.byteorder in ("=", "|", "<" if sys.byteorder == "little" else ">")
-    if n <= 0 or dtype.kind not in "biuf" or not native or parent.file.driver != "sec2":
+    if n <= 0 or not plain_numeric(dtype) or parent.file.driver != "sec2":
         return parent.create_dataset(name, shape=(n,), dtype=dtype), None
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # the space is reserved now: its address is known

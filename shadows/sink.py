@@ -121,10 +121,12 @@ class SparseSink:
         kw = {"compression": compression, "compression_opts": compression_opts}
         # values of arrays made at their final size go to the file with pwrite (shadows.rawwrite), without holding
         # the GIL: the thread preparing the next block (a conversion's merge) runs meanwhile
-        self.raw: dict[str, Any] = {}
+        self.raw: dict[str, rawwrite.RawWriter] = {}
         for key, dt in (("data", dtype), ("indices", self.index_dtype)):
             if not grows and not compression and is_h5(self.group):
-                arr, self.raw[key] = rawwrite.create(self.group, key, nnz, dt)
+                arr, writer = rawwrite.create(self.group, key, nnz, dt)
+                if writer is not None:
+                    self.raw[key] = writer
             else:
                 arr = new_array(self.group, key, (nnz or 0,), dt, resizable=grows, **kw)
             setattr(self, key, arr)
@@ -147,7 +149,7 @@ class SparseSink:
                 self.indices.resize((hi,))
             for key, values in (("data", data), ("indices", indices)):
                 part = np.asarray(values[int(indptr[0]) : int(indptr[-1])], dtype=getattr(self, key).dtype)
-                if self.raw.get(key) is not None:
+                if key in self.raw:
                     self.raw[key].write(lo, part)
                 else:
                     getattr(self, key)[lo:hi] = part
@@ -163,8 +165,7 @@ class SparseSink:
 
     def close(self) -> None:
         for w in self.raw.values():
-            if w is not None:
-                w.close()
+            w.close()
         if self.major != self.n_major:
             raise ValueError(f"'{self.group.name}': {self.major} of {self.n_major} major positions were written")
         if not self.grows and self.nnz != self.data.shape[0]:

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from .rawread import plain_numeric
+
 _NO_CHUNK = 2**64 - 1  # a shard index entry for an inner chunk that was never written
 
 
@@ -179,8 +181,7 @@ def decoder(arr: Any) -> ChunkDecoder | None:
         if not isinstance(store, LocalStore) or len(arr.shape) != 1:
             return None
         dt = np.dtype(arr.dtype)
-        native = "<" if sys.byteorder == "little" else ">"
-        if dt.kind not in "biuf" or dt.byteorder not in ("=", "|", native):
+        if not plain_numeric(dt):
             return None
         meta = arr.metadata
         root = Path(store.root) / arr.store_path.path
