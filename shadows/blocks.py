@@ -12,6 +12,7 @@ terms of these blocks, in output coordinates (positions within the view).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -107,7 +108,10 @@ class MatrixPart:
     def major_lengths(self) -> np.ndarray:
         """Stored values in each selected major position (sparse only), in output order."""
         ip = self.indptr()
-        pos = ix.positions(self.sels[self.major_axis], len(ip) - 1)
+        sel = self.sels[self.major_axis]
+        if sel is None:  # the common case, without a gather through an array of every position
+            return np.diff(ip)
+        pos = ix.positions(sel, len(ip) - 1)
         return ip[pos + 1] - ip[pos]
 
     def stored_bytes(self) -> int:
@@ -151,8 +155,11 @@ def plan_major(part: MatrixPart, step: int | None, bytes_per_value: int, budget:
     sel = part.sels[part.major_axis]
     if part.sparse:
         ip = part.indptr()
-        pos = ix.positions(sel, len(ip) - 1)
-        lo, hi = ip[pos], ip[pos + 1]
+        if sel is None:
+            lo, hi = ip[:-1], ip[1:]
+        else:
+            pos = ix.positions(sel, len(ip) - 1)
+            lo, hi = ip[pos], ip[pos + 1]
         target = max(1, budget // max(1, bytes_per_value))
     else:
         pos = ix.positions(sel, part.file_shape[0])
@@ -169,6 +176,16 @@ def span_cuts(lo: np.ndarray, hi: np.ndarray, target: int) -> list[tuple[int, in
     An item wider than ``target`` forms a range of its own.
     """
     n = len(lo)
+    if n > 1 and bool((np.diff(lo) >= 0).all()) and bool((np.diff(hi) >= 0).all()):
+        # items in order (a whole matrix, a slice): the span of [a, b) is hi[b - 1] - lo[a], and each cut is
+        # found by bisection instead of running maxima over windows (10 ms for 100,000 rows)
+        out = []
+        a = 0
+        while a < n:
+            b = max(a + 1, int(np.searchsorted(hi, lo[a] + target, side="right")))
+            out.append((a, b))
+            a = b
+        return out
     out = []
     a = 0
     window = 2**16
@@ -216,26 +233,34 @@ def iter_major(
     budget: int | None = None,
     bar: Any = None,
     reuse: int = 0,
+    deferred: bool = False,
 ) -> Iterator[tuple[int, int, Any]]:
     """Yield ``(start, stop, block)`` along the stored major axis of ``part`` (blocks in the stored format).
 
     With ``reuse=k`` (k >= 2), contiguous sparse blocks of an HDF5 matrix are read into ``k`` buffers used in
     turn (no allocation per block, which keeps the process's memory flat): a block is then overwritten ``k - 1``
     blocks later, so only callers that hold fewer blocks than that may pass it.
+
+    With ``deferred=True``, ``block`` is a function that reads the block when called, in the calling thread
+    (callers with several worker threads: each reads what it works on, instead of waiting for one reader).  A
+    contiguous sparse block is then read into buffers of the calling thread, overwritten by the next block that
+    thread reads.
     """
     plan = plan_major(part, step, bytes_per_value, budget)
     axis = part.major_axis
     lengths = part.major_lengths() if part.sparse else None
     per_row = int(np.prod(part.shape[1:], dtype=np.int64)) * part.dtype.itemsize
     itemsize = part.dtype.itemsize + (part.index_dtype.itemsize if part.sparse else 0)
-    ring = _Ring(part, plan, max(2, reuse)) if reuse and _contiguous(part) and plan else None
+    slots = 0 if deferred else max(2, reuse)
+    ring = _Ring(part, plan, slots) if (reuse or deferred) and _contiguous(part) and plan else None
 
     def job(i: int, a: int, b: int) -> Callable[[], Any]:
         if ring is not None:
-            return lambda: ring.read(i % ring.slots, a, b)
+            return lambda: ring.read(i % ring.slots if ring.slots else None, a, b)
         return lambda: part.read(axis, a, b)
 
-    for a, b, block in prefetched([(a, b, job(i, a, b)) for i, (a, b) in enumerate(plan)]):
+    jobs = [(a, b, job(i, a, b)) for i, (a, b) in enumerate(plan)]
+    for a, b, block in jobs if deferred else prefetched(jobs):
         if bar is not None:
             bar.update(int(lengths[a:b].sum()) * itemsize if lengths is not None else (b - a) * per_row)
         yield a, b, block
@@ -250,7 +275,8 @@ def _contiguous(part: MatrixPart) -> bool:
 
 
 class _Ring:
-    """Buffers (``slots`` pairs of data and indices) that contiguous sparse blocks are read into in turn."""
+    """Buffers (``slots`` pairs of data and indices) that contiguous sparse blocks are read into in turn; with
+    ``slots=0``, a pair per reading thread."""
 
     def __init__(self, part: MatrixPart, plan: list[tuple[int, int]], slots: int):
         self.part = part
@@ -265,15 +291,27 @@ class _Ring:
         prepare(part.elem["indices"], total * part.index_dtype.itemsize)
         # the layouts are looked up and the file opened once for all blocks
         self.readers = (RangeReader(part.elem["data"], 0), RangeReader(part.elem["indices"], 0))
+        self.size = size
         self.data = [np.empty(size, dtype=part.dtype) for _ in range(slots)]
         self.indices = [np.empty(size, dtype=part.index_dtype) for _ in range(slots)]
+        self.local = threading.local()
         self.cls = sp.csr_matrix if part.kind == "csr" else sp.csc_matrix
 
-    def read(self, slot: int, a: int, b: int) -> Any:
+    def read(self, slot: int | None, a: int, b: int) -> Any:
+        """Block ``a:b`` read into buffers ``slot`` (``None``: the calling thread's)."""
         a, b = a + self.offset, b + self.offset
         lo, hi = int(self.ip[a]), int(self.ip[b])
         n = hi - lo
-        data, indices = self.data[slot][:n], self.indices[slot][:n]
+        if slot is None:
+            pair = getattr(self.local, "pair", None)
+            if pair is None:
+                pair = self.local.pair = (
+                    np.empty(self.size, self.part.dtype),
+                    np.empty(self.size, self.part.index_dtype),
+                )
+            data, indices = pair[0][:n], pair[1][:n]
+        else:
+            data, indices = self.data[slot][:n], self.indices[slot][:n]
         if n:  # without the GIL where the layout allows (shadows.rawread): the caller's work goes on meanwhile
             self.readers[0].read(lo, hi, data)
             self.readers[1].read(lo, hi, indices)

@@ -26,7 +26,7 @@ from .elements.sparse import COLUMN_INDEX, matrix_info
 from .matrix_write import WriteOptions, write_transposed
 from .progress import progress_bar
 from .storage import is_group
-from .transpose import READ_SLOTS, SPOOL_BYTES_PER_VALUE
+from .transpose import SPOOL_BYTES_PER_VALUE
 
 if TYPE_CHECKING:
     from .anndata import AnnDataShadow
@@ -80,7 +80,7 @@ def add_column_index(shadow: AnnDataShadow, element: str = "X", *, progress: boo
     bar = progress_bar(3 * part.stored_bytes(), f"column index of {element}", progress=progress)
 
     def build(target: Any) -> None:
-        blocks = iter_major(part, None, SPOOL_BYTES_PER_VALUE, None, bar, reuse=READ_SLOTS)
+        blocks = iter_major(part, None, SPOOL_BYTES_PER_VALUE, None, bar, deferred=True)
         write_transposed(part, blocks, target, None, other, part.dtype, lambda b, *_: b, opts, bar)
 
     try:

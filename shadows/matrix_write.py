@@ -11,7 +11,7 @@ written: ``transform(block, axis, start, stop)`` with ``axis`` the axis the bloc
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ import scipy.sparse as sp
 from .blocks import MatrixPart, iter_major
 from .settings import settings
 from .sink import DenseSink, SparseSink
-from .transpose import READ_SLOTS, SPOOL_BYTES_PER_VALUE, transposed_blocks
+from .transpose import SPOOL_BYTES_PER_VALUE, transposed_blocks
 
 Transform = Callable[[Any, int, int, int], Any]
 FORMATS = ("csr", "csc", "dense")
@@ -95,8 +95,21 @@ def target_format(path: str, source_kind: str, opts: WriteOptions) -> str:
     return fmt
 
 
-def write_stored(part: MatrixPart, parent: Any, name: str, path: str, opts: WriteOptions, bar: Any = None) -> None:
-    """Write the selected part of a stored matrix as ``parent[name]``, block by block."""
+def write_stored(
+    part: MatrixPart,
+    parent: Any,
+    name: str,
+    path: str,
+    opts: WriteOptions,
+    bar: Any = None,
+    started: Callable[[], None] | None = None,
+) -> None:
+    """Write the selected part of a stored matrix as ``parent[name]``, block by block.
+
+    ``started`` is called once the first block is read: by then the output arrays are created and the reader is
+    set up, so that what follows needs HDF5's lock (h5py's, held by other threads' h5py calls) no more than
+    now and then.
+    """
     fmt = target_format(path, part.kind, opts)
     dtype = np.dtype(opts.dtypes.get(path, part.dtype))
     tf = opts.transforms.get(path)
@@ -104,7 +117,7 @@ def write_stored(part: MatrixPart, parent: Any, name: str, path: str, opts: Writ
     budget = opts.get_budget()
     kw = opts.dataset_kwargs
     # blocks are consumed one at a time here: two buffers used in turn suffice
-    blocks = iter_major(part, opts.chunk_size, READ_BYTES_PER_VALUE, budget, bar, reuse=2)
+    blocks = _announcing(iter_major(part, opts.chunk_size, READ_BYTES_PER_VALUE, budget, bar, reuse=2), started)
 
     def fix(block: Any, axis: int, a: int, b: int) -> Any:
         if tf is not None:
@@ -138,9 +151,21 @@ def write_stored(part: MatrixPart, parent: Any, name: str, path: str, opts: Writ
         return
     # an orientation change: stream through the transposer, with smaller blocks (it holds more of them at once)
     blocks.close()
-    # (the transposer holds up to READ_SLOTS blocks: being read, queued, being regrouped)
-    blocks = iter_major(part, opts.chunk_size, SPOOL_BYTES_PER_VALUE, budget, bar, reuse=READ_SLOTS)
+    # (blocks are read by the transposer's workers, each into buffers of its own)
+    blocks = _announcing(iter_major(part, opts.chunk_size, SPOOL_BYTES_PER_VALUE, budget, bar, deferred=True), started)
     write_transposed(part, blocks, parent, name, fmt, dtype, fix, opts, bar)
+
+
+def _announcing(blocks: Iterator[tuple], started: Callable[[], None] | None) -> Iterator[tuple]:
+    """``blocks``, calling ``started`` when the first one is in hand (or when there is none)."""
+    first = True
+    for item in blocks:
+        if first and started is not None:
+            started()
+        first = False
+        yield item
+    if first and started is not None:
+        started()
 
 
 def write_transposed(
@@ -150,10 +175,17 @@ def write_transposed(
     shape = part.shape
     if part.kind == "csc":  # columns of A are rows of M = A.T; the pieces are rows of A
         m_shape = (shape[1], shape[0])
-        rows_of_m = ((a, b, blk.T.tocsr()) for a, b, blk in blocks)
+
+        def as_rows(blk: Any) -> sp.csr_matrix:
+            return blk.T.tocsr()
     else:  # rows of A (CSR or dense) are rows of M = A; the pieces are columns of A
         m_shape = shape
-        rows_of_m = ((a, b, sp.csr_matrix(blk) if not sp.issparse(blk) else blk.tocsr()) for a, b, blk in blocks)
+
+        def as_rows(blk: Any) -> sp.csr_matrix:
+            return sp.csr_matrix(blk) if not sp.issparse(blk) else blk.tocsr()
+
+    # blocks may come as reading functions (iter_major(deferred=True)): converted when read, in the worker
+    rows_of_m = ((a, b, (lambda read=blk: as_rows(read())) if callable(blk) else as_rows(blk)) for a, b, blk in blocks)
     max_cols = None
     if fmt == "dense":  # a dense piece of ``k`` rows of A must fit the budget too
         max_cols = max(1, opts.get_budget() // (4 * max(1, shape[1]) * dtype.itemsize))

@@ -224,13 +224,17 @@ def read_into(lay: Layout, start: int, stop: int, out: np.ndarray, fd: int | Non
 
 def _read_pieces(fd: int, buf: memoryview, pieces: list[tuple[int, int, int]]) -> None:
     for pos, off, nbytes in pieces:
-        view = buf[pos : pos + nbytes]
-        done = 0
-        while done < nbytes:
-            got = os.preadv(fd, [view[done:]], off + done)
-            if got <= 0:
-                raise OSError(f"unexpected end of file reading {nbytes} bytes at {off}")
-            done += got
+        pread_into(fd, buf[pos : pos + nbytes], off)
+
+
+def pread_into(fd: int, view: memoryview, offset: int) -> None:
+    """Fill ``view`` (bytes) from the file's bytes at ``offset``, without the GIL."""
+    done, nbytes = 0, len(view)
+    while done < nbytes:
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got <= 0:
+            raise OSError(f"unexpected end of file reading {nbytes} bytes at {offset}")
+        done += got
 
 
 def read_range(ds: Any, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:

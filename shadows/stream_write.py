@@ -14,6 +14,8 @@ Each element takes the cheapest faithful route:
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -94,11 +96,22 @@ def write_anndata(
             # conversion, whose threads leave a core partly idle, instead of after it
             from concurrent.futures import ThreadPoolExecutor
 
+            # The copies begin once X's first block is read: HDF5 calls wait for each other (h5py's lock), and a
+            # copy of a large table would hold up the creation of X's arrays and its reader's set-up (measured:
+            # 55 ms of a 600 ms conversion); after that, X's reads and writes go past HDF5 (shadows.rawread,
+            # shadows.rawwrite)
+            x_running = threading.Event()
+
+            def rest_once_x_runs() -> None:
+                x_running.wait()
+                rest()
+
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadows-copy") as pool:
-                copies = pool.submit(rest)
+                copies = pool.submit(rest_once_x_runs)
                 try:
-                    w.matrix(group, "X", "X")
+                    w.matrix(group, "X", "X", started=x_running.set)
                 finally:
+                    x_running.set()
                     copies.result()  # waited for even when X failed: the output is closed only after both
         else:
             w.matrix(group, "X", "X")
@@ -180,7 +193,8 @@ class _Writer:
     def __init__(self, twin, root, opts: WriteOptions, parts: dict, copier: RawCopier, bar):
         self.twin, self.root, self.opts, self.parts, self.copier, self.bar = twin, root, opts, parts, copier, bar
 
-    def matrix(self, parent: Any, name: str, path: str) -> None:
+    def matrix(self, parent: Any, name: str, path: str, started: Callable[[], None] | None = None) -> None:
+        """Write one matrix element; ``started``: see :func:`~shadows.matrix_write.write_stored`."""
         twin, root, opts = self.twin, self.root, self.opts
         found, value = _pending_value(twin, path)
         if found:
@@ -199,7 +213,7 @@ class _Writer:
         if (part is None or _copyable(part, path, opts)) and whole and self.copier.copy(elem, parent, name):
             return
         if part is not None:
-            write_stored(part, parent, name, path, opts, self.bar)
+            write_stored(part, parent, name, path, opts, self.bar, started)
             return
         # not a matrix (a data frame in obsm, strings, awkward arrays...): read the selected part, anndata writes it
         value = read_element(elem, sels_for(twin, path), twin._ctx())

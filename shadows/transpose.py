@@ -3,12 +3,14 @@
 The matrix ``M`` arrives as CSR row blocks (for a CSC input, its column blocks are row blocks of the transpose).
 Two passes:
 
-1. **spool**: each row block is regrouped by column (scipy's ``tocsc``, a C counting sort) and appended to a
-   scratch file, together with its per-column offsets; the per-column totals are counted on the way;
+1. **spool**: worker threads each take a row block (reading it themselves when handed a reading function),
+   regroup it by column (scipy's ``tocsc``, a C counting sort) and append it to a scratch file (its space
+   reserved ahead), with its per-column offsets; the per-column totals are counted on the way;
 2. **merge**: columns are cut into buckets whose values fit the memory budget; for each bucket, the slice of
    every spooled block that holds these columns is read (one contiguous read per block) into one buffer and the
    slices are stacked side by side (scipy's ``csr_hstack``, a C copy): the bucket's columns, compressed, in
-   order, ready to be appended to the output.
+   order, ready to be appended to the output.  Two buckets are merged at once while the caller writes the one
+   before.
 
 Every value is read once from the input, written once to scratch and read once from it.  Small matrices stay in
 memory (no scratch file).
@@ -33,17 +35,28 @@ try:  # the C routines behind scipy's tocsc and hstack, called with buffers of o
 except ImportError:  # pragma: no cover - a future scipy without them: fall back on the public methods
     _csr_hstack = _csr_tocsc = None
 
+from .rawread import pread_into
+from .rawwrite import preallocate
 from .settings import settings
 
-# Bytes held per value of a bucket: the gathered slices and the merged copy of the bucket being merged, and the
-# merged copy of the bucket the caller is writing.
-MERGE_BYTES_PER_VALUE = 48
-# Blocks regrouped at once (each in its own thread).
+# Buckets merged at once (each in its own thread).
+MERGE_WORKERS = 2
+# Bytes held per value of a bucket: for each bucket being merged, the gathered slices (values, 16-bit rows and
+# their widened copy: up to 14 bytes) and the merged copy (up to 12); the merged copy of the bucket the caller is
+# writing.
+MERGE_BYTES_PER_VALUE = 64
+# Blocks read and regrouped at once (each in its own thread).
 REGROUP_WORKERS = 2
-# Bytes held per value of an input block: the block being read, the one queued, and the ones being regrouped
-# with their regrouped copies (input blocks are read into ``REGROUP_WORKERS + 2`` reused buffers).
-SPOOL_BYTES_PER_VALUE = 64
+# Sets the size of input blocks (``budget // SPOOL_BYTES_PER_VALUE`` values): each worker holds a block (8-16
+# bytes per value) and its regrouped copy (10-16), and blocks handed over already read wait in a queue.  Smaller
+# than the budget allows on purpose: scipy's regrouping scatters each value to one of the block's columns, and
+# blocks of 512k values regroup faster per value than blocks of 1M (measured: 4.3 against 5.5 ns).
+SPOOL_BYTES_PER_VALUE = 128
+# Blocks handed over already read, into buffers used in turn: the transposer holds at most READ_SLOTS - 2 of
+# them (the one being read and the one handed over take the other two).
 READ_SLOTS = REGROUP_WORKERS + 2
+# Bytes of scratch file reserved at a time, ahead of the writes.
+SPOOL_RESERVE = 64 * 2**20
 
 
 class Spool:
@@ -55,8 +68,11 @@ class Spool:
         self.file = None
         if not in_memory:
             # unlinked at once: nothing is left behind, whatever happens to this process
-            self.file = tempfile.TemporaryFile(dir=directory, prefix="shadows-spool-")
+            # unbuffered: written and read back through its descriptor (pwrite, pread: no seeks, no flushes)
+            self.file = tempfile.TemporaryFile(dir=directory, prefix="shadows-spool-", buffering=0)
+            self.fd = self.file.fileno()
             self.offset = 0
+            self.reserved = 0  # bytes of the file reserved ahead of the writes (shadows.rawwrite.preallocate)
 
     def put(self, arr: np.ndarray) -> tuple:
         arr = np.ascontiguousarray(arr)
@@ -64,7 +80,12 @@ class Spool:
             self.items.append(arr.copy())  # the caller reuses its buffers
             return (len(self.items) - 1, arr.dtype, len(arr))
         off = self.offset
-        self.file.write(memoryview(arr).cast("B"))
+        if off + arr.nbytes > self.reserved:
+            self.reserved = off + max(SPOOL_RESERVE, arr.nbytes)
+            preallocate(self.fd, off, self.reserved - off, self.file.name)
+        buf, done = memoryview(arr).cast("B"), 0
+        while done < len(buf):
+            done += os.pwrite(self.fd, buf[done:], off + done)
         self.offset += arr.nbytes
         return (off, arr.dtype, len(arr))
 
@@ -81,11 +102,7 @@ class Spool:
             self.get_into(handle, lo, hi, tmp)
             out[:] = tmp
             return
-        self.file.seek(where + lo * dtype.itemsize)
-        view = memoryview(out).cast("B")
-        got = self.file.readinto(view)
-        if got != view.nbytes:
-            raise OSError(f"scratch file truncated: read {got} of {view.nbytes} bytes")
+        pread_into(self.fd, memoryview(out).cast("B"), where + lo * dtype.itemsize)
 
     def get(self, handle: tuple, lo: int, hi: int) -> np.ndarray:
         out = np.empty(max(0, hi - lo), dtype=handle[1])
@@ -160,8 +177,9 @@ def transposed_blocks(
     Parameters
     ----------
     blocks
-        ``(r0, r1, block)``: consecutive row ranges covering ``0..n_rows`` in order, ``block`` a CSR matrix.
-        Blocks should hold at most ``budget // SPOOL_BYTES_PER_VALUE`` values.
+        ``(r0, r1, block)``: consecutive row ranges covering ``0..n_rows`` in order, ``block`` a CSR matrix or a
+        function returning one (called in a worker thread, the way to have blocks read in parallel).  Blocks
+        should hold at most ``budget // SPOOL_BYTES_PER_VALUE`` values.
     dtype
         Type of the values.
     budget
@@ -182,31 +200,38 @@ def transposed_blocks(
     spool = Spool(in_memory, directory)
     records: list[tuple] = []
     counts = np.zeros(n_cols, dtype=np.int64)
+    kept = [0]  # bytes of column offsets kept in memory
 
-    merge_buffers = Buffers()
+    out_buffers = Buffers()
     local_buffers = threading.local()
-    turns: dict[int, threading.Event] = {}
+    spooling = threading.Lock()  # the scratch file, the records and the counts, one block at a time
 
-    def regroup(i: int, r0: int, r1: int, block: Any) -> None:
-        # runs in one of the workers: the C conversion (which releases the GIL) of two blocks proceeds at once,
-        # while the next block is read; the scratch writes then go strictly in block order
-        try:
-            buffers = getattr(local_buffers, "b", None)
-            if buffers is None:
-                buffers = local_buffers.b = Buffers()
-            data, indices, ip = _to_columns(block, n_cols, buffers)
-            # rows are local to the block: 16 bits suffice for most blocks and halve the scratch traffic
-            if r1 - r0 <= 2**16:
-                local = buffers.get("local16", len(indices), np.uint16)
-                np.copyto(local, indices, casting="unsafe")
-            else:
-                local = indices
-            if i > 0:
-                turns[i - 1].wait()
+    def regroup(r0: int, r1: int, block: Any) -> None:
+        # runs in one of the workers, which read (when handed a reading function), regroup (scipy's C conversion,
+        # without the GIL) and write to scratch space each block on their own: the workers keep both cores busy
+        # instead of waiting, in turn, for one reader and for the scratch writes to go in block order
+        if callable(block):
+            block = block()
+        buffers = getattr(local_buffers, "b", None)
+        if buffers is None:
+            buffers = local_buffers.b = Buffers()
+        data, indices, ip = _to_columns(block, n_cols, buffers)
+        # rows are local to the block: 16 bits suffice for most blocks and halve the scratch traffic
+        if r1 - r0 <= 2**16:
+            local = buffers.get("local16", len(indices), np.uint16)
+            np.copyto(local, indices, casting="unsafe")
+        else:
+            local = indices
+        with spooling:
             counts[:] += np.diff(ip)
-            records.append((r0, r1, spool.put(ip), spool.put(local), spool.put(data.astype(dtype, copy=False))))
-        finally:
-            turns[i].set()  # even on failure: the next block must not wait forever (the error surfaces anyway)
+            # each bucket of the merge needs a slice of every block's column offsets: kept in memory while they
+            # take little room (a read from the scratch file per block and bucket costs more than the slice)
+            if kept[0] + 4 * len(ip) <= budget // 16 and int(ip[-1]) < 2**31:
+                offsets: Any = ip.astype(np.int32)
+                kept[0] += offsets.nbytes
+            else:
+                offsets = spool.put(ip)
+            records.append((r0, r1, offsets, spool.put(local), spool.put(data.astype(dtype, copy=False))))
         if bar is not None:
             bar.update(data.nbytes + indices.nbytes)
 
@@ -214,33 +239,40 @@ def transposed_blocks(
         with ThreadPoolExecutor(max_workers=REGROUP_WORKERS, thread_name_prefix="shadows-regroup") as worker:
             queued: deque = deque()
             expect = 0
-            for i, (r0, r1, block) in enumerate(blocks):
+            for r0, r1, block in blocks:
                 if r0 != expect:
                     raise ValueError(f"row blocks must be consecutive: got {r0}:{r1} after {expect}")
                 expect = r1
-                turns[i] = threading.Event()
-                queued.append(worker.submit(regroup, i, r0, r1, block))
+                # a block handed over as it is, held here until a worker takes it, counts in memory; a reading
+                # function does not: more of them may wait
+                depth = 2 * REGROUP_WORKERS if callable(block) else READ_SLOTS - 2
+                queued.append(worker.submit(regroup, r0, r1, block))
                 del block
-                while len(queued) > REGROUP_WORKERS:
+                while len(queued) > depth:
                     queued.popleft().result()
-                turns.pop(i - REGROUP_WORKERS - 1, None)
             while queued:
                 queued.popleft().result()
         if expect != n_rows:
             raise ValueError(f"row blocks cover {expect} of {n_rows} rows")
+        records.sort(key=lambda rec: rec[0])  # written in the order the workers finished them
         target = max(1, budget // MERGE_BYTES_PER_VALUE)
         plan = plan_buckets(counts, target, align, max_cols)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadows-merge") as worker:
-            # the next bucket is merged while the caller writes the current one
-            # pieces are built in two sets of buffers used in turn: the caller must be done with a piece when it
-            # asks for the next one
+        with ThreadPoolExecutor(max_workers=MERGE_WORKERS, thread_name_prefix="shadows-merge") as worker:
+            # the next buckets are merged (each in its own thread) while the caller writes the current one; the
+            # pieces are built in MERGE_WORKERS + 1 sets of buffers used in turn: the caller must be done with a
+            # piece when it asks for the next one
             def merge(i: int) -> sp.csr_matrix:
-                return _merge(spool, records, *plan[i], n_rows, dtype, merge_buffers, f"out{i % 2}")
+                buffers = getattr(local_buffers, "m", None)
+                if buffers is None:
+                    buffers = local_buffers.m = Buffers()
+                out = (out_buffers, f"out{i % (MERGE_WORKERS + 1)}")
+                return _merge(spool, records, *plan[i], n_rows, dtype, buffers, out)
 
-            fut = worker.submit(merge, 0) if plan else None
+            ahead = deque(worker.submit(merge, i) for i in range(min(MERGE_WORKERS, len(plan))))
             for i, (c0, c1) in enumerate(plan):
-                piece = fut.result()
-                fut = worker.submit(merge, i + 1) if i + 1 < len(plan) else None
+                piece = ahead.popleft().result()
+                if i + MERGE_WORKERS < len(plan):
+                    ahead.append(worker.submit(merge, i + MERGE_WORKERS))
                 if bar is not None:
                     bar.update(piece.data.nbytes + piece.indices.nbytes)
                 yield c0, c1, piece
@@ -268,28 +300,40 @@ def _to_columns(block: Any, n_cols: int, buffers: Buffers) -> tuple[np.ndarray, 
 
 
 def _merge(
-    spool: Spool, records: list, c0: int, c1: int, n_rows: int, dtype: np.dtype, buffers: Buffers, slot: str
+    spool: Spool,
+    records: list,
+    c0: int,
+    c1: int,
+    n_rows: int,
+    dtype: np.dtype,
+    buffers: Buffers,
+    out: tuple[Buffers, str],
 ) -> sp.csr_matrix:
     """Columns ``c0:c1`` of every spooled block, stacked side by side: ``M[:, c0:c1].T`` as CSR."""
     k = c1 - c0
     if not records:
         return sp.csr_matrix((k, n_rows), dtype=dtype)
-    ips = [spool.get(rec[2], c0, c1 + 1) for rec in records]
+    ips = [rec[2][c0 : c1 + 1] if isinstance(rec[2], np.ndarray) else spool.get(rec[2], c0, c1 + 1) for rec in records]
     nnz = int(sum(int(ip[-1] - ip[0]) for ip in ips))
     idx_dtype = np.int32 if max(nnz, n_rows) < 2**31 - 1 else np.int64
     data_cat = buffers.get("data_cat", nnz, dtype)
     indices_cat = buffers.get("indices_cat", nnz, idx_dtype)
+    # rows stored as 16 bits (blocks of at most 65536 rows) are read as such, then widened in one pass
+    narrow = all(rec[3][1] == np.uint16 for rec in records)
+    rows_cat = buffers.get("rows16_cat", nnz, np.uint16) if narrow else indices_cat
     indptr_cat = buffers.get("indptr_cat", len(records) * (k + 1), idx_dtype)
     widths = np.empty(len(records), dtype=idx_dtype)
     at = 0
     for b, ((r0, r1, _, h_idx, h_data), ip) in enumerate(zip(records, ips, strict=True)):
         lo, hi = int(ip[0]), int(ip[-1])
         spool.get_into(h_data, lo, hi, data_cat[at : at + hi - lo])
-        spool.get_into(h_idx, lo, hi, indices_cat[at : at + hi - lo])
+        spool.get_into(h_idx, lo, hi, rows_cat[at : at + hi - lo])
         indptr_cat[b * (k + 1) : (b + 1) * (k + 1)] = ip - lo
         widths[b] = r1 - r0
         at += hi - lo
     del ips
+    if narrow:
+        np.copyto(indices_cat, rows_cat, casting="unsafe")
     if _csr_hstack is None or len(records) == 1:
         pieces, at = [], 0
         for b in range(len(records)):
@@ -301,8 +345,9 @@ def _merge(
             at += n
         out = pieces[0] if len(pieces) == 1 else sp.hstack(pieces, format="csr")
         return sp.csr_matrix(out, copy=True)
-    indptr = buffers.get(f"{slot}_indptr", k + 1, idx_dtype)
-    indices = buffers.get(f"{slot}_indices", nnz, idx_dtype)
-    data = buffers.get(f"{slot}_data", nnz, dtype)
+    out_buffers, slot = out
+    indptr = out_buffers.get(f"{slot}_indptr", k + 1, idx_dtype)
+    indices = out_buffers.get(f"{slot}_indices", nnz, idx_dtype)
+    data = out_buffers.get(f"{slot}_data", nnz, dtype)
     _csr_hstack(len(records), k, widths, indptr_cat, indices_cat, data_cat, indptr, indices, data)
     return sp.csr_matrix((data, indices, indptr), shape=(k, n_rows))
