@@ -118,6 +118,33 @@ def test_transposer_pieces_and_bucket_plans():
         list(transposed_blocks(iter(blocks[1:]), 97, 31, np.float32))
 
 
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_transposer_reads_deferred_blocks_in_its_workers(in_memory):
+    """Blocks handed over as reading functions are read by the workers, which finish them in any order: the
+    pieces still hold every column's rows in order."""
+    import threading
+    import time
+
+    m = sp.random(1000, 57, density=0.1, format="csr", random_state=3, dtype=np.float64)
+    readers = set()
+
+    def reader(a: int, b: int):
+        def read():
+            readers.add(threading.current_thread().name)
+            time.sleep(0.002 * ((a // 40) % 3))  # uneven: later blocks often finish first
+            return m[a:b]
+
+        return read
+
+    blocks = ((a, min(1000, a + 40), reader(a, min(1000, a + 40))) for a in range(0, 1000, 40))
+    pieces = list(transposed_blocks(blocks, 1000, 57, np.float64, budget=2**17, in_memory=in_memory))
+    assert readers and all(name.startswith("shadows-regroup") for name in readers)
+    got = sp.vstack([p for _, _, p in pieces]).T.tocsr()
+    for _, _, p in pieces:  # rows of each column (a row of a piece) in increasing order, as a CSC matrix needs
+        assert all((np.diff(p.indices[p.indptr[i] : p.indptr[i + 1]]) > 0).all() for i in range(p.shape[0]))
+    np.testing.assert_array_equal(got.toarray(), m.toarray())
+
+
 # --- stats --------------------------------------------------------------------------------------------------------------
 def _signed(kind: str) -> ad.AnnData:
     """Negative values, explicit zeros, a full column and an integer layer: the corners of the statistics."""

@@ -6,6 +6,9 @@ a file with a user block (``.h5mu``) too; and datasets that cannot be made for i
 
 from __future__ import annotations
 
+import os
+import sys
+
 import anndata as ad
 import h5py
 import numpy as np
@@ -63,3 +66,26 @@ def test_sparse_sink_of_known_size_reads_back_through_anndata(tmp_path, fmt):
         got = ad.io.read_elem(f["X"])
     assert got.format == fmt
     np.testing.assert_array_equal(got.toarray(), m.toarray())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fallocate is Linux's")
+def test_preallocation_reserves_blocks_without_changing_the_size(tmp_path):
+    path = tmp_path / "r.bin"
+    path.write_bytes(b"head")
+    fd = os.open(path, os.O_RDWR)
+    try:
+        assert rawwrite.preallocate(fd, 4096, 8 * 2**20, str(path))
+        st = os.fstat(fd)
+        assert st.st_size == 4  # reserved beyond the end: the size follows the writes
+        assert st.st_blocks * 512 >= 8 * 2**20
+        os.pwrite(fd, b"x" * 10, 4096)
+        assert os.fstat(fd).st_size == 4106 and path.read_bytes()[4096:] == b"x" * 10
+    finally:
+        os.close(fd)
+    # what cannot be reserved (a pipe) is written the usual way: no error
+    r, w = os.pipe()
+    try:
+        assert not rawwrite.preallocate(w, 0, 4096)
+    finally:
+        os.close(r)
+        os.close(w)

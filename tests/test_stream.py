@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from oracle import assert_adata_equal, read_oracle
 from stream_data import SOURCES, dense_of, rich, write_source
 
@@ -299,3 +301,46 @@ def test_anndata_write_options(tmp_path):
     np.testing.assert_array_equal(dense.X, dense_of(read_oracle(path).X))
     assert isinstance(dense.obs["label"].dtype, pd.CategoricalDtype)
     assert not isinstance(strings.obs["label"].dtype, pd.CategoricalDtype)
+
+
+@pytest.mark.parametrize("sel", [None, slice(13, 171)])
+def test_blocks_read_deferred_equal_blocks_read_ahead(tmp_path, sel):
+    """``iter_major(deferred=True)`` hands out reading functions; called from several threads, each reads into
+    its own buffers, and the blocks equal those read ahead into shared buffers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shadows.blocks import iter_major, part_of
+
+    m = sp.random(200, 40, density=0.2, format="csr", random_state=5, dtype=np.float32)
+    path = tmp_path / "m.h5ad"
+    ad.AnnData(m).write_h5ad(path)
+    with h5py.File(path, "r") as f:
+        part = part_of(f["X"], (sel, None))
+        ahead = [(a, b, blk.copy()) for a, b, blk in iter_major(part, 16, reuse=3)]
+        jobs = list(iter_major(part, 16, deferred=True))
+        assert all(callable(read) for _, _, read in jobs)
+        with ThreadPoolExecutor(3) as pool:
+            got = list(pool.map(lambda job: (job[0], job[1], job[2]().copy()), jobs))
+    want = m[sel] if sel is not None else m
+    assert [(a, b) for a, b, _ in got] == [(a, b) for a, b, _ in ahead]
+    for (a, b, x), (_, _, y) in zip(got, ahead, strict=True):
+        np.testing.assert_array_equal(x.toarray(), want[a:b].toarray())
+        np.testing.assert_array_equal(y.toarray(), want[a:b].toarray())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=200), st.integers(1, 120))
+def test_span_cuts_of_ordered_spans_are_maximal(lengths, target):
+    """Ranges of consecutive items (a matrix's rows): each range spans at most ``target`` or holds one item, and
+    the next item would not have fitted."""
+    from shadows.blocks import span_cuts
+
+    ip = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    lo, hi = ip[:-1], ip[1:]
+    cuts = span_cuts(lo, hi, target)
+    assert cuts[0][0] == 0 and cuts[-1][1] == len(lengths)
+    assert all(b0 == a1 for (_, b0), (a1, _) in zip(cuts[:-1], cuts[1:], strict=True))
+    for a, b in cuts:
+        assert b - a == 1 or hi[b - 1] - lo[a] <= target
+        if b < len(lengths):
+            assert hi[b] - lo[a] > target
