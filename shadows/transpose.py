@@ -104,6 +104,20 @@ class Spool:
             return
         pread_into(self.fd, memoryview(out).cast("B"), where + lo * dtype.itemsize)
 
+    def get_many(self, handles: list[tuple], lo: np.ndarray, at: np.ndarray, out: np.ndarray) -> None:
+        """For each ``j``: elements ``lo[j]:lo[j] + at[j + 1] - at[j]`` of stored array ``handles[j]`` into
+        ``out[at[j]:at[j + 1]]`` (a bucket's slice of every block, in one loop of few Python operations)."""
+        if self.in_memory or any(h[1] != out.dtype for h in handles):
+            for h, a, b, c in zip(handles, lo.tolist(), at[:-1].tolist(), at[1:].tolist(), strict=True):
+                self.get_into(h, a, a + c - b, out[b:c])
+            return
+        view, size, fd = memoryview(out).cast("B"), out.itemsize, self.fd
+        for (where, _, _), a, b, c in zip(handles, lo.tolist(), at[:-1].tolist(), at[1:].tolist(), strict=True):
+            if c > b:
+                part = view[b * size : c * size]
+                if os.preadv(fd, [part], where + a * size) != len(part):  # short (rare): finish it
+                    pread_into(fd, part, where + a * size)
+
     def get(self, handle: tuple, lo: int, hi: int) -> np.ndarray:
         out = np.empty(max(0, hi - lo), dtype=handle[1])
         self.get_into(handle, lo, hi, out)
@@ -254,7 +268,8 @@ def transposed_blocks(
                 queued.popleft().result()
         if expect != n_rows:
             raise ValueError(f"row blocks cover {expect} of {n_rows} rows")
-        records.sort(key=lambda rec: rec[0])  # written in the order the workers finished them
+        spooled = _Blocks(records)
+        del records[:]
         target = max(1, budget // MERGE_BYTES_PER_VALUE)
         plan = plan_buckets(counts, target, align, max_cols)
         with ThreadPoolExecutor(max_workers=MERGE_WORKERS, thread_name_prefix="shadows-merge") as worker:
@@ -266,7 +281,7 @@ def transposed_blocks(
                 if buffers is None:
                     buffers = local_buffers.m = Buffers()
                 out = (out_buffers, f"out{i % (MERGE_WORKERS + 1)}")
-                return _merge(spool, records, *plan[i], n_rows, dtype, buffers, out)
+                return _merge(spool, spooled, *plan[i], n_rows, dtype, buffers, out)
 
             ahead = deque(worker.submit(merge, i) for i in range(min(MERGE_WORKERS, len(plan))))
             for i, (c0, c1) in enumerate(plan):
@@ -299,9 +314,32 @@ def _to_columns(block: Any, n_cols: int, buffers: Buffers) -> tuple[np.ndarray, 
     return bx, bi, bp.astype(np.int64)
 
 
+class _Blocks:
+    """The spooled blocks, in row order, as arrays a merge slices instead of a list it loops over."""
+
+    def __init__(self, records: list[tuple]):
+        records = sorted(records, key=lambda rec: rec[0])  # written in the order the workers finished them
+        self.n = len(records)
+        self.widths = np.array([r1 - r0 for r0, r1, *_ in records], dtype=np.int64)
+        self.rows = [rec[3] for rec in records]
+        self.data = [rec[4] for rec in records]
+        # the column offsets of every block, one row each, when all were kept in memory
+        kept = all(isinstance(rec[2], np.ndarray) for rec in records)
+        self.offsets = np.stack([rec[2] for rec in records]) if kept and records else None
+        self.handles = None if kept else [rec[2] for rec in records]
+
+    def column_offsets(self, spool: Spool, c0: int, c1: int) -> np.ndarray:
+        """Offsets of columns ``c0:c1 + 1`` in each block: ``(n, c1 - c0 + 1)``."""
+        if self.offsets is not None:
+            return self.offsets[:, c0 : c1 + 1].astype(np.int64)
+        # (the first blocks' kept in memory, the others' in the scratch file)
+        parts = [h[c0 : c1 + 1] if isinstance(h, np.ndarray) else spool.get(h, c0, c1 + 1) for h in self.handles]
+        return np.stack(parts).astype(np.int64)
+
+
 def _merge(
     spool: Spool,
-    records: list,
+    blocks: _Blocks,
     c0: int,
     c1: int,
     n_rows: int,
@@ -311,43 +349,36 @@ def _merge(
 ) -> sp.csr_matrix:
     """Columns ``c0:c1`` of every spooled block, stacked side by side: ``M[:, c0:c1].T`` as CSR."""
     k = c1 - c0
-    if not records:
+    if not blocks.n:
         return sp.csr_matrix((k, n_rows), dtype=dtype)
-    ips = [rec[2][c0 : c1 + 1] if isinstance(rec[2], np.ndarray) else spool.get(rec[2], c0, c1 + 1) for rec in records]
-    nnz = int(sum(int(ip[-1] - ip[0]) for ip in ips))
+    ips = blocks.column_offsets(spool, c0, c1)
+    lo = ips[:, 0]
+    at = np.zeros(blocks.n + 1, dtype=np.int64)
+    np.cumsum(ips[:, -1] - lo, out=at[1:])
+    nnz = int(at[-1])
     idx_dtype = np.int32 if max(nnz, n_rows) < 2**31 - 1 else np.int64
     data_cat = buffers.get("data_cat", nnz, dtype)
     indices_cat = buffers.get("indices_cat", nnz, idx_dtype)
     # rows stored as 16 bits (blocks of at most 65536 rows) are read as such, then widened in one pass
-    narrow = all(rec[3][1] == np.uint16 for rec in records)
+    narrow = all(h[1] == np.uint16 for h in blocks.rows)
     rows_cat = buffers.get("rows16_cat", nnz, np.uint16) if narrow else indices_cat
-    indptr_cat = buffers.get("indptr_cat", len(records) * (k + 1), idx_dtype)
-    widths = np.empty(len(records), dtype=idx_dtype)
-    at = 0
-    for b, ((r0, r1, _, h_idx, h_data), ip) in enumerate(zip(records, ips, strict=True)):
-        lo, hi = int(ip[0]), int(ip[-1])
-        spool.get_into(h_data, lo, hi, data_cat[at : at + hi - lo])
-        spool.get_into(h_idx, lo, hi, rows_cat[at : at + hi - lo])
-        indptr_cat[b * (k + 1) : (b + 1) * (k + 1)] = ip - lo
-        widths[b] = r1 - r0
-        at += hi - lo
-    del ips
+    spool.get_many(blocks.data, lo, at, data_cat)
+    spool.get_many(blocks.rows, lo, at, rows_cat)
     if narrow:
         np.copyto(indices_cat, rows_cat, casting="unsafe")
-    if _csr_hstack is None or len(records) == 1:
-        pieces, at = [], 0
-        for b in range(len(records)):
+    indptr_cat = (ips - lo[:, None]).astype(idx_dtype).ravel()
+    widths = blocks.widths.astype(idx_dtype)
+    if _csr_hstack is None or blocks.n == 1:
+        pieces = []
+        for b in range(blocks.n):
             ip = indptr_cat[b * (k + 1) : (b + 1) * (k + 1)]
-            n = int(ip[-1])
-            pieces.append(
-                sp.csr_matrix((data_cat[at : at + n], indices_cat[at : at + n], ip), shape=(k, int(widths[b])))
-            )
-            at += n
-        out = pieces[0] if len(pieces) == 1 else sp.hstack(pieces, format="csr")
-        return sp.csr_matrix(out, copy=True)
+            part = (data_cat[at[b] : at[b + 1]], indices_cat[at[b] : at[b + 1]], ip)
+            pieces.append(sp.csr_matrix(part, shape=(k, int(widths[b]))))
+        merged = pieces[0] if len(pieces) == 1 else sp.hstack(pieces, format="csr")
+        return sp.csr_matrix(merged, copy=True)
     out_buffers, slot = out
     indptr = out_buffers.get(f"{slot}_indptr", k + 1, idx_dtype)
     indices = out_buffers.get(f"{slot}_indices", nnz, idx_dtype)
     data = out_buffers.get(f"{slot}_data", nnz, dtype)
-    _csr_hstack(len(records), k, widths, indptr_cat, indices_cat, data_cat, indptr, indices, data)
+    _csr_hstack(blocks.n, k, widths, indptr_cat, indices_cat, data_cat, indptr, indices, data)
     return sp.csr_matrix((data, indices, indptr), shape=(k, n_rows))
