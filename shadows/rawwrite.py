@@ -59,14 +59,17 @@ class RawWriter:
         stop = start + len(values)
         if not 0 <= start <= stop <= self.n:
             raise IndexError(f"elements {start}:{stop} out of range for a dataset of {self.n}")
-        buf = memoryview(values).cast("B")
-        at = self.offset + start * self.dtype.itemsize
-        done = 0
-        while done < len(buf):
-            done += os.pwrite(self.fd, buf[done:], at + done)
+        pwrite_from(self.fd, memoryview(values).cast("B"), self.offset + start * self.dtype.itemsize)
 
     def close(self) -> None:
         self._closer()
+
+
+def pwrite_from(fd: int, view: memoryview, offset: int) -> None:
+    """Write all of ``view`` (bytes) at the file's byte ``offset``, without the GIL."""
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
 
 
 _FALLOC_FL_KEEP_SIZE = 1

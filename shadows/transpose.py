@@ -36,7 +36,7 @@ except ImportError:  # pragma: no cover - a future scipy without them: fall back
     _csr_hstack = _csr_tocsc = None
 
 from .rawread import pread_into
-from .rawwrite import preallocate
+from .rawwrite import preallocate, pwrite_from
 from .settings import settings
 
 # Buckets merged at once (each in its own thread).
@@ -83,9 +83,7 @@ class Spool:
         if off + arr.nbytes > self.reserved:
             self.reserved = off + max(SPOOL_RESERVE, arr.nbytes)
             preallocate(self.fd, off, self.reserved - off, self.file.name)
-        buf, done = memoryview(arr).cast("B"), 0
-        while done < len(buf):
-            done += os.pwrite(self.fd, buf[done:], off + done)
+        pwrite_from(self.fd, memoryview(arr).cast("B"), off)
         self.offset += arr.nbytes
         return (off, arr.dtype, len(arr))
 
@@ -114,9 +112,7 @@ class Spool:
         view, size, fd = memoryview(out).cast("B"), out.itemsize, self.fd
         for (where, _, _), a, b, c in zip(handles, lo.tolist(), at[:-1].tolist(), at[1:].tolist(), strict=True):
             if c > b:
-                part = view[b * size : c * size]
-                if os.preadv(fd, [part], where + a * size) != len(part):  # short (rare): finish it
-                    pread_into(fd, part, where + a * size)
+                pread_into(fd, view[b * size : c * size], where + a * size)
 
     def get(self, handle: tuple, lo: int, hi: int) -> np.ndarray:
         out = np.empty(max(0, hi - lo), dtype=handle[1])
@@ -141,6 +137,15 @@ class Buffers:
 
     def __init__(self) -> None:
         self._arrays: dict[str, np.ndarray] = {}
+
+    @staticmethod
+    def of_thread(local: threading.local, name: str) -> Buffers:
+        """The calling thread's set ``name`` kept in ``local`` (made on first use)."""
+        buffers = getattr(local, name, None)
+        if buffers is None:
+            buffers = Buffers()
+            setattr(local, name, buffers)
+        return buffers
 
     def get(self, name: str, n: int, dtype: Any) -> np.ndarray:
         dtype = np.dtype(dtype)
@@ -226,9 +231,7 @@ def transposed_blocks(
         # instead of waiting, in turn, for one reader and for the scratch writes to go in block order
         if callable(block):
             block = block()
-        buffers = getattr(local_buffers, "b", None)
-        if buffers is None:
-            buffers = local_buffers.b = Buffers()
+        buffers = Buffers.of_thread(local_buffers, "regroup")
         data, indices, ip = _to_columns(block, n_cols, buffers)
         # rows are local to the block: 16 bits suffice for most blocks and halve the scratch traffic
         if r1 - r0 <= 2**16:
@@ -277,11 +280,8 @@ def transposed_blocks(
             # pieces are built in MERGE_WORKERS + 1 sets of buffers used in turn: the caller must be done with a
             # piece when it asks for the next one
             def merge(i: int) -> sp.csr_matrix:
-                buffers = getattr(local_buffers, "m", None)
-                if buffers is None:
-                    buffers = local_buffers.m = Buffers()
                 out = (out_buffers, f"out{i % (MERGE_WORKERS + 1)}")
-                return _merge(spool, spooled, *plan[i], n_rows, dtype, buffers, out)
+                return _merge(spool, spooled, *plan[i], n_rows, dtype, Buffers.of_thread(local_buffers, "merge"), out)
 
             ahead = deque(worker.submit(merge, i) for i in range(min(MERGE_WORKERS, len(plan))))
             for i, (c0, c1) in enumerate(plan):
@@ -323,16 +323,18 @@ class _Blocks:
         self.widths = np.array([r1 - r0 for r0, r1, *_ in records], dtype=np.int64)
         self.rows = [rec[3] for rec in records]
         self.data = [rec[4] for rec in records]
-        # the column offsets of every block, one row each, when all were kept in memory
-        kept = all(isinstance(rec[2], np.ndarray) for rec in records)
-        self.offsets = np.stack([rec[2] for rec in records]) if kept and records else None
-        self.handles = None if kept else [rec[2] for rec in records]
+        # each block's column offsets: an array kept in memory, or a handle in the scratch file; stacked into one
+        # row per block when all were kept
+        self.handles = [rec[2] for rec in records]
+        kept = all(isinstance(h, np.ndarray) for h in self.handles)
+        self.offsets = np.stack(self.handles) if kept and records else None
+        if self.offsets is not None:
+            self.handles = []  # (not held twice)
 
     def column_offsets(self, spool: Spool, c0: int, c1: int) -> np.ndarray:
         """Offsets of columns ``c0:c1 + 1`` in each block: ``(n, c1 - c0 + 1)``."""
         if self.offsets is not None:
             return self.offsets[:, c0 : c1 + 1].astype(np.int64)
-        # (the first blocks' kept in memory, the others' in the scratch file)
         parts = [h[c0 : c1 + 1] if isinstance(h, np.ndarray) else spool.get(h, c0, c1 + 1) for h in self.handles]
         return np.stack(parts).astype(np.int64)
 
