@@ -9,6 +9,7 @@ scanpy and friends accept it; every element a shadow hands out is an ordinary in
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import anndata
@@ -43,6 +44,8 @@ _TABLE_ENCODINGS = {"dataframe", "legacy-dataframe", "legacy-compound"}
 _LEGACY_NEIGHBORS = ("distances", "connectivities")
 # tables in these groups have cells (genes) as rows: the index column's name for polars/pyarrow tables
 _TABLE_AXIS_NAMES = {"obsm": "obs_names", "varm": "var_names"}
+# rows per block of AnnData.chunked_X when no chunk size is given (anndata's own default)
+_ANNDATA_CHUNK = 6000
 
 
 def axis_length(root: Any, name: str, where: str) -> int:
@@ -168,14 +171,25 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
 
     @property
     def filename(self) -> os.PathLike:
+        """Path of the file or zarr store the shadow reads (for a nested AnnData, the file that holds it).
+
+        Unlike a backed AnnData's ``filename``, it cannot be set: a shadow always reads its file, and assigning
+        another name would not copy anything.
+        """
         return self._storage.filename
 
     @property
     def mode(self) -> str:
+        """Mode the file is open with, ``"r"`` or ``"r+"`` (:meth:`reopen` changes it)."""
         return self._storage.mode
 
     @property
     def isbacked(self) -> bool:
+        """Always ``False``, although the shadow reads from a file.
+
+        ``True`` would send anndata and scanpy down their backed-mode code paths, which expect h5py datasets in
+        ``X``; every value a shadow hands out is an in-memory object, so the in-memory paths are the right ones.
+        """
         # False on purpose: every value handed out is in memory, so scanpy takes its in-memory code paths
         return False
 
@@ -596,7 +610,15 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         self._pending[("raw", "")] = None
 
     # --- vectors --------------------------------------------------------------------------------------------------
+    def _check_layer(self, layer: str | None) -> None:
+        """A KeyError naming a missing layer and those there are (anndata raises KeyError too), before any read."""
+        if layer is not None and layer not in self.layers:
+            raise KeyError(
+                f"layers of '{self._storage.describe()}' has no key {layer!r}; layers: {list(self.layers.keys())}"
+            )
+
     def _column_of(self, matrix_path: str | None, j: int, layer: str | None) -> np.ndarray:
+        self._check_layer(layer)
         if layer is not None:
             m = self._pending.get(("layers", layer))
             path = f"layers/{layer}"
@@ -643,6 +665,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
 
     def _numpy_matrix(self, layer: str | None = None) -> Any:
         """X (or ``layer``) as numpy/scipy whatever the array backend: anndata's methods that return numpy use it."""
+        self._check_layer(layer)
         k = ("layers", layer) if layer is not None else ("X", "")
         if self._array_backend == "numpy" or k in self._pending or k in self._inherited:
             return self.layers[layer] if layer is not None else self.X
@@ -821,14 +844,47 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         write_subset(self, store, file_format="zarr", **kwargs)
 
     def chunked_X(
-        self, chunk_size: int = 1000, *, layer: str | None = None, axis: int = 0, progress: bool | None = None
-    ):
-        """Yield ``(start, stop, block)`` over the rows (``axis=0``) or columns of X (or ``layer``), in bounded memory."""
+        self,
+        chunk_size: int | None = None,
+        *,
+        layer: str | None = None,
+        axis: int = 0,
+        progress: bool | None = None,
+    ) -> Iterator[tuple[Any, int, int]]:
+        """Iterate over the rows of X (or its columns, or a layer's), reading one block at a time.
+
+        As :meth:`anndata.AnnData.chunked_X`, it yields ``(block, start, end)`` with ``block`` equal to
+        ``X[start:end]`` (``X[:, start:end]`` for ``axis=1``), so that code written for anndata runs unchanged;
+        only one block is in memory at a time.
+
+        Parameters
+        ----------
+        chunk_size
+            Rows (columns) per block; ``None`` means 6000, anndata's default.
+        layer
+            Iterate over this layer instead of ``X``.
+        axis
+            ``0`` for blocks of rows, ``1`` for blocks of columns (read through one regrouping pass when the
+            matrix is stored the other way, not a scan per block).
+        progress
+            Show a progress bar (``None``: follow ``shadows.settings``).
+
+        Yields
+        ------
+        tuple
+            ``(block, start, end)``: the block in the stored format (CSR, CSC or a numpy array), converted to the
+            shadow's array backend, and its position along ``axis``.
+        """
         from .stream import chunked
 
-        return chunked(
-            self, chunk_size=chunk_size, element=f"layers/{layer}" if layer else "X", axis=axis, progress=progress
+        blocks = chunked(
+            self,
+            chunk_size=_ANNDATA_CHUNK if chunk_size is None else chunk_size,
+            element=f"layers/{layer}" if layer else "X",
+            axis=axis,
+            progress=progress,
         )
+        return ((block, start, end) for start, end, block in blocks)
 
     def add_column_index(self, element: str = "X") -> AnnDataShadow:
         """Store a column-major copy of a CSR ``element`` (row-major of CSC) in the file, for fast gene reads."""
@@ -878,6 +934,91 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         if raw is not None:
             kwargs["raw"] = raw.to_dict() if isinstance(raw, RawShadow) else raw
         return anndata.AnnData(**kwargs)
+
+    @property
+    def T(self) -> anndata.AnnData:
+        """The transpose, as :meth:`transpose`: an in-memory :class:`anndata.AnnData`, not a shadow."""
+        return self.transpose()
+
+    def transpose(self) -> anndata.AnnData:
+        """Transpose the whole object into an in-memory :class:`anndata.AnnData`, as ``AnnData.transpose`` does.
+
+        X and the layers are transposed, obs and var swap places, and so do obsm/varm and obsp/varp; ``uns`` and
+        pending in-memory changes come along, ``raw`` is left out (as anndata leaves it out, so it is not read).
+        Every other element is read into memory: the result is not a shadow.  As in anndata, a view cannot be
+        transposed (``ValueError``): call ``.copy()`` (or ``.to_memory()``) first.
+        """
+        if self.is_view:
+            # anndata's own message and type for the same request
+            raise ValueError(
+                "You’re trying to transpose a view of an `AnnData`, "
+                "which is currently not implemented. Call `.copy()` before transposing."
+            )
+        return self._twin(without_raw=True).to_memory().transpose()
+
+    def _twin(self, *, without_raw: bool = False, numpy: bool = False) -> AnnDataShadow:
+        """A second shadow object on this one's connection (not owning it).
+
+        ``without_raw`` hides ``raw``; ``numpy`` makes it hand out numpy/scipy/pandas values whatever this
+        shadow's backends (it then starts with an empty cache: the cached values are of the other backends).
+        """
+        twin = AnnDataShadow.__new__(type(self))
+        twin.__dict__.update(self.__dict__)
+        twin._owns_storage = False
+        twin._pending = dict(self._pending)
+        if numpy and (self._array_backend, self._table_backend, self._lazy) != ("numpy", "pandas", False):
+            twin._array_backend, twin._table_backend, twin._lazy = "numpy", "pandas", False
+            twin._cache, twin._frame_fp = {}, {}
+        if without_raw:
+            twin._pending[("raw", "")] = None  # reads as "no raw": to_memory() then skips reading it
+        return twin
+
+    def write_csvs(self, dirname: os.PathLike | str, *, skip_data: bool = True, sep: str = ",") -> None:
+        """Write the annotations (and, with ``skip_data=False``, X) to ``.csv`` files, as ``AnnData.write_csvs``.
+
+        The files are those anndata writes for the same object (``obs.csv``, ``var.csv``, ``obsm.csv``,
+        ``varm.csv``, ``uns/<key>.csv``, and ``X.csv``), but X is written in blocks of rows, never whole.
+
+        Parameters
+        ----------
+        dirname
+            Directory to write into (created if needed; a ``.csv`` suffix is dropped, as anndata drops it).
+        skip_data
+            Skip the data matrix X (the default, as in anndata).
+        sep
+            Field separator.
+        """
+        from .export import write_csvs
+
+        write_csvs(self, dirname, skip_data=skip_data, sep=sep)
+
+    def __sizeof__(self, *, show_stratified: bool = False, with_disk: bool = False) -> int:
+        """Bytes this shadow holds in memory (what ``sys.getsizeof`` reports), without reading anything.
+
+        Counted: every element read into the cache and every in-memory change not yet written (pending or, for a
+        view, inherited from its parent), per group as ``AnnData.__sizeof__`` counts them (sparse matrices by
+        their ``data``, ``indices`` and ``indptr``).  Elements still only in the file count nothing, unless
+        ``with_disk=True``: then their uncompressed size (shape × item size, from the file's metadata; a view
+        counts its share of each) is added.
+
+        Parameters
+        ----------
+        show_stratified
+            Print the size of each part (X, obs, var, uns, obsm, ...), as anndata prints it.
+        with_disk
+            Add the uncompressed size of the elements not in memory.
+        """
+        from .export import sizes
+
+        parts = sizes(self, with_disk=with_disk)
+        if show_stratified:
+            from tqdm import tqdm
+
+            for name, size in parts.items():
+                if size > 0:  # anndata's format: "Size of X      : 1.2MB", "Size of .obs   : ..."
+                    label = name if name == "X" else f".{name}"
+                    print(f"Size of {label:<7}: {tqdm.format_sizeof(size, 'B')}")
+        return sum(parts.values())
 
     def copy(self, filename: os.PathLike | None = None) -> anndata.AnnData:
         """An in-memory AnnData copy (or, with ``filename``, a copy written to that file)."""

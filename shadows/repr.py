@@ -1,6 +1,7 @@
 """Text and HTML representations of shadows: shape, each group with its keys, and what is cached or new.
 
 ``ᐁ`` marks an element read into the cache, ``▲`` one added (or changed) in memory and not yet in the file.
+X's line tells its encoding, dtype and shape (``X: csr_matrix float32 (1000, 200)``), from the file's metadata.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ def sections(shadow: AnnDataShadow) -> list[tuple[str, list[str], str]]:
     """``(name, [key + mark...], mark of the whole element)`` for every non-empty part of the shadow."""
     out: list[tuple[str, list[str], str]] = []
     x_mark = _mark(shadow, "X", "")
-    has_x = ("X", "") in shadow._pending or "X" in shadow._root()
-    if has_x:
-        out.append(("X", [], x_mark))
+    x = x_summary(shadow)
+    if x is not None:
+        out.append(("X", [x], x_mark))
     for frame in ("obs", "var"):
         changes = shadow.frame_changes(frame)
         new = set(changes["added"]) | set(changes["changed"])
@@ -46,16 +47,65 @@ def sections(shadow: AnnDataShadow) -> list[tuple[str, list[str], str]]:
         if keys or deleted:
             items = [f"'{k}'{_mark(shadow, group, k)}" for k in keys] + [f"'{k}' (deleted)" for k in deleted]
             out.append((group, items, ""))
-    raw = shadow.raw if ("raw", "") not in shadow._pending else None
+    raw = _raw_section(shadow)
     if raw is not None:
-        parts = ["X", "var"] + (["varm"] if _has(shadow, raw) else [])
-        cached = any(k[0] == "raw" for k in shadow._cache)
-        out.append(("raw", parts, f" {CACHED}" if cached else ""))
+        out.append(raw)
     return out
 
 
-def _has(shadow: AnnDataShadow, raw: Any) -> bool:
-    return raw._path("varm") in shadow._root()
+def _raw_section(shadow: AnnDataShadow) -> tuple[str, list[str], str] | None:
+    if ("raw", "") in shadow._pending:  # assigned (▲) or deleted in memory, not yet written
+        value = shadow._pending[("raw", "")]
+        if value is None:
+            return ("raw", ["(deleted)"], "") if _stored_raw(shadow) else None
+        varm = getattr(value, "varm", None)
+        return ("raw", ["X", "var"] + (["varm"] if varm is not None and len(varm) else []), f" {NEW}")
+    raw = shadow.raw
+    if raw is None:
+        return None
+    parts = ["X", "var"] + (["varm"] if raw._path("varm") in shadow._root() else [])
+    cached = any(k[0] == "raw" for k in shadow._cache)
+    return ("raw", parts, f" {CACHED}" if cached else "")
+
+
+def _stored_raw(shadow: AnnDataShadow) -> bool:
+    root = shadow._root()
+    return "raw" in root or "raw.X" in root
+
+
+def x_summary(shadow: AnnDataShadow) -> str | None:
+    """``"csr_matrix float32 (1000, 200)"``: X's encoding, dtype and shape (of the view), or None without X.
+
+    A stored X is described from the file's metadata (nothing is read); an X assigned in memory, from its value.
+    """
+    for store in (shadow._pending, shadow._inherited):
+        if ("X", "") in store:
+            return _value_summary(store[("X", "")])
+    root = shadow._root()
+    if "X" not in root:
+        return None
+    from .elements import encoding_of
+    from .storage import is_group
+
+    elem = root["X"]
+    dtype = elem["data"].dtype if is_group(elem) and "data" in elem else getattr(elem, "dtype", "?")
+    n, m = shadow.shape
+    return f"{encoding_of(elem)[0]} {dtype} ({n}, {m})"
+
+
+def _value_summary(value: Any) -> str | None:
+    if value is None:
+        return None
+    import scipy.sparse as sp
+
+    if sp.issparse(value):
+        kind = f"{value.format}_matrix"  # anndata's encoding for scipy's matrices and arrays alike
+    elif type(value).__module__ == "numpy":
+        kind = "array"
+    else:
+        kind = type(value).__name__
+    shape = tuple(int(d) for d in getattr(value, "shape", ()))
+    return f"{kind} {getattr(value, 'dtype', '?')} {shape}"
 
 
 def header(shadow: AnnDataShadow) -> str:
@@ -74,7 +124,7 @@ def text_repr(shadow: AnnDataShadow) -> str:
     lines = [header(shadow)]
     for name, items, mark in sections(shadow):
         if name == "X":
-            lines.append(f"  X{mark}")
+            lines.append(f"  X{mark}: {items[0]}")
         else:
             lines.append(f"  {name}{mark}:\t" + ", ".join(items))
     lines.append(f"  file: {shadow._storage.describe()} (mode {shadow.mode!r})")

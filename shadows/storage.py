@@ -7,6 +7,7 @@ or zarr through the small helpers here (``is_group``, ``attr``, ``read_strings``
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,8 @@ def split_path(path: str | os.PathLike) -> tuple[Path, str]:
         parts.insert(0, root.name)
         root = root.parent
     if not _is_zarr_dir(root):
+        if not p.exists():  # nothing there: its nearest existing ancestor is just some directory
+            raise FileNotFoundError(errno.ENOENT, "No such file or zarr store", str(p))
         raise FileNotFoundError(f"'{p}' is a directory but not a zarr store (no zarr.json or .zgroup in '{root}')")
     return root, "/".join(parts)
 

@@ -1,7 +1,7 @@
 """Out-of-core work on a shadow: chunked iteration, and streaming a shadow or a view into a new file.
 
 * :func:`chunked` yields ``(start, stop, block)`` over the rows (or columns) of any matrix element of a shadow or
-  a view, in bounded memory (``AnnDataShadow.chunked_X`` calls it);
+  a view, in bounded memory (``AnnDataShadow.chunked_X`` calls it, and yields ``(block, start, end)`` as anndata does);
 * :func:`write_subset` streams a shadow or a view into a new ``.h5ad`` file or zarr store without materialising
   any whole matrix (``AnnDataShadow.write_h5ad``/``write_zarr`` call it); the file equals what anndata writes
   for ``anndata.read_h5ad(src)[idx]``;

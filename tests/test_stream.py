@@ -47,6 +47,13 @@ store = pytest.fixture(
 )(_source)
 
 
+def _x_blocks(blocks):
+    """``chunked_X`` yields ``(block, start, end)`` (anndata's order); ``chunked`` yields ``(start, stop, block)``."""
+    for blk, a, b in blocks:
+        assert isinstance(a, int) and isinstance(b, int), (type(a), type(b))
+        yield a, b, blk
+
+
 def _tiles(blocks, axis: int, n: int) -> np.ndarray:
     parts, at = [], 0
     for a, b, blk in blocks:
@@ -65,9 +72,11 @@ def test_chunked_tiles_the_matrix_of_a_view(source, axis, chunk_size):
     with AnnDataShadow(path) as s:
         view = s[CELLS, GENES]
         want = dense_of(ref[CELLS, GENES].X)
-        got = _tiles(view.chunked_X(chunk_size, axis=axis), axis, want.shape[axis])
+        # chunk_size None: chunked() sizes blocks by the memory budget (chunked_X's None is anndata's 6000 rows)
+        blocks = chunked(view, None, axis=axis) if chunk_size is None else _x_blocks(view.chunked_X(chunk_size, axis=axis))
+        got = _tiles(blocks, axis, want.shape[axis])
         np.testing.assert_array_equal(got, want)
-        _, _, blk = next(iter(s.chunked_X(9, axis=axis)))
+        blk, _, _ = next(iter(s.chunked_X(9, axis=axis)))
         # blocks keep the stored format (what anndata's backed X[a:b] gives)
         assert (blk.format if sp.issparse(blk) else "dense") == kind
 
@@ -82,7 +91,7 @@ def test_chunked_any_matrix_element(store, element):
         got = _tiles(chunked(s, 6, element=element), 0, ref.n_obs)
         np.testing.assert_array_equal(got, dense_of(want))
     with AnnDataShadow(path) as s:
-        got = _tiles(s.chunked_X(5, layer="counts", axis=1), 1, ref.n_vars)
+        got = _tiles(_x_blocks(s.chunked_X(5, layer="counts", axis=1)), 1, ref.n_vars)
         np.testing.assert_array_equal(got, dense_of(ref.layers["counts"]))
 
 
@@ -91,8 +100,8 @@ def test_chunked_across_the_stored_order_goes_through_scratch_space(tmp_path):
     a = rich(300, 40, "csr", seed=5)
     path = write_source(a, tmp_path, "h5ad", None)
     with shadows.settings.override(memory_budget=2**16), AnnDataShadow(path) as s:
-        got = _tiles(s.chunked_X(16, axis=1), 1, 40)
-        got_view = _tiles(s[::2, ::3].chunked_X(4, axis=1), 1, len(range(0, 40, 3)))
+        got = _tiles(_x_blocks(s.chunked_X(16, axis=1)), 1, 40)
+        got_view = _tiles(_x_blocks(s[::2, ::3].chunked_X(4, axis=1)), 1, len(range(0, 40, 3)))
     np.testing.assert_array_equal(got, dense_of(a.X))
     np.testing.assert_array_equal(got_view, dense_of(a.X)[::2, ::3])
 
@@ -102,7 +111,7 @@ def test_chunked_sees_pending_values_and_rejects_bad_arguments(tmp_path):
     with AnnDataShadow(path) as s:
         new = np.arange(40 * 15, dtype=np.float64).reshape(40, 15)
         s.layers["new"] = new
-        np.testing.assert_array_equal(_tiles(s.chunked_X(6, layer="new"), 0, 40), new)
+        np.testing.assert_array_equal(_tiles(_x_blocks(s.chunked_X(6, layer="new")), 0, 40), new)
         with pytest.raises(ValueError, match="axis"):
             next(s.chunked_X(5, axis=2))
         with pytest.raises(ValueError, match="chunk_size"):
