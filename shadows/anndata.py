@@ -431,7 +431,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
     # --- elements -------------------------------------------------------------------------------------------------
     @property
     def X(self) -> Any:
-        """The data matrix, read (for a view: the selected part) on first access."""
+        """The data matrix, read on first access and cached (for a view, only its selected part is read)."""
         k = ("X", "")
         if k in self._pending:
             return self._pending[k]
@@ -674,12 +674,14 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         )
 
     def obs_keys(self) -> list[str]:
+        """Names of the columns of ``obs`` (from the file's metadata until ``obs`` is read)."""
         # a polars/pyarrow table holds the index as a column: the stored column names are the keys then
         if (("obs", "") in self._cache or ("obs", "") in self._pending) and isinstance(self.obs, pd.DataFrame):
             return list(self.obs.columns)
         return self._frame_columns("obs")
 
     def var_keys(self) -> list[str]:
+        """Names of the columns of ``var`` (from the file's metadata until ``var`` is read)."""
         # a polars/pyarrow table holds the index as a column: the stored column names are the keys then
         if (("var", "") in self._cache or ("var", "") in self._pending) and isinstance(self.var, pd.DataFrame):
             return list(self.var.columns)
@@ -692,15 +694,22 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         return list(g.dtype.names[1:])
 
     def obsm_keys(self) -> list[str]:
+        """Keys of ``obsm``, stored and added in memory (nothing is read)."""
         return list(self.obsm.keys())
 
     def varm_keys(self) -> list[str]:
+        """Keys of ``varm``, stored and added in memory (nothing is read)."""
         return list(self.varm.keys())
 
     def uns_keys(self) -> list[str]:
+        """Keys of ``uns``, stored and added in memory (nothing is read)."""
         return list(self.uns.keys())
 
     def layers_keys(self) -> list[str]:
+        """Keys of ``layers``, stored and added in memory (nothing is read).
+
+        anndata has no ``layers_keys``; this completes ``obsm_keys``, ``varm_keys``... for the shadow's layers.
+        """
         return list(self.layers.keys())
 
     # --- views ----------------------------------------------------------------------------------------------------
@@ -937,7 +946,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
 
     @property
     def T(self) -> anndata.AnnData:
-        """The transpose, as :meth:`transpose`: an in-memory :class:`anndata.AnnData`, not a shadow."""
+        """The transpose, as :meth:`transpose` returns it (an in-memory :class:`anndata.AnnData`, not a shadow)."""
         return self.transpose()
 
     def transpose(self) -> anndata.AnnData:

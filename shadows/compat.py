@@ -24,6 +24,9 @@ from . import index as ix
 if TYPE_CHECKING:
     from .anndata import AnnDataShadow
 
+# the one public name: the functions below are AnnDataShadow's internals (documented here for maintainers only)
+__all__ = ["SlicedMatrix"]
+
 # scanpy functions that take the whole matrix from `_get_obs_rep` only to slice a few columns (rows) out of it
 _SLICING_CALLERS = {("scanpy.get.get", "obs_df"), ("scanpy.get.get", "var_df")}
 # functions that read a matrix attribute themselves only to slice it right away: (module, function, attribute)

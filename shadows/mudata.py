@@ -103,14 +103,20 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
 
     @property
     def filename(self) -> Path:
+        """Path of the ``.h5mu`` file or zarr store the shadow reads (it cannot be set, unlike a backed MuData's)."""
         return self._storage.filename
 
     @property
     def mode(self) -> str:
+        """Mode the file is open with, ``"r"`` or ``"r+"`` (:meth:`reopen` changes it)."""
         return self._storage.mode
 
     @property
     def isbacked(self) -> bool:
+        """Always ``False``, although the shadow reads from a file (as :attr:`AnnDataShadow.isbacked`).
+
+        Every value a shadow hands out is an in-memory object, so muon and scanpy must take their in-memory paths.
+        """
         return False  # every value handed out is in memory (as for AnnDataShadow)
 
     @property
@@ -127,7 +133,7 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
 
     @property
     def axis(self) -> int:
-        """0: the modalities share observations; 1: they share features; -1: both."""
+        """Which axis the modalities share, as in mudata (``0`` observations, ``1`` features, ``-1`` both)."""
         return self._axis_value
 
     @property
@@ -232,18 +238,18 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
 
     @property
     def obsmap(self) -> Mapping[str, np.ndarray]:
-        """For each modality, the 1-based position of each global observation in it (0: absent)."""
+        """For each modality, the 1-based position of each global observation in it (``0`` where absent)."""
         return MappingProxyType({m: self._map("obs", m) for m in self._order})
 
     @property
     def varmap(self) -> Mapping[str, np.ndarray]:
-        """For each modality, the 1-based position of each global feature in it (0: absent)."""
+        """For each modality, the 1-based position of each global feature in it (``0`` where absent)."""
         return MappingProxyType({m: self._map("var", m) for m in self._order})
 
     # --- modalities -----------------------------------------------------------------------------------------------
     @property
     def mod(self) -> Modalities:
-        """The modalities, in the stored ``mod-order``: :class:`AnnDataShadow` objects on this file's connection."""
+        """The modalities in the stored ``mod-order``, as :class:`AnnDataShadow` objects on this file's connection."""
         return Modalities(self)
 
     @property
