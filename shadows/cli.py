@@ -79,7 +79,14 @@ def _row(path: str, encoding: str, arr: Any, shape: Any = None, dtype: Any = Non
     """``(path, encoding, dtype, shape, chunks, compression)``; the array gives what is not passed."""
     shape = tuple(arr.shape) if shape is None else tuple(shape)
     dtype = arr.dtype if dtype is None else dtype
-    return (path, encoding, str(dtype), "×".join(str(int(n)) for n in shape) or "scalar", _chunks(arr), _compression(arr))
+    return (
+        path,
+        encoding,
+        str(dtype),
+        "×".join(str(int(n)) for n in shape) or "scalar",
+        _chunks(arr),
+        _compression(arr),
+    )
 
 
 def element_rows(node: Any, path: str = "") -> Iterator[tuple[str, ...]]:
@@ -105,7 +112,9 @@ def element_rows(node: Any, path: str = "") -> Iterator[tuple[str, ...]]:
             yield _row(where, enc or f"legacy-{fmt}", child["data"], shape=shape)
             if COLUMN_INDEX in child:
                 other = "csc" if fmt == "csr" else "csr"
-                yield _row(f"{where}/{COLUMN_INDEX}", f"column index ({other})", child[COLUMN_INDEX]["data"], shape=shape)
+                yield _row(
+                    f"{where}/{COLUMN_INDEX}", f"column index ({other})", child[COLUMN_INDEX]["data"], shape=shape
+                )
         elif enc == "categorical":
             cats = child["categories"]
             cats = cats["values"] if is_group(cats) else cats  # nullable-string categories keep theirs in values

@@ -100,7 +100,9 @@ def value_nbytes(value: Any) -> int:
     if value is None:
         return 0
     if sp.issparse(value):
-        return sum(int(getattr(value, a).nbytes) for a in ("data", "indices", "indptr", "row", "col") if hasattr(value, a))
+        return sum(
+            int(getattr(value, a).nbytes) for a in ("data", "indices", "indptr", "row", "col") if hasattr(value, a)
+        )
     if isinstance(value, np.ndarray):
         return int(value.nbytes)
     if isinstance(value, pd.DataFrame | pd.Series):

@@ -73,7 +73,9 @@ def test_chunked_tiles_the_matrix_of_a_view(source, axis, chunk_size):
         view = s[CELLS, GENES]
         want = dense_of(ref[CELLS, GENES].X)
         # chunk_size None: chunked() sizes blocks by the memory budget (chunked_X's None is anndata's 6000 rows)
-        blocks = chunked(view, None, axis=axis) if chunk_size is None else _x_blocks(view.chunked_X(chunk_size, axis=axis))
+        blocks = (
+            chunked(view, None, axis=axis) if chunk_size is None else _x_blocks(view.chunked_X(chunk_size, axis=axis))
+        )
         got = _tiles(blocks, axis, want.shape[axis])
         np.testing.assert_array_equal(got, want)
         blk, _, _ = next(iter(s.chunked_X(9, axis=axis)))
