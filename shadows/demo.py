@@ -7,14 +7,30 @@ UMAP), slices the T cells, computes an embedding and writes it back into the sam
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
 
-def make_dataset(path: Path, n_obs: int = 3000, n_vars: int = 800, seed: int = 0) -> Path:
-    """Write a small single-cell-like AnnData (sparse counts, cell types, a UMAP) with anndata itself."""
+def make_dataset(path: str | os.PathLike, n_obs: int = 3000, n_vars: int = 800, seed: int = 0) -> Path:
+    """Write a small single-cell-like AnnData (sparse counts, cell types, a UMAP) with anndata itself.
+
+    Parameters
+    ----------
+    path
+        Where to write the ``.h5ad`` file (its folder is created if needed).
+    n_obs, n_vars
+        Number of cells and genes.
+    seed
+        Seed of the random generator: the same seed writes the same data.
+
+    Returns
+    -------
+    Path
+        The path of the written file.
+    """
     import anndata as ad
     import pandas as pd
     import scipy.sparse as sp
@@ -41,6 +57,7 @@ def make_dataset(path: Path, n_obs: int = 3000, n_vars: int = 800, seed: int = 0
         var=pd.DataFrame(index=genes),
     )
     a.obsm["X_umap"] = umap.astype(np.float32)
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     a.write_h5ad(path)
     return path

@@ -69,11 +69,12 @@ def stats(
 
     Returns
     -------
-    A dict of 1-D numpy arrays (or a DataFrame with these columns): ``sum``, ``mean``, ``var`` (float64;
-    ``var`` with ``ddof=1``, NaN for fewer than two values), ``nnz`` (int64, values different from zero), ``min``
-    and ``max`` (the matrix's type).  They equal ``X.sum(axis)``, ``X.mean(axis)``, ``X.var(axis, ddof=1)``,
-    ``(X != 0).sum(axis)``, ``X.min(axis)``, ``X.max(axis)`` of the dense matrix, and scanpy's
-    ``calculate_qc_metrics`` / ``highly_variable_genes`` means and variances.
+    dict or DataFrame
+        1-D numpy arrays (or a DataFrame with these columns): ``sum``, ``mean``, ``var`` (float64;
+        ``var`` with ``ddof=1``, NaN for fewer than two values), ``nnz`` (int64, values different from zero),
+        ``min`` and ``max`` (the matrix's type).  They equal ``X.sum(axis)``, ``X.mean(axis)``,
+        ``X.var(axis, ddof=1)``, ``(X != 0).sum(axis)``, ``X.min(axis)``, ``X.max(axis)`` of the dense matrix, and
+        scanpy's ``calculate_qc_metrics`` / ``highly_variable_genes`` means and variances.
 
     Examples
     --------
