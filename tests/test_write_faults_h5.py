@@ -341,9 +341,8 @@ def test_exception_while_staging_leaves_file_unchanged(tmp_path):
 
 
 # --- a leftover column (a writer killed between linking a column and naming it) -----------------------------------
-def _leave_orphan(path: Path, group: str, name: str) -> None:
+def _leave_orphan(path: Path, group: str, name: str, n: int = N_OBS) -> None:
     with h5py.File(path, "r+") as f:
-        n = f[group][f[group].attrs["_index"]].shape[0]
         f[f"{group}/{name}"] = np.full(n, -1.0)
         f[f"{group}/{name}"].attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
 
