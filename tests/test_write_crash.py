@@ -84,22 +84,26 @@ _CHILD = textwrap.dedent(
     exec(cfg.get("setup", ""))
     exec(cfg["edits"])
     print("writing", flush=True)
+    t0 = time.perf_counter()
     if not cfg.get("sigint"):
         s.write(overwrite=True)
-        print("done", flush=True)
+        print(f"done {time.perf_counter() - t0:.4f}", flush=True)
         sys.exit()
-    # SIGINT runs: report where the interrupt landed, close, and on the parent's word retry on the same shadow
+    # SIGINT runs: report where the interrupt landed, close, and on the parent's word retry on the same shadow.
+    # The parent sends one SIGINT: once it has been caught, nothing can interrupt what follows.
     try:
         try:
             s.write(overwrite=True)
             outcome = "done"
         except KeyboardInterrupt:
             outcome = "interrupted"
+        elapsed = time.perf_counter() - t0
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     except KeyboardInterrupt:  # landed after write() returned
-        outcome = "late"
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent sends one; nothing may stop the retry below
+        outcome, elapsed = "late", time.perf_counter() - t0
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     s.close()
-    print(outcome, flush=True)
+    print(f"{outcome} {elapsed:.4f}", flush=True)
     if sys.stdin.readline().strip() == "retry":
         s.reopen("r+")
         s.write(overwrite=True)

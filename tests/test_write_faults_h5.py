@@ -421,8 +421,19 @@ def _finish(p) -> str:
     return rest
 
 
-def kill_child(children: Children, path: Path, big: int, *, step=None, delay: float = 0.0) -> str:
-    """SIGKILL a child writer at commit point ``step`` or ``delay`` seconds into its write."""
+def _write_time(rest: str) -> float | None:
+    """The duration of a write the child reports (``done 0.1234``), if it finished one."""
+    for line in rest.splitlines():
+        word, _, seconds = line.partition(" ")
+        if word in ("done", "late") and seconds:
+            return float(seconds)
+    return None
+
+
+def kill_child(children: Children, path: Path, big: int, *, step=None, delay: float = 0.0) -> tuple[str, float | None]:
+    """SIGKILL a child writer at commit point ``step`` or ``delay`` seconds into its write.
+
+    Returns what the child had reached, and how long its write took when it finished before the kill."""
     p = _start(children, path, big, step=step)
     if step is not None:
         line = p.stdout.readline().strip()
@@ -431,19 +442,23 @@ def kill_child(children: Children, path: Path, big: int, *, step=None, delay: fl
     else:
         time.sleep(delay)
         outcome = f"killed after {delay * 1000:.0f} ms"
-    rest = _finish(p)
-    return "finished" if "done" in rest else outcome
+    took = _write_time(_finish(p))
+    return ("finished" if took is not None else outcome), took
 
 
-def sigint_child(children: Children, path: Path, before: Any, after: Any, big: int, delay: float) -> tuple[str, list]:
-    """A real SIGINT ``delay`` seconds into a child's write; the file is checked, then the child retries."""
+def sigint_child(children, path: Path, before: Any, after: Any, big: int, delay: float) -> tuple[str, list, Any]:
+    """A real SIGINT ``delay`` seconds into a child's write; the file is checked, then the child retries.
+
+    Returns where the interrupt landed (``interrupted``: during the write; ``done``/``late``: after it), the
+    violations, and how long the write took when the interrupt came after it."""
     p = _start(children, path, big, sigint=True)
     time.sleep(delay)
     os.kill(p.pid, signal.SIGINT)
-    outcome = p.stdout.readline().strip()
+    line = p.stdout.readline().strip()
+    outcome = line.partition(" ")[0]
     if outcome not in ("done", "interrupted", "late"):
         _finish(p)
-        return f"child failed: {outcome!r}", [f"child died: {p.err_path.read_text()[-1500:]}"]
+        return f"child failed: {line!r}", [f"child died: {p.err_path.read_text()[-1500:]}"], None
     bad = violations(path, before, after)
     p.stdin.write("retry\n")
     p.stdin.flush()
@@ -452,7 +467,7 @@ def sigint_child(children: Children, path: Path, before: Any, after: Any, big: i
         bad.append(f"the retry on the same shadow failed: {p.err_path.read_text()[-1500:]}")
     _finish(p)
     bad += [f"after the retry: {v}" for v in violations(path, after, after)]
-    return outcome, bad
+    return outcome, bad, _write_time(line)
 
 
 def retry_fresh(path: Path, after: Any, big: int) -> list[str]:
@@ -490,23 +505,28 @@ def run_signals(tmp_path: Path, fmt: str, *, n_random_kills: int, n_sigints: int
     children = Children(len(jobs), tmp_path)
     tally: dict[str, int] = {}
     bad: list[str] = []
+    estimate = duration  # of the children's write time (not this process's): signals are timed to land in it
     try:
         for kind, at in jobs:
             path = copy_pristine(pristine)
-            delay = float(rng.uniform(0, 1.3 * duration))
+            delay = float(rng.uniform(0, 1.1 * estimate))
             if kind == "sigint":
-                outcome, found = sigint_child(children, path, before, after, big, delay)
+                outcome, found, took = sigint_child(children, path, before, after, big, delay)
             else:
                 step = ["point", *at] if at else None
-                outcome = kill_child(children, path, big, step=step, delay=delay)
+                outcome, took = kill_child(children, path, big, step=step, delay=delay)
                 found = violations(path, before, after)
                 found += retry_fresh(path, after, big)
+            if took is not None and at is None:
+                estimate = 0.7 * estimate + 0.3 * took
             key = f"{kind}: {outcome.split(' after ')[0]}"
             tally[key] = tally.get(key, 0) + 1
             bad += [f"{kind} ({outcome}): {v}" for v in found]
     finally:
         children.close()
-    print(f"\n{fmt}: write {duration * 1000:.0f} ms; {len(jobs)} runs: {tally}; {len(bad)} violations")
+    print(
+        f"\n{fmt}: write {duration * 1000:.0f} ms here, {estimate * 1000:.0f} ms in the children; {len(jobs)} runs: {tally}; {len(bad)} violations"
+    )
     for v in bad[:20]:
         print("  ", v)
     return tally, bad
