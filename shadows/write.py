@@ -13,6 +13,7 @@ replaced or deleted elements: :func:`shadows.repack` rewrites a file compactly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anndata
@@ -20,6 +21,7 @@ import numpy as np
 import pandas as pd
 from anndata.io import read_elem
 
+from . import commit_guard
 from .elements import encoding_of
 from .storage import attr, is_group
 from .write_values import strings, values_equal, writable
@@ -59,6 +61,9 @@ class FrameEdit:
     removed: list[str] = field(default_factory=list)
     index_key: str = "_index"
     index: Any = None  # new index values, or None when the index is unchanged
+    # columns on disk that column-order does not list (left by a writer killed between linking a column and
+    # naming it): invisible to readers, so replaced (in ``changed``) or removed (in ``removed``) without asking
+    leftovers: list[str] = field(default_factory=list)
 
     @property
     def hidden(self) -> list[str]:
@@ -78,7 +83,7 @@ class Plan:
     def overwrites(self) -> list[str]:
         out = [op.path for op in self.ops if op.replaces and not op.is_delete]
         for fe in self.frames:
-            out += [f"{fe.path}/{c} (column)" for c in fe.changed]
+            out += [f"{fe.path}/{c} (column)" for c in fe.changed if c not in fe.leftovers]
             if fe.index is not None:
                 out.append(f"{fe.path} index")
         return out
@@ -139,6 +144,8 @@ def write_many(shadows: list[AnnDataShadow], *, overwrite: bool = False, clear_c
 
 
 def _apply(shadow: AnnDataShadow, plan: Plan) -> None:
+    """Carry out ``plan``, then settle the pending entries that reached the file (also when it failed part-way:
+    each committed step is final, every other one was rolled back, so the shadow then matches the file)."""
     done: list[Any] = []
     completed = False
     try:
@@ -150,7 +157,8 @@ def _apply(shadow: AnnDataShadow, plan: Plan) -> None:
             apply(shadow._storage, plan, done.append)
         completed = True
     finally:
-        _settle(shadow, plan, done, completed)
+        with commit_guard.shielded():  # a Ctrl-C half-way through settling would desynchronise shadow and file
+            _settle(shadow, plan, done, completed)
 
 
 def check_writable(shadow: AnnDataShadow) -> None:
@@ -325,9 +333,27 @@ def _frame_edit(shadow: AnnDataShadow, root: Any, name: str) -> FrameEdit | None
     if len(set(new_order)) != len(new_order):
         raise ValueError(f"{where}: repeated column names {sorted({c for c in new_order if new_order.count(c) > 1})}")
     puts = {c: writable(df[c]._values) for c in changes["added"] + changes["changed"]}
-    return FrameEdit(
-        name, name, old_order, new_order, puts, list(changes["changed"]), list(changes["removed"]), index_key, new_index
-    )
+    leftovers = _leftover_columns(shadow, g, name, old_order, index_key)
+    changed = list(changes["changed"]) + [c for c in leftovers if c in puts]
+    removed = list(changes["removed"]) + [c for c in leftovers if c not in puts]
+    return FrameEdit(name, name, old_order, new_order, puts, changed, removed, index_key, new_index, leftovers)
+
+
+def _leftover_columns(shadow: AnnDataShadow, g: Any, name: str, order: list[str], index_key: str) -> list[str]:
+    """Children of the dataframe group ``g`` that are neither its index nor listed in ``column-order``.
+
+    A writer killed after linking a new column but before naming it in ``column-order`` leaves one; anndata never
+    reads it, but it holds the name.  A zarr store is listed from its directory too: an element moved in after
+    the metadata was last consolidated is missing from the consolidated listing.
+    """
+    on_disk = {str(k) for k in g.keys()}
+    storage = shadow._storage
+    if storage.kind == "zarr":
+        directory = Path(storage.filename, storage.inner or "", name)
+        if directory.is_dir():
+            on_disk |= {p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    listed = set(order) | {index_key, "_index"}
+    return sorted(c for c in on_disk if c not in listed)
 
 
 def _index_equal(elem: Any, index: pd.Index) -> bool:

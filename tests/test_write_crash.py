@@ -26,6 +26,7 @@ import pytest
 import scipy.sparse as sp
 from oracle import assert_element_equal, read_oracle, store_path, write_adata
 
+import shadows.write_h5 as wh
 from shadows import AnnDataShadow
 
 N_OBS = 2000
@@ -33,11 +34,11 @@ N_OBS = 2000
 # The child: imports, then waits for its orders on stdin, so that it can be started before it is needed.
 _CHILD = textwrap.dedent(
     """
-    import json, sys, time
+    import json, signal, sys, time
     import numpy as np
     import shadows.write_h5 as wh
     import shadows.write_zarr as wz
-    from shadows import AnnDataShadow
+    from shadows import AnnDataShadow, commit_guard
 
     print("ready", flush=True)
     cfg = json.loads(sys.stdin.readline())
@@ -64,14 +65,50 @@ _CHILD = textwrap.dedent(
             return orig(*a, **k)
         setattr(module, name, wrapped)
 
+    def at_point(name, nth=1):
+        # pause at the nth pass through the commit point `name` (shadows.commit_guard)
+        calls = [0]
+        def hook(point):
+            if point == name:
+                calls[0] += 1
+                if calls[0] == nth:
+                    pause(f"paused at {name}")
+        commit_guard.set_hook(hook)
+
     step = cfg["step"]
-    if step:
+    if step and step[0] == "point":
+        at_point(*step[1:])
+    elif step:
         kind, module, name, *nth = step
         (after if kind == "after" else before)(wh if module == "h5" else wz, name, *nth)
+    exec(cfg.get("setup", ""))
     exec(cfg["edits"])
     print("writing", flush=True)
-    s.write(overwrite=True)
-    print("done", flush=True)
+    t0 = time.perf_counter()
+    if not cfg.get("sigint"):
+        s.write(overwrite=True)
+        print(f"done {time.perf_counter() - t0:.4f}", flush=True)
+        sys.exit()
+    # SIGINT runs: report where the interrupt landed, close, and on the parent's word retry on the same shadow.
+    # The parent sends one SIGINT: once it has been caught, nothing can interrupt what follows.
+    try:
+        try:
+            s.write(overwrite=True)
+            outcome = "done"
+        except KeyboardInterrupt:
+            outcome = "interrupted"
+        elapsed = time.perf_counter() - t0
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except KeyboardInterrupt:  # landed after write() returned
+        outcome, elapsed = "late", time.perf_counter() - t0
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    s.close()
+    print(f"{outcome} {elapsed:.4f}", flush=True)
+    if sys.stdin.readline().strip() == "retry":
+        s.reopen("r+")
+        s.write(overwrite=True)
+        s.close()
+        print("retried", flush=True)
     """
 )
 
@@ -106,10 +143,10 @@ def base_adata() -> ad.AnnData:
 class Children:
     """Child writers started ahead of time; each takes one set of orders."""
 
-    def __init__(self, n: int, log_dir: Path):
+    def __init__(self, n: int, log_dir: Path, pipeline: int = 3):
         self.log_dir = log_dir
         self.started = 0
-        self.waiting = [self._start() for _ in range(min(n, 3))]
+        self.waiting = [self._start() for _ in range(min(n, pipeline))]
         self.left = n - len(self.waiting)
 
     def _start(self) -> subprocess.Popen:
@@ -250,10 +287,11 @@ def reference_run(path: Path, n_cols: int) -> tuple[float, int, int]:
 
 
 H5_STEPS = [
-    ("before", "h5", "_commit"),  # everything staged and flushed, nothing linked
-    ("after", "h5", "_commit", 1),  # the large element linked, the rest not
-    ("after", "h5", "_link", 5),  # obs: the new column linked, column-order not yet updated
-    ("before", "h5", "_commit_frame"),
+    ("point", wh.STAGED, 1),  # everything staged and flushed, nothing linked
+    ("point", wh.COMMITTED, 1),  # the large element linked and flushed, the rest not
+    ("point", wh.UNLINKED, 1),  # obsm/X_pca unlinked (held), its successor not yet linked
+    ("point", wh.COLUMNS_LINKED, 1),  # obs: the new column linked, column-order not yet updated
+    ("point", wh.ORDER_SET, 1),  # obs: column-order updated, not yet reported done
 ]
 ZARR_STEPS = [
     ("after", "zarr", "_hide_from_consolidated"),  # replaced elements dropped from the metadata, nothing moved
@@ -328,7 +366,7 @@ def test_h5_file_reopens_for_writing_after_a_crash(tmp_path):
     path = Path(write_adata(base_adata(), tmp_path / "k.h5ad"))
     children = Children(1, tmp_path)
     try:
-        kill_at(children, path, 2_000, step=["after", "h5", "_commit", 1])
+        kill_at(children, path, 2_000, step=["point", wh.COMMITTED, 1])
     finally:
         children.close()
     with h5py.File(path, "r+") as f:
