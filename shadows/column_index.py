@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import zarr
 
+from . import commit_guard
 from .blocks import iter_major, part_of
 from .elements.sparse import COLUMN_INDEX, matrix_info
 from .matrix_write import WriteOptions, write_transposed
@@ -102,6 +103,7 @@ def add_column_index(shadow: AnnDataShadow, element: str = "X", *, progress: boo
             except BaseException:
                 _remove_dir(staging_dir)  # a half-built copy never becomes visible
                 raise
+            commit_guard.point("column_index.staged")
             os.replace(staging_dir, gdir / COLUMN_INDEX)
             _refresh_zarr(shadow)
     finally:

@@ -254,8 +254,8 @@ class Output:
         self.overwrite = overwrite
         if kind == "h5" and header is not None and len(header) > USERBLOCK:
             raise ValueError(f"a file header holds at most {USERBLOCK} bytes, got {len(header)}")
+        clean_stale(self.path)  # first: it may move back an output a killed writer had moved aside
         check_destination(self.path, kind, overwrite)
-        clean_stale(self.path)
         self.stage = temp_path(self.path, ".tmp")
         if kind == "h5":
             self.root: Any = h5py.File(self.stage, "w-", userblock_size=USERBLOCK if header is not None else 0)
