@@ -305,8 +305,12 @@ class Output:
             os.replace(self.stage, self.path)
         else:
             os.rename(self.path, old)  # a killed writer's next run moves it back if the destination is missing
-            commit_guard.point("output.old_aside")
-            os.rename(self.stage, self.path)
+            try:
+                commit_guard.point("output.old_aside")
+                os.rename(self.stage, self.path)
+            except BaseException:
+                os.rename(old, self.path)  # the old output stays where it was
+                raise
         return old
 
     def abort(self) -> None:
@@ -499,7 +503,7 @@ def _rename2(src: Path, dst: Path, flags: int) -> bool:
     if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) == 0:
         return True
     err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV):
         return False
     raise OSError(err, os.strerror(err), str(src), None, str(dst))
 

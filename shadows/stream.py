@@ -286,7 +286,7 @@ def check_output_names(shadow: AnnDataShadow, opts: WriteOptions | None = None) 
         if group not in ("obs", "var", "raw"):
             check_value(shadow, group, key, value)
     for name in ("obs", "var"):
-        for c in shadow.obs_keys() if name == "obs" else shadow.var_keys():
+        for c in _frame_columns(shadow, name):
             check_key(c, f"{name} column {c!r} of '{where}'")
     for group in (*_MAPPINGS, "uns"):
         for key in shadow._mapping(group).keys():
@@ -296,6 +296,16 @@ def check_output_names(shadow: AnnDataShadow, opts: WriteOptions | None = None) 
             check_key(c, f"new obs column {c!r}")
         check_nested_keys(opts.uns, "uns")
     _check_stored_names(shadow)
+
+
+def _frame_columns(shadow: AnnDataShadow, name: str) -> list:
+    """The columns ``obs``/``var`` will have: of the table changed in memory (a view's inherited one too)."""
+    import pandas as pd
+
+    for store in (shadow._pending, shadow._inherited, shadow._cache):
+        if isinstance(store.get((name, "")), pd.DataFrame):
+            return list(store[(name, "")].columns)
+    return shadow._frame_columns(name)
 
 
 def _check_stored_names(shadow: AnnDataShadow) -> None:

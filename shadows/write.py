@@ -374,7 +374,9 @@ def check_value(shadow: AnnDataShadow, group: str, key: Any, value: Any) -> None
     where = f"{group}[{key!r}]" if group not in ("X", "obs", "var") else group
     if group not in ("X", "obs", "var"):
         check_key(key, f"{group}[{key!r}] of '{shadow._storage.describe()}'")
-    check_nested_keys(value, where)
+    # obs/var tables: anndata takes a non-string column name on assignment and refuses it when writing (checked
+    # then); the names that break a store are refused now
+    check_nested_keys(value, where, strings_only=group in ("obs", "var"))
     if value is None:
         return
     if group == "X" or (group == "layers" and _spec_needs_2d()):
@@ -393,15 +395,17 @@ def check_value(shadow: AnnDataShadow, group: str, key: Any, value: Any) -> None
             )
 
 
-def check_nested_keys(value: Any, where: str) -> None:
-    """Check the keys inside a value that become names in the file: nested dicts and data frame columns."""
+def check_nested_keys(value: Any, where: str, *, strings_only: bool = False) -> None:
+    """Check the keys inside a value that become names in the file: nested dicts and data frame columns
+    (``strings_only``: let non-string column names pass)."""
     if isinstance(value, dict):
         for k, v in value.items():
             check_key(k, f"{where}[{k!r}]")
             check_nested_keys(v, f"{where}[{k!r}]")
     elif isinstance(value, pd.DataFrame):
         for c in value.columns:
-            check_key(c, f"{where} column {c!r}")
+            if isinstance(c, str) or not strings_only:
+                check_key(c, f"{where} column {c!r}")
         if value.index.name is not None:
             check_key(str(value.index.name), f"{where} index name")
 
