@@ -279,19 +279,27 @@ def run_and_kill(children: Children, code: str, *, point=None, grow=None, no_ren
 
 
 def staged_bytes(directory: Path, suffix: str) -> int:
+    """Bytes under the library's temporary entries ending in ``suffix`` (entries may vanish while counted)."""
     total = 0
     for p in directory.iterdir():
         if ".shadows-" in p.name and p.name.endswith(suffix):
-            for f in [p] if p.is_file() else p.rglob("*"):
-                try:
-                    total += f.stat().st_size
-                except FileNotFoundError:
-                    pass
+            total += tree_bytes(p)
     return total
 
 
-def large_source(tmp_path: Path, n_obs: int = 4000, n_vars: int = 2000) -> Path:
-    """About 32 MB of dense layer: long enough to kill a writer in the middle of it."""
+def tree_bytes(p: Path) -> int:
+    files = [str(p)] if not p.is_dir() else [os.path.join(d, f) for d, _, fs in os.walk(p) for f in fs]
+    total = 0
+    for f in files:
+        try:
+            total += os.stat(f).st_size
+        except FileNotFoundError:  # moved or removed meanwhile
+            pass
+    return total
+
+
+def large_source(tmp_path: Path, n_obs: int = 3000, n_vars: int = 1000) -> Path:
+    """About 12 MB of dense layer: long enough to kill a writer in the middle of it."""
     a = small_adata(n_obs, n_vars)
     a.layers["dense"] = np.random.default_rng(1).random((n_obs, n_vars), dtype=np.float32)
     return Path(write_adata(a, tmp_path / "big.h5ad"))
@@ -308,7 +316,7 @@ def test_killed_streamed_write_is_cleaned_by_the_next_one(tmp_path, fmt, zarr_fo
     report = []
     try:
         # killed in the data, then at the last point before the output moves into place
-        outcome = run_and_kill(children, code, grow=lambda: staged_bytes(tmp_path, ".tmp") > 8e6)
+        outcome = run_and_kill(children, code, grow=lambda: staged_bytes(tmp_path, ".tmp") > 3e6)
         report.append(outcome)
         assert not dst.exists(), "a killed write left a destination"
         assert leftovers(tmp_path), "the kill came too late to leave a staging output (test is void)"
@@ -347,7 +355,7 @@ def test_killed_repack_is_cleaned_by_the_next_one(tmp_path):
     children = Children(2, tmp_path, script=_CHILD)
     report = []
     try:
-        report.append(run_and_kill(children, code, grow=lambda: staged_bytes(tmp_path, ".repack") > 8e6))
+        report.append(run_and_kill(children, code, grow=lambda: staged_bytes(tmp_path, ".repack") > 3e6))
         first = leftovers(tmp_path)
         assert first, "the kill came too late to leave a .repack copy (test is void)"
         report.append(run_and_kill(children, code, point="repack.copied"))
@@ -391,3 +399,42 @@ def test_killed_column_index_staging_is_cleaned(tmp_path, zarr_format):
     live.rmdir()
     assert (xdir / "shadows_column_index").is_dir()
     assert_adata_equal(read_oracle(path), a, "indexed store", vectors=False)
+
+
+def output_bytes(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("fmt", "zarr_format"), FORMATS, ids=FORMAT_IDS)
+def test_killed_streamed_write_at_many_points_large(tmp_path, fmt, zarr_format):
+    # ~100 MB of output per attempt, killed at nine points of its data and at each commit point
+    src = large_source(tmp_path, 6000, 4000)
+    dst = Path(store_path(tmp_path, fmt, zarr_format, stem="out"))
+    method = "write_zarr" if fmt == "zarr" else "write_h5ad"
+    kw = {"zarr_format": zarr_format} if zarr_format else {}
+    with AnnDataShadow(src) as s:
+        getattr(s, method)(dst, **kw)
+    total = output_bytes(dst)
+    code = f"AnnDataShadow({str(src)!r}).{method}({str(dst)!r}, overwrite=True, **{kw!r})"
+    fractions = (0.05, 0.15, 0.3, 0.45, 0.6, 0.7, 0.8, 0.9, 0.97)
+    points = ("output.staged", "output.old_aside")
+    children = Children(len(fractions) + len(points), tmp_path, script=_CHILD)
+    report = []
+    try:
+        for f in fractions:
+            grow = lambda f=f: staged_bytes(tmp_path, ".tmp") > f * total  # noqa: E731
+            report.append((f, run_and_kill(children, code, grow=grow)))
+            assert_adata_equal(read_oracle(dst), read_oracle(src), f"output after a kill at {f}", vectors=False)
+            assert len(leftovers(tmp_path)) <= 1, "each run removes what the killed one before it left"
+        for point in points:
+            report.append((point, run_and_kill(children, code, point=point, no_renameat2=True)))
+    finally:
+        children.close()
+    with AnnDataShadow(src) as s:
+        getattr(s, method)(dst, overwrite=True, **kw)
+    assert leftovers(tmp_path) == []
+    assert_adata_equal(read_oracle(dst), read_oracle(src), "final output", vectors=False)
+    print(f"\n{fmt}{zarr_format or ''}: {total / 1e6:.0f} MB output, kills: {report}")
+    # an HDF5 output grows in jumps (space is reserved ahead of raw writes): one kill may come after the commit
+    assert sum(r[1] != "finished" for r in report) >= len(report) - 1
