@@ -37,6 +37,7 @@ from .mapping import ALIGNMENT, ElementMapping, TrackedDict, untrack
 from .raw import RawShadow
 from .repr import html_repr, text_repr
 from .storage import Storage, attr, is_array, is_group
+from .write import check_value
 
 _GROUPS = ("layers", "obsm", "varm", "obsp", "varp", "uns")
 _ARRAY_ENCODINGS = {"array", "csr_matrix", "csc_matrix", "legacy-array", "legacy-csr", "legacy-csc"}
@@ -451,6 +452,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             shape = getattr(value, "shape", None)
             if shape is None or tuple(shape[:2]) != self.shape:
                 raise ValueError(f"X must have shape {self.shape}, got {shape}")
+        check_value(self, "X", "", value)
         if self.is_view:
             raise ValueError("Cannot assign X on a view; assign on the full shadow")
         self._pending[("X", "")] = value
@@ -512,6 +514,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         n = self.n_obs if name == "obs" else self.n_vars
         if len(value) != n:
             raise ValueError(f"{name} must have {n} rows, got {len(value)}")
+        check_value(self, name, "", value)
         if self.is_view:
             raise ValueError(f"Cannot assign {name} on a view; assign on the full shadow")
         if name not in self._frame_fp:
@@ -834,7 +837,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         Returns the shadow, so that ``s.reopen("r+").write().reopen("r")`` chains.
         """
         if filename is not None:
-            return self.write_h5ad(filename)
+            return self.write_h5ad(filename, overwrite=overwrite)
         check_attached(self)
         from .write import write_pending
 

@@ -21,16 +21,20 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import zarr
 
+from . import commit_guard
 from .blocks import iter_major, part_of
 from .elements.sparse import COLUMN_INDEX, matrix_info
 from .matrix_write import WriteOptions, write_transposed
 from .progress import progress_bar
+from .sink import stale, temp_name
 from .storage import is_group
 from .transpose import SPOOL_BYTES_PER_VALUE
 
 if TYPE_CHECKING:
     from .anndata import AnnDataShadow
 
+# A zarr copy is built in ``<matrix>/shadows_column_index.staging-shadows-<host>-<pid>-<token>``: the name tells
+# whose it is, so that a later run removes the staging directories of killed processes and no one else's.
 STAGING = COLUMN_INDEX + ".staging"
 
 
@@ -91,13 +95,15 @@ def add_column_index(shadow: AnnDataShadow, element: str = "X", *, progress: boo
             group[COLUMN_INDEX] = staging
             group.file.flush()
         else:
-            gdir, staging_dir = _zarr_dirs(group)
-            _remove_dir(staging_dir)
+            gdir = _zarr_dir(group)
+            _remove_stale(gdir)
+            staging_dir = gdir / temp_name(f"{STAGING}-", "")
             try:
                 build(zarr.open_group(str(staging_dir), mode="w", zarr_format=group.metadata.zarr_format))
             except BaseException:
                 _remove_dir(staging_dir)  # a half-built copy never becomes visible
                 raise
+            commit_guard.point("column_index.staged")
             os.replace(staging_dir, gdir / COLUMN_INDEX)
             _refresh_zarr(shadow)
     finally:
@@ -117,21 +123,30 @@ def drop_column_index(shadow: AnnDataShadow, element: str = "X") -> None:
             del group[COLUMN_INDEX]
             group.file.flush()
     else:
-        gdir, staging_dir = _zarr_dirs(group)
-        present = (gdir / COLUMN_INDEX).exists() or staging_dir.exists()
+        gdir = _zarr_dir(group)
+        present = (gdir / COLUMN_INDEX).exists()
         _remove_dir(gdir / COLUMN_INDEX)
-        _remove_dir(staging_dir)
+        present = _remove_stale(gdir) or present
         if present:
             _refresh_zarr(shadow)
     st.indptr_cache.clear()
 
 
-def _zarr_dirs(group: Any) -> tuple[Path, Path]:
+def _zarr_dir(group: Any) -> Path:
     root = getattr(group.store, "root", None)
     if root is None:
         raise NotImplementedError(f"column indexes need a zarr store on the local file system, got {group.store!r}")
-    gdir = Path(root) / group.path
-    return gdir, gdir / STAGING
+    return Path(root) / group.path
+
+
+def _remove_stale(gdir: Path) -> bool:
+    """Remove the staging directories that killed builds left in ``gdir``; whether there were any."""
+    found = [p for p, _ in stale(gdir, f"{STAGING}-", ("",))]
+    if (gdir / STAGING).is_dir():  # the fixed name earlier versions staged under
+        found.append(gdir / STAGING)
+    for p in found:
+        _remove_dir(p)
+    return bool(found)
 
 
 def _remove_dir(p: Path) -> None:

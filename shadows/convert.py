@@ -38,6 +38,7 @@ def convert(
     file_format: str | None = None,
     compression: str | None = None,
     compression_opts: Any = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a copy of ``src`` whose ``X`` (and layers) are stored as ``matrix_format``, in bounded memory.
 
@@ -52,7 +53,9 @@ def convert(
     src
         A file or store path, or an :class:`~shadows.AnnDataShadow` (a view converts the selected part).
     dst
-        The new file (``.h5ad``) or store (``.zarr``); replaced if it exists.
+        The new file (``.h5ad``) or store (``.zarr``).  An existing one is refused (``FileExistsError``) unless
+        ``overwrite=True``; a directory that is not a zarr store is never replaced (see
+        :func:`shadows.stream.write_subset`).
     matrix_format
         ``"csr"``, ``"csc"`` or ``"dense"``.
     layers
@@ -65,6 +68,8 @@ def convert(
         ``"h5ad"`` or ``"zarr"`` (default: from the suffix of ``dst``).
     compression, compression_opts
         h5py compression of the arrays written.
+    overwrite
+        Replace an existing ``dst`` file or zarr store.
 
     Returns
     -------
@@ -77,17 +82,29 @@ def convert(
     if matrix_format not in FORMATS:
         raise ValueError(f"matrix_format must be one of {list(FORMATS)}, got {matrix_format!r}")
     fmt = output_format(dst, file_format)
+    check_output(dst, fmt, overwrite)
     shadow, opened = open_source(src)
     try:
         targets = ["X"] + ([f"layers/{k}" for k in shadow.layers.keys()] if layers else [])
         opts = WriteOptions(formats={t: matrix_format for t in targets})
-        return shadow_write(shadow, dst, fmt, opts, chunk_size, progress, compression, compression_opts)
+        return shadow_write(
+            shadow, dst, fmt, opts, chunk_size, progress, compression, compression_opts, overwrite=overwrite
+        )
     finally:
         if opened:
             shadow.close()
 
 
-def shadow_write(shadow, dst, fmt, opts, chunk_size, progress, compression=None, compression_opts=None) -> Path:
+def check_output(dst: str | os.PathLike, fmt: str, overwrite: bool) -> None:
+    """Refuse an existing destination before any work is done (the output checks it again when it is created)."""
+    from .sink import check_destination
+
+    check_destination(Path(os.fspath(dst)), "h5" if fmt == "h5ad" else "zarr", overwrite)
+
+
+def shadow_write(
+    shadow, dst, fmt, opts, chunk_size, progress, compression=None, compression_opts=None, *, overwrite=False
+) -> Path:
     from .stream import write_subset
 
     return write_subset(
@@ -99,4 +116,5 @@ def shadow_write(shadow, dst, fmt, opts, chunk_size, progress, compression=None,
         compression=compression,
         compression_opts=compression_opts,
         options=opts,
+        overwrite=overwrite,
     )

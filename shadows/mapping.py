@@ -36,6 +36,7 @@ class TrackedDict(dict):
             dict.__setitem__(self, k, _track(v, on_change))
 
     def __setitem__(self, key, value):
+        _check_entry(key, value)
         dict.__setitem__(self, key, _track(value, self._on_change))
         self._on_change()
 
@@ -51,7 +52,10 @@ class TrackedDict(dict):
         return out
 
     def update(self, *args, **kwargs):
-        for k, v in dict(*args, **kwargs).items():
+        items = dict(*args, **kwargs)
+        for k, v in items.items():  # all checked before any is set
+            _check_entry(k, v)
+        for k, v in items.items():
             dict.__setitem__(self, k, _track(v, self._on_change))
         self._on_change()
 
@@ -70,6 +74,14 @@ class TrackedDict(dict):
         import copy
 
         return copy.deepcopy(untrack(self), memo)
+
+
+def _check_entry(key: Any, value: Any) -> None:
+    """A key (and the keys inside a value) put into a dict of ``uns`` must be writable: refused now, not at write."""
+    from .write import check_key, check_nested_keys
+
+    check_key(key, f"uns dict key {key!r}")
+    check_nested_keys(value, f"uns dict[{key!r}]")
 
 
 def _track(value: Any, on_change) -> Any:
@@ -128,6 +140,11 @@ class ElementMapping(MutableMapping):
             return
         if not isinstance(key, str):
             raise TypeError(f"{self._group} keys must be strings, got {type(key).__name__}")
+        from .write import check_value
+
+        # names that would break the file (zarr metadata names, '/'...) and values anndata refuses: refused now,
+        # before anything is pending
+        check_value(self._shadow, self._group, key, value)
         self._shadow._set(self._group, key, value)
 
     def __delitem__(self, key: str) -> None:

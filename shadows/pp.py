@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .blocks import in_memory_blocks, iter_major
-from .convert import open_source, output_format, shadow_write
+from .convert import check_output, open_source, output_format, shadow_write
 from .matrix_write import WriteOptions
 from .progress import progress_bar
 
@@ -40,6 +40,7 @@ def normalize_total(
     chunk_size: int | None = None,
     progress: bool | None = None,
     file_format: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``src`` to ``dst`` with each cell's counts scaled to ``target_sum``, as ``scanpy.pp.normalize_total``.
 
@@ -48,7 +49,8 @@ def normalize_total(
     src
         A file or store path, or an :class:`~shadows.AnnDataShadow` (or a view).
     dst
-        The new file (``.h5ad``) or store (``.zarr``); replaced if it exists.
+        The new file (``.h5ad``) or store (``.zarr``).  An existing one is refused (``FileExistsError``) unless
+        ``overwrite=True``; a directory that is not a zarr store is never replaced.
     target_sum
         Total of every cell after normalisation; ``None``: the median of the non-zero totals of the cells (as
         scanpy >= 1.12 does).
@@ -64,6 +66,8 @@ def normalize_total(
         Show progress bars (``None``: follow ``shadows.settings``).
     file_format
         ``"h5ad"`` or ``"zarr"`` (default: from the suffix of ``dst``).
+    overwrite
+        Replace an existing ``dst`` file or zarr store.
 
     Returns
     -------
@@ -72,6 +76,7 @@ def normalize_total(
     if not 0 <= max_fraction <= 1:
         raise ValueError(f"max_fraction must be between 0 and 1, got {max_fraction!r}")
     fmt = output_format(dst, file_format)
+    check_output(dst, fmt, overwrite)  # before the passes over the matrix
     shadow, opened = open_source(src)
     try:
         path = f"layers/{layer}" if layer is not None else "X"
@@ -104,7 +109,7 @@ def normalize_total(
         opts = WriteOptions(transforms={path: scale}, dtypes={path: out_dtype})
         if key_added is not None:
             opts.obs_columns[key_added] = factors
-        return shadow_write(shadow, dst, fmt, opts, chunk_size, progress)
+        return shadow_write(shadow, dst, fmt, opts, chunk_size, progress, overwrite=overwrite)
     finally:
         if opened:
             shadow.close()
@@ -119,6 +124,7 @@ def log1p(
     chunk_size: int | None = None,
     progress: bool | None = None,
     file_format: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``src`` to ``dst`` with ``log(1 + x)`` of the matrix, as ``scanpy.pp.log1p`` (``uns["log1p"]`` set).
 
@@ -127,12 +133,13 @@ def log1p(
     src
         A file or store path, or an :class:`~shadows.AnnDataShadow` (or a view).
     dst
-        The new file (``.h5ad``) or store (``.zarr``); replaced if it exists.
+        The new file (``.h5ad``) or store (``.zarr``).  An existing one is refused (``FileExistsError``) unless
+        ``overwrite=True``; a directory that is not a zarr store is never replaced.
     base
         Logarithm base (``None``: natural logarithm).
     layer
         Transform this layer instead of ``X``.
-    chunk_size, progress, file_format
+    chunk_size, progress, file_format, overwrite
         As in :func:`normalize_total`.
 
     Returns
@@ -140,6 +147,7 @@ def log1p(
     ``dst``, as a :class:`~pathlib.Path`.
     """
     fmt = output_format(dst, file_format)
+    check_output(dst, fmt, overwrite)  # before the passes over the matrix
     shadow, opened = open_source(src)
     try:
         path = f"layers/{layer}" if layer is not None else "X"
@@ -159,7 +167,7 @@ def log1p(
             return _log1p(np.asarray(block, dtype=out_dtype), base)
 
         opts = WriteOptions(transforms={path: transform}, dtypes={path: out_dtype}, uns={"log1p": {"base": base}})
-        return shadow_write(shadow, dst, fmt, opts, chunk_size, progress)
+        return shadow_write(shadow, dst, fmt, opts, chunk_size, progress, overwrite=overwrite)
     finally:
         if opened:
             shadow.close()

@@ -9,11 +9,12 @@ readers that still hold the old file keep reading it undisturbed, and a crash le
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import h5py
 
+from . import commit_guard
+from .sink import stale, temp_path
 from .storage import StorageError, split_path
 
 
@@ -35,6 +36,11 @@ def repack(path: str | os.PathLike) -> Path:
     The copy needs as much free space beside the file as the live data takes.  A MuData file's 512-byte user block
     (``MuData (format-version=...``) is carried over.  zarr stores need no repacking: deleting an element there
     deletes its files.
+
+    The repacked file keeps the permission bits of the original (and its owner and group, where this process may
+    set them).  The copy is written under ``.<name>.shadows-<host>-<pid>-<token>.repack`` beside the file; it is
+    removed when the repack fails or is interrupted, and one left by a killed repack (its process gone) is removed
+    by the next repack of the same file.
     """
     path, inner = split_path(path)
     if inner:
@@ -47,25 +53,46 @@ def repack(path: str | os.PathLike) -> Path:
         if "lock" in str(e).lower():
             raise StorageError(f"Cannot repack '{path}': it is opened by another process for writing ({e})") from e
         raise
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".repack", dir=path.parent)
-    os.close(fd)
+    try:
+        for old, _ in stale(path.parent, f".{path.name}.", (".repack",)):
+            old.unlink(missing_ok=True)  # a killed repack's copy: its process is gone
+        st = os.stat(path)
+        tmp = temp_path(path, ".repack")
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # no one reads it before it is whole
+    except BaseException:
+        src.close()
+        raise
     try:
         with src:
             userblock = src.userblock_size
             with h5py.File(tmp, "w", userblock_size=userblock) as dst:
                 _copy_attrs(src, dst)
                 for name in src:
+                    commit_guard.point("repack.element")
                     # expand_refs: object references (anndata 0.7 categoricals) point into the copy, not the old file
                     src.copy(src[name], dst, name=name, expand_refs=True)
             if userblock:
                 with open(path, "rb") as fin, open(tmp, "r+b") as fout:
                     fout.write(fin.read(userblock))
+            _take_owner_and_mode(tmp, st)  # now, not earlier: a read-only mode would keep the copy from being written
+            commit_guard.point("repack.copied")
             os.replace(tmp, path)  # while src is still open (and locked): no writer slips in between
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _take_owner_and_mode(tmp: Path, st: os.stat_result) -> None:
+    """Give ``tmp`` the permission bits of the original file (``st``) and, where allowed, its owner and group."""
+    try:
+        os.chown(tmp, st.st_uid, st.st_gid)  # before chmod: a change of owner may clear setuid/setgid bits
+    except (PermissionError, AttributeError):
+        try:
+            os.chown(tmp, -1, st.st_gid)  # the group at least, when this user belongs to it
+        except (PermissionError, AttributeError):
+            pass
+    os.chmod(tmp, st.st_mode & 0o7777)
 
 
 def _copy_attrs(src: h5py.Group, dst: h5py.Group) -> None:

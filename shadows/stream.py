@@ -201,6 +201,7 @@ def write_subset(
     as_dense: Sequence[str] = (),
     convert_strings_to_categoricals: bool = True,
     options: WriteOptions | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Stream a shadow (or a view) into a new ``.h5ad`` file or zarr store.
 
@@ -214,8 +215,12 @@ def write_subset(
     shadow
         The shadow or view to write.
     path
-        Destination file (h5ad) or directory (zarr); replaced if it exists.  It is written under a staging name
-        and moved into place at the end, so a crash never leaves a half-written destination.
+        Destination file (h5ad) or directory (zarr).  It is written under a staging name and moved into place at
+        the end, so a crash never leaves a half-written destination (and the next write to it removes what the
+        crashed one left).  An existing destination is refused (``FileExistsError``) unless ``overwrite=True``;
+        a directory is never replaced by an h5ad file (``IsADirectoryError``), nor replaced at all unless it is
+        a zarr store holding nothing else.  Unlike anndata, which replaces an existing file silently and
+        empties an existing directory to write a zarr store in it.
     file_format
         ``"h5ad"`` or ``"zarr"``.
     chunk_size
@@ -233,6 +238,16 @@ def write_subset(
     options
         Advanced: a :class:`~shadows.matrix_write.WriteOptions` (conversions and transforms, used by
         :func:`shadows.convert` and :mod:`shadows.pp`); the keyword arguments above override its fields.
+    overwrite
+        Replace an existing file, or an existing zarr store (see ``path``).
+
+    Raises
+    ------
+    FileExistsError, IsADirectoryError
+        The destination exists (see ``path``); nothing was written.
+    ValueError
+        A key or column name cannot be written (``/``, empty, a zarr metadata name such as ``.zgroup``), or a
+        pending value is one anndata would not read back (see :func:`shadows.write.check_value`).
 
     Returns
     -------
@@ -248,9 +263,73 @@ def write_subset(
     opts.convert_strings = opts.convert_strings and convert_strings_to_categoricals
     if opts.tmpdir is None:
         opts.tmpdir = dst.parent
-    out = Output(dst, "h5" if file_format == "h5ad" else "zarr", zarr_format)
+    check_output_names(shadow, opts)  # before the output exists: a refused name leaves nothing behind
+    out = Output(dst, "h5" if file_format == "h5ad" else "zarr", zarr_format, overwrite=overwrite)
     from .stream_write import write_anndata
 
     with out:
         write_anndata(shadow, out.root, options=opts, progress=progress)
         return out.commit()
+
+
+def check_output_names(shadow: AnnDataShadow, opts: WriteOptions | None = None) -> None:
+    """Raise ``ValueError`` before writing anything when an element or column name of the output cannot be written
+    (see :func:`shadows.write.check_key`), or a pending value is one anndata would not read back.
+
+    Names stored in an HDF5 source are checked too: HDF5 takes ``.zgroup`` as a name, zarr does not (and the
+    refusal is the same for both formats, so that every file written converts to the other).
+    """
+    from .write import check_key, check_nested_keys, check_value
+
+    where = shadow._storage.describe()
+    for (group, key), value in [*shadow._inherited.items(), *shadow._pending.items()]:
+        if group not in ("obs", "var", "raw"):
+            check_value(shadow, group, key, value)
+    for name in ("obs", "var"):
+        for c in _frame_columns(shadow, name):
+            check_key(c, f"{name} column {c!r} of '{where}'")
+    for group in (*_MAPPINGS, "uns"):
+        for key in shadow._mapping(group).keys():
+            check_key(key, f"{group}[{key!r}] of '{where}'")
+    if opts is not None:
+        for c in opts.obs_columns:
+            check_key(c, f"new obs column {c!r}")
+        check_nested_keys(opts.uns, "uns")
+    _check_stored_names(shadow)
+
+
+def _frame_columns(shadow: AnnDataShadow, name: str) -> list:
+    """The columns ``obs``/``var`` will have: of the table changed in memory (a view's inherited one too)."""
+    import pandas as pd
+
+    for store in (shadow._pending, shadow._inherited, shadow._cache):
+        if isinstance(store.get((name, "")), pd.DataFrame):
+            return list(store[(name, "")].columns)
+    return shadow._frame_columns(name)
+
+
+def _check_stored_names(shadow: AnnDataShadow) -> None:
+    """Names deeper in an HDF5 source (nested ``uns`` keys, columns of data frames in obsm) that zarr refuses."""
+    from .storage import is_h5
+    from .write import RESERVED_KEYS
+
+    root = shadow._root()
+    if not is_h5(root):
+        return  # a zarr source cannot hold them
+    found: list[str] = []
+
+    def visit(name: str) -> None:
+        parts = name.split("/")
+        if parts[-1] not in RESERVED_KEYS:
+            return
+        unit = (parts[0], parts[1] if len(parts) > 1 else "")
+        if unit in shadow._deleted or unit in shadow._pending:
+            return  # not written from the file (removed, or replaced by a value checked above)
+        found.append(name)
+
+    root.visit(visit)
+    if found:
+        raise ValueError(
+            f"'{shadow._storage.describe()}' holds elements named like zarr metadata ({', '.join(found[:5])}); "
+            "they cannot be written: rename or delete them first"
+        )

@@ -143,8 +143,9 @@ def base_adata() -> ad.AnnData:
 class Children:
     """Child writers started ahead of time; each takes one set of orders."""
 
-    def __init__(self, n: int, log_dir: Path, pipeline: int = 3):
+    def __init__(self, n: int, log_dir: Path, pipeline: int = 3, script: str = _CHILD):
         self.log_dir = log_dir
+        self.script = script  # another child program (tests/test_outputs_safety.py) speaks the same "ready" protocol
         self.started = 0
         self.waiting = [self._start() for _ in range(min(n, pipeline))]
         self.left = n - len(self.waiting)
@@ -154,7 +155,7 @@ class Children:
         self.started += 1
         err = open(self.log_dir / f"child{self.started}.err", "w")  # noqa: SIM115 - the child writes it
         p = subprocess.Popen(
-            [sys.executable, "-c", _CHILD],
+            [sys.executable, "-c", self.script],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=err,
