@@ -8,8 +8,10 @@ scanpy and friends accept it; every element a shadow hands out is an ordinary in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import anndata
@@ -32,7 +34,7 @@ from .connection import ConnectionMixin
 from .elements import ReadContext, encoding_of, read_element, read_frame_parts
 from .elements.frames import inferred_strings
 from .elements.legacy import categories_from_uns, legacy_uns_keys
-from .lazy import ElementSource, LazyArray
+from .lazy import ElementSource, LazyArray, LazyDict
 from .mapping import ALIGNMENT, ElementMapping, TrackedDict, untrack
 from .raw import RawShadow
 from .repr import html_repr, text_repr
@@ -295,11 +297,39 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             raise KeyError(
                 f"{group} of '{self._storage.describe()}' has no key {key!r}; keys: {self._disk_keys(group)}"
             )
-        value = self._read(path, self._sel_for(group), group)
-        if group == "uns":
-            value = self._uns_value(key, value)
+        if group == "uns" and is_group(elem := root[path]) and encoding_of(elem)[0] == "dict":
+            value = self._lazy_uns(key, path)  # a nested dict: each value read when asked for
+        else:
+            value = self._read(path, self._sel_for(group), group)
+            if group == "uns":
+                value = self._uns_value(key, value)
         self._cache[k] = value
         return value
+
+    def _lazy_uns(self, key: str, path: str) -> LazyDict:
+        """``uns[key]`` of a dict group, as a dict that reads each of its values (at any depth) on first access."""
+        hidden: frozenset[str] = frozenset()
+        if key == "neighbors" and "obsp" not in self._root():
+            # anndata moves 2-D distances/connectivities of old files from uns["neighbors"] to obsp
+            group = self._root()[path]
+            hidden = frozenset(k for k in _LEGACY_NEIGHBORS if k in group and _is_2d(group[k]))
+        convert = (
+            None if self._array_backend == "numpy" and self._table_backend == "pandas" else self._convert_uns_arrays
+        )
+        return LazyDict(self._open_element, path, lambda: self._mark_uns_changed(key), convert, hidden)
+
+    @contextlib.contextmanager
+    def _open_element(self, path: str) -> Iterator[Any]:
+        """The element at ``path``; through a connection of its own for the time of the read if this one is closed
+        (values cached before ``close()`` stay usable, and a lazy ``uns`` dict is such a value)."""
+        if self._storage.is_open:
+            yield self._root()[path]
+            return
+        st = Storage(self._storage.describe(), mode="r", format=self._storage.format)
+        try:
+            yield st.root[path]
+        finally:
+            st.close()
 
     def _read(self, path: str, sel: tuple, group: str = "") -> Any:
         """Read the element at ``path`` restricted to ``sel`` and convert it with the backends."""
@@ -632,12 +662,12 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         col = col.toarray() if sp.issparse(col) else np.asarray(col)
         return np.ravel(col)
 
-    def _vector_source(self, k: str, frame: str, names_of: str, layer: str | None) -> tuple[Any, np.ndarray | None]:
+    def _vector_source(self, k: str, frame: str, names_of: str) -> tuple[Any, np.ndarray | None]:
         """Where ``obs_vector``/``var_vector`` take ``k`` from: a column of ``frame`` or positions along ``names_of``.
 
         anndata refuses a key that is both a column and a name, and hands out every position of a repeated name.
         """
-        cached = (frame, "") in self._cache or (frame, "") in self._pending
+        cached = any((frame, "") in store for store in (self._cache, self._pending, self._inherited))
         in_col = k in (self._frame(frame).columns if cached else self._frame_columns(frame))
         names = self._names(names_of)
         in_idx = k in names
@@ -654,13 +684,13 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
     def obs_vector(self, k: str, *, layer: str | None = None) -> np.ndarray:
         """Values of obs column ``k``, or of gene ``k`` across cells (one column read, not the matrix)."""
         layer = _x_layer(self, layer)
-        col, pos = self._vector_source(k, "obs", "var", layer)
+        col, pos = self._vector_source(k, "obs", "var")
         return _column_vector(col) if pos is None else self._columns_of(pos, layer)
 
     def var_vector(self, k: str, *, layer: str | None = None) -> np.ndarray:
         """Values of var column ``k``, or of cell ``k`` across genes (one row read)."""
         layer = _x_layer(self, layer)
-        col, pos = self._vector_source(k, "var", "obs", layer)
+        col, pos = self._vector_source(k, "var", "obs")
         if pos is None:
             return _column_vector(col)
         view = self[pos]
@@ -826,6 +856,8 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
 
     def __reduce__(self):
         st = self._storage
+        # a detached view (changed in place, or an in-place subset) is no view any more, but still a selection
+        selected = self.__dict__.get("_is_view", False)
         return (
             _restore,
             (
@@ -835,9 +867,31 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
                 self._array_backend,
                 self._table_backend,
                 self._lazy,
-                (self._oidx, self._vidx) if self.is_view else None,
+                (self._oidx, self._vidx) if selected else None,
+                self._pickled_state(),
             ),
         )
+
+    def _pickled_state(self) -> dict[str, Any]:
+        """What a pickle carries besides the file: every change not written yet (as anndata's pickles keep them).
+
+        Pending values, deletions, a view's inherited changes, changed ``obs``/``var`` tables (with the
+        fingerprints that tell their changed columns and names), and whether the shadow is a detached subset.
+        """
+        frames = {}
+        for name in ("obs", "var"):
+            df = self._cache.get((name, ""))
+            if isinstance(df, pd.DataFrame) and self._frame_changed(name):
+                frames[name] = (df, self._frame_fp.get(name), self.__dict__.get("_index_fp", {}).get(name))
+        state = {
+            "pending": {k: untrack(v) for k, v in self._pending.items()},
+            "deleted": set(self._deleted),
+            "inherited": dict(self._inherited),
+            "frames": frames,
+            "detached": bool(self.__dict__.get("_detached", False)),
+        }
+        _check_picklable(state, self._storage.describe())
+        return state
 
     # --- writing and streaming (implemented in shadows.write, shadows.stream, shadows.column_index) ---------------
     def write(self, filename: os.PathLike | None = None, *, overwrite: bool = False, clear_cache: bool = False):
@@ -1052,6 +1106,13 @@ def _prep_names(value: Any, name: str, n: int) -> pd.Index:
     return pandas_as_str(pd.Index(value))
 
 
+def _is_2d(elem: Any) -> bool:
+    """Whether a stored element is a matrix (a sparse group or a 2-D array), from its metadata alone."""
+    if is_group(elem):
+        return encoding_of(elem)[0] in ("csr_matrix", "csc_matrix", "legacy-csr", "legacy-csc")
+    return len(elem.shape) == 2
+
+
 def _x_layer(adata: AnnDataShadow, layer: str | None) -> str | None:
     """``layer="X"`` means X, with anndata's FutureWarning, unless there is a layer named "X"."""
     if layer == "X" and "X" not in adata.layers:
@@ -1073,7 +1134,58 @@ def _loaded_backends() -> set[str]:
     return set(_ARRAY)
 
 
-def _restore(path, mode, format, array_backend, table_backend, lazy, view) -> AnnDataShadow:
-    return AnnDataShadow(
+def _restore(path, mode, format, array_backend, table_backend, lazy, view, state=None) -> AnnDataShadow:
+    shadow = AnnDataShadow(
         path, mode=mode, format=format, array_backend=array_backend, table_backend=table_backend, lazy=lazy, _view=view
     )
+    if state:
+        for (group, key), value in state["pending"].items():
+            if group == "uns" and isinstance(value, dict):  # as _set holds it: changes inside it are seen
+                value = TrackedDict(value, lambda: None)
+            shadow._pending[(group, key)] = value
+        shadow._deleted |= state["deleted"]
+        shadow._inherited.update(state["inherited"])
+        for name, (df, fp, index_fp) in state["frames"].items():
+            shadow._cache[(name, "")] = df
+            if fp is not None:
+                shadow._frame_fp[name] = fp
+            if index_fp is not None:
+                shadow._index_fp[name] = index_fp
+        if state["detached"]:
+            shadow._detached = True
+    return shadow
+
+
+# values that always pickle (checked by type, without pickling them twice)
+_PICKLABLE = (np.ndarray, np.generic, pd.DataFrame, pd.Series, pd.Index, pd.Categorical, str, bytes, int, float)
+
+
+def _check_picklable(state: dict[str, Any], where: str) -> None:
+    """Refuse clearly, naming the element, a change that cannot be pickled (pickle's own error names none)."""
+    import pickle
+
+    for store in ("pending", "inherited"):
+        for (group, key), value in state[store].items():
+            try:
+                _try_pickle(value)
+            except Exception as e:
+                raise pickle.PicklingError(
+                    f"Cannot pickle the shadow of '{where}': its change to {group}[{key!r}] (a "
+                    f"{type(value).__name__}) cannot be pickled ({type(e).__name__}: {e}); write it to the file "
+                    "first (.write()) or remove it"
+                ) from e
+
+
+def _try_pickle(value: Any) -> None:
+    """Pickle ``value`` unless its type always pickles (a large array is not pickled twice)."""
+    import pickle
+
+    if value is None or sp.issparse(value):
+        return
+    if isinstance(value, _PICKLABLE) and not (isinstance(value, np.ndarray) and value.dtype == object):
+        return
+    if isinstance(value, dict):
+        for v in value.values():
+            _try_pickle(v)
+        return
+    pickle.dumps(value)
