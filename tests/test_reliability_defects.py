@@ -418,7 +418,7 @@ def _summary(s: Any) -> dict:
         "obs_names": list(s.obs_names),
         "obs": {c: np.asarray(s.obs[c]).tolist() for c in s.obs.columns},
         "obsm": {k: np.asarray(v).tolist() for k, v in s.obsm.items()},
-        "layers": sorted(s.layers.keys()),
+        "layers": sorted(k for k in s.layers.keys() if k is not None),  # anndata 0.13 lists X as layers[None]
         "uns": {k: repr(s.uns[k]) for k in sorted(s.uns.keys())},
         "X": x.tolist(),
     }
