@@ -542,7 +542,7 @@ def test_clear_cache_while_reading(wide_obs):
 
 @pytest.mark.slow
 def test_clear_cache_while_reading_long(wide_obs):
-    errors = run_clear_cache_race(wide_obs, 30000)
+    errors = run_clear_cache_race(wide_obs, 8000)
     assert not errors, dict(errors)
 
 
