@@ -536,7 +536,7 @@ def wide_obs(tmp_path) -> str:
 
 
 def test_clear_cache_while_reading(wide_obs):
-    errors = run_clear_cache_race(wide_obs, 2000)
+    errors = run_clear_cache_race(wide_obs, 1000)
     assert not errors, dict(errors)
 
 
