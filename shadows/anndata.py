@@ -8,7 +8,9 @@ scanpy and friends accept it; every element a shadow hands out is an ordinary in
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,7 +34,7 @@ from .connection import ConnectionMixin
 from .elements import ReadContext, encoding_of, read_element, read_frame_parts
 from .elements.frames import inferred_strings
 from .elements.legacy import categories_from_uns, legacy_uns_keys
-from .lazy import ElementSource, LazyArray
+from .lazy import ElementSource, LazyArray, LazyDict
 from .mapping import ALIGNMENT, ElementMapping, TrackedDict, untrack
 from .raw import RawShadow
 from .repr import html_repr, text_repr
@@ -130,6 +132,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         self._deleted: set[tuple[str, str]] = set()
         self._inherited: dict[tuple[str, str], Any] = {}
         self._frame_fp: dict[str, dict[str, int]] = {}
+        self._index_fp: dict[str, int] = {}  # of obs_names/var_names as read: a renamed axis is a pending change
         root = self._storage.root
         where = self._storage.describe()
         if _axes is not None:
@@ -294,8 +297,9 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             raise KeyError(f"{key!r} was deleted from {group} (pending write)")
         if k in self._inherited:
             return self._inherited[k]
-        if k in self._cache:
-            return self._cache[k]
+        # one lookup, never `in` then `[]`: clear_cache() in another thread may drop the entry in between
+        if (cached := self._cache.get(k, _MISSING)) is not _MISSING:
+            return cached
         path = self._elem_path(group, key)
         root = self._root()
         if group in ("obsm", "varm") and group in root and is_array(root[group]) and key in self._disk_keys(group):
@@ -307,11 +311,39 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             raise KeyError(
                 f"{group} of '{self._storage.describe()}' has no key {key!r}; keys: {self._disk_keys(group)}"
             )
-        value = self._read(path, self._sel_for(group), group)
-        if group == "uns":
-            value = self._uns_value(key, value)
+        if group == "uns" and is_group(elem := root[path]) and encoding_of(elem)[0] == "dict":
+            value = self._lazy_uns(key, path)  # a nested dict: each value read when asked for
+        else:
+            value = self._read(path, self._sel_for(group), group)
+            if group == "uns":
+                value = self._uns_value(key, value)
         self._cache[k] = value
         return value
+
+    def _lazy_uns(self, key: str, path: str) -> LazyDict:
+        """``uns[key]`` of a dict group, as a dict that reads each of its values (at any depth) on first access."""
+        hidden: frozenset[str] = frozenset()
+        if key == "neighbors" and "obsp" not in self._root():
+            # anndata moves 2-D distances/connectivities of old files from uns["neighbors"] to obsp
+            group = self._root()[path]
+            hidden = frozenset(k for k in _LEGACY_NEIGHBORS if k in group and _is_2d(group[k]))
+        convert = (
+            None if self._array_backend == "numpy" and self._table_backend == "pandas" else self._convert_uns_arrays
+        )
+        return LazyDict(self._open_element, path, lambda: self._mark_uns_changed(key), convert, hidden)
+
+    @contextlib.contextmanager
+    def _open_element(self, path: str) -> Iterator[Any]:
+        """The element at ``path``; through a connection of its own for the time of the read if this one is closed
+        (values cached before ``close()`` stay usable, and a lazy ``uns`` dict is such a value)."""
+        if self._storage.is_open:
+            yield self._root()[path]
+            return
+        st = Storage(self._storage.describe(), mode="r", format=self._storage.format)
+        try:
+            yield st.root[path]
+        finally:
+            st.close()
 
     def _read(self, path: str, sel: tuple, group: str = "") -> Any:
         """Read the element at ``path`` restricted to ``sel`` and convert it with the backends."""
@@ -368,8 +400,8 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         return value
 
     def _mark_uns_changed(self, key: str) -> None:
-        if ("uns", key) not in self._pending and ("uns", key) in self._cache:
-            self._pending[("uns", key)] = self._cache.pop(("uns", key))
+        if ("uns", key) not in self._pending and (value := self._cache.pop(("uns", key), _MISSING)) is not _MISSING:
+            self._pending[("uns", key)] = value
 
     def _view_colors(self, key: str, colors: Any) -> Any:
         """anndata trims ``<col>_colors`` of a view to the categories still used; so do we."""
@@ -438,13 +470,13 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             return self._pending[k]
         if k in self._inherited:
             return self._inherited[k]
-        if k not in self._cache:
+        if (value := self._cache.get(k, _MISSING)) is _MISSING:
             if "X" not in self._root():
                 return None
             if matrix_is_only_sliced():  # sc.get.obs_df & co. slice a few genes out of it: read only those
                 return SlicedMatrix(self, "X", (self._oidx, self._vidx))
-            self._cache[k] = self._read("X", (self._oidx, self._vidx))
-        return self._cache[k]
+            value = self._cache[k] = self._read("X", (self._oidx, self._vidx))
+        return value
 
     @X.setter
     def X(self, value: Any) -> None:
@@ -468,16 +500,23 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             return self._pending[k]
         if k in self._inherited:
             return self._inherited[k]
-        if k not in self._cache:
+        if (value := self._cache.get(k, _MISSING)) is _MISSING:
             sel = self._oidx if name == "obs" else self._vidx
             parts = read_frame_parts(self._root()[name], (sel,), self._ctx())
             parts.axis_name = f"{name}_names"  # how table backends without an index name the index column
+            parts.index = self._str_names(name, parts.index, parts.index_name)
             self._fix_categories(name, parts, sel)
             value = _as_view_frame(empty_columns_as_str(self._table(parts)), self.is_view)
-            self._cache[k] = value
+            fps = None
             if isinstance(value, pd.DataFrame):
-                self._frame_fp[name] = {c: fingerprint(value[c]) for c in value.columns}
-        return self._cache[k]
+                fps = {c: fingerprint(value[c]) for c in value.columns}, fingerprint(value.index)
+            # the table and its fingerprints go in together: clear_cache() in another thread must not drop the
+            # fingerprints of a table it keeps (a column changed later would then not be written)
+            with self._cache_lock:
+                if fps is not None:
+                    self._frame_fp[name], self._index_fp[name] = fps
+                self._cache[k] = value
+        return value
 
     def _fix_categories(self, name: str, parts: Any, sel: ix.Sel) -> None:
         root = self._root()
@@ -524,19 +563,25 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
     def _names(self, name: str) -> pd.Index:
         frame_key = (name, "")
         for store in (self._pending, self._inherited, self._cache):
-            if frame_key in store and isinstance(store[frame_key], pd.DataFrame):
-                return store[frame_key].index
+            if isinstance(frame := store.get(frame_key), pd.DataFrame):
+                return frame.index
         k = (f"{name}_names", "")
-        if k not in self._cache:
+        if (cached := self._cache.get(k, _MISSING)) is _MISSING:
             g = self._root()[name]
             sel = self._oidx if name == "obs" else self._vidx
             if is_group(g):
                 idx_key = attr(g, "_index")
                 values = inferred_strings(read_element(g[idx_key], (sel,), self._ctx()), g[idx_key])
-                self._cache[k] = pd.Index(values, name=None if idx_key == "_index" else idx_key)
+                names = self._str_names(name, values, None if idx_key == "_index" else idx_key)
             else:
-                self._cache[k] = pd.Index(read_frame_parts(g, (sel,), self._ctx()).index)
-        return self._cache[k]
+                names = self._str_names(name, read_frame_parts(g, (sel,), self._ctx()).index, None)
+            self._cache[k] = names
+            return names
+        return cached
+
+    def _str_names(self, name: str, values: Any, index_name: str | None) -> pd.Index:
+        """The stored index of ``obs``/``var`` as anndata reads it (integers become strings)."""
+        return ix.as_anndata_names(pd.Index(values, name=index_name), f"{name} of '{self._storage.describe()}'")
 
     @property
     def obs_names(self) -> pd.Index:
@@ -545,7 +590,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
     @obs_names.setter
     def obs_names(self, names: Any) -> None:
         obs = self.obs.copy()
-        obs.index = pd.Index(names)
+        obs.index = _prep_names(names, "obs", self.n_obs)
         self.obs = obs
 
     @property
@@ -555,7 +600,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
     @var_names.setter
     def var_names(self, names: Any) -> None:
         var = self.var.copy()
-        var.index = pd.Index(names)
+        var.index = _prep_names(names, "var", self.n_vars)
         self.var = var
 
     def _mapping(self, group: str) -> ElementMapping:
@@ -620,7 +665,8 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
                 f"layers of '{self._storage.describe()}' has no key {layer!r}; layers: {list(self.layers.keys())}"
             )
 
-    def _column_of(self, matrix_path: str | None, j: int, layer: str | None) -> np.ndarray:
+    def _columns_of(self, js: np.ndarray, layer: str | None) -> np.ndarray:
+        """Columns ``js`` of X (or ``layer``), raveled row by row as anndata's ``obs_vector`` does."""
         self._check_layer(layer)
         if layer is not None:
             m = self._pending.get(("layers", layer))
@@ -628,39 +674,50 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         else:
             m = self._pending.get(("X", ""))
             path = "X"
-        if m is None and (("layers", layer) if layer else ("X", "")) in self._cache:
-            m = self._cache[("layers", layer) if layer else ("X", "")]
-            if not (isinstance(m, np.ndarray) or sp.issparse(m)):
+        if m is None:
+            m = self._cache.get(("layers", layer) if layer else ("X", ""))
+            if m is not None and not (isinstance(m, np.ndarray) or sp.issparse(m)):
                 m = None  # a jax/torch/dask value: read the column from the file as numpy instead
         if m is not None and not isinstance(m, LazyArray):
-            col = m[:, [j]]
+            col = m[:, js]
         else:
-            sel = (self._oidx, ix.compose(self._vidx, np.array([j]), self._n_vars_file))
+            sel = (self._oidx, ix.compose(self._vidx, js, self._n_vars_file))
             col = read_element(self._root()[path], sel, self._ctx())
         col = col.toarray() if sp.issparse(col) else np.asarray(col)
         return np.ravel(col)
 
+    def _vector_source(self, k: str, frame: str, names_of: str) -> tuple[Any, np.ndarray | None]:
+        """Where ``obs_vector``/``var_vector`` take ``k`` from: a column of ``frame`` or positions along ``names_of``.
+
+        anndata refuses a key that is both a column and a name, and hands out every position of a repeated name.
+        """
+        cached = any((frame, "") in store for store in (self._cache, self._pending, self._inherited))
+        in_col = k in (self._frame(frame).columns if cached else self._frame_columns(frame))
+        names = self._names(names_of)
+        in_idx = k in names
+        if in_col and in_idx:
+            raise ValueError(f"Key {k} could be found in both .{names_of}_names and .{frame}.columns")
+        if not (in_col or in_idx):
+            raise KeyError(
+                f"Could not find key {k} in .{names_of}_names or .{frame}.columns of '{self._storage.describe()}'."
+            )
+        if in_col:
+            return self._frame(frame)[k], None
+        return None, ix.locate(k, names, names_of)
+
     def obs_vector(self, k: str, *, layer: str | None = None) -> np.ndarray:
         """Values of obs column ``k``, or of gene ``k`` across cells (one column read, not the matrix)."""
-        obs = self.obs if ("obs", "") in self._cache or ("obs", "") in self._pending else None
-        if obs is not None and k in obs.columns:
-            return _column_vector(obs[k])
-        if obs is None and k in self.obs_keys():
-            return _column_vector(self.obs[k])
-        names = self.var_names
-        if k not in names:
-            raise KeyError(f"{k!r} is neither an obs column nor a var name of '{self._storage.describe()}'")
-        return self._column_of(None, int(names.get_loc(k)), layer)
+        layer = _x_layer(self, layer)
+        col, pos = self._vector_source(k, "obs", "var")
+        return _column_vector(col) if pos is None else self._columns_of(pos, layer)
 
     def var_vector(self, k: str, *, layer: str | None = None) -> np.ndarray:
         """Values of var column ``k``, or of cell ``k`` across genes (one row read)."""
-        if k in self.var_keys():
-            return _column_vector(self.var[k])
-        names = self.obs_names
-        if k not in names:
-            raise KeyError(f"{k!r} is neither a var column nor an obs name of '{self._storage.describe()}'")
-        i = int(names.get_loc(k))
-        view = self[i]
+        layer = _x_layer(self, layer)
+        col, pos = self._vector_source(k, "var", "obs")
+        if pos is None:
+            return _column_vector(col)
+        view = self[pos]
         m = view._numpy_matrix(layer)
         m = m.toarray() if sp.issparse(m) else np.asarray(m)
         view.close()
@@ -744,12 +801,9 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         self._deleted |= parent._deleted  # and so are its pending deletions
         sources = {**parent._inherited, **parent._pending}
         for k in ("obs", "var"):
-            if (
-                (k, "") in parent._cache
-                and isinstance(parent._cache[(k, "")], pd.DataFrame)
-                and parent._frame_changed(k)
-            ):
-                sources[(k, "")] = parent._cache[(k, "")]
+            frame = parent._cache.get((k, ""))
+            if isinstance(frame, pd.DataFrame) and parent._frame_changed(k):
+                sources[(k, "")] = frame
         for (group, key), value in sources.items():
             if value is None or (group, key) in parent._deleted:
                 continue
@@ -768,6 +822,14 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             elif group == "uns":
                 self._inherited[(group, key)] = value
 
+    @property
+    def _cache_lock(self) -> threading.RLock:
+        """Held while a table and its fingerprints are stored or dropped together (never during a read)."""
+        lock = self.__dict__.get("_lock")
+        if lock is None:
+            lock = self.__dict__.setdefault("_lock", threading.RLock())  # setdefault: one lock even if raced
+        return lock
+
     def _frame_changed(self, name: str) -> bool:
         df = self._cache.get((name, ""))
         fp = self._frame_fp.get(name)
@@ -775,6 +837,9 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             return False
         if list(df.columns) != list(fp):
             return True
+        index_fp = self.__dict__.get("_index_fp", {}).get(name)
+        if index_fp is not None and fingerprint(df.index) != index_fp:
+            return True  # renamed obs_names/var_names
         return any(fingerprint(df[c]) != fp[c] for c in df.columns)
 
     def frame_changes(self, name: str) -> dict[str, list[str]]:
@@ -793,13 +858,22 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
     def clear_cache(self) -> AnnDataShadow:
         """Free every cached element.  In-memory additions not yet written stay (the repr marks them ▲)."""
         backend = get_array_backend(self._array_backend) if self._array_backend in _loaded_backends() else None
-        for key in list(self._cache):
-            if key[0] in ("obs", "var") and self.frame_changes(key[0])["added"] + self.frame_changes(key[0])["changed"]:
-                continue  # changed tables are pending changes, not a cache
-            value = self._cache.pop(key)
-            if backend is not None and backend.release is not None:
-                backend.release(value)
-        self._frame_fp = {k: v for k, v in self._frame_fp.items() if (k, "") in self._cache}
+        # safe while other threads read: every step takes a snapshot or pops with a default (a reader may store or
+        # drop entries meanwhile), and readers never look an entry up twice (see _get)
+        dropped = []
+        with self._cache_lock:
+            for key in list(self._cache):
+                if key in (("obs", ""), ("var", "")) and self._frame_changed(key[0]):
+                    continue  # changed tables (columns or names) are pending changes, not a cache
+                dropped.append(self._cache.pop(key, None))
+            for fps in (self._frame_fp, self.__dict__.get("_index_fp", {})):
+                for name in list(fps):
+                    if (name, "") not in self._cache:
+                        fps.pop(name, None)
+        if backend is not None and backend.release is not None:
+            for value in dropped:
+                if value is not None:
+                    backend.release(value)
         self._storage.indptr_cache.clear()
         return self
 
@@ -816,6 +890,8 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
 
     def __reduce__(self):
         st = self._storage
+        # a detached view (changed in place, or an in-place subset) is no view any more, but still a selection
+        selected = self.__dict__.get("_is_view", False)
         return (
             _restore,
             (
@@ -825,9 +901,31 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
                 self._array_backend,
                 self._table_backend,
                 self._lazy,
-                (self._oidx, self._vidx) if self.is_view else None,
+                (self._oidx, self._vidx) if selected else None,
+                self._pickled_state(),
             ),
         )
+
+    def _pickled_state(self) -> dict[str, Any]:
+        """What a pickle carries besides the file: every change not written yet (as anndata's pickles keep them).
+
+        Pending values, deletions, a view's inherited changes, changed ``obs``/``var`` tables (with the
+        fingerprints that tell their changed columns and names), and whether the shadow is a detached subset.
+        """
+        frames = {}
+        for name in ("obs", "var"):
+            df = self._cache.get((name, ""))
+            if isinstance(df, pd.DataFrame) and self._frame_changed(name):
+                frames[name] = (df, self._frame_fp.get(name), self.__dict__.get("_index_fp", {}).get(name))
+        state = {
+            "pending": {k: untrack(v) for k, v in self._pending.items()},
+            "deleted": set(self._deleted),
+            "inherited": dict(self._inherited),
+            "frames": frames,
+            "detached": bool(self.__dict__.get("_detached", False)),
+        }
+        _check_picklable(state, self._storage.describe())
+        return state
 
     # --- writing and streaming (implemented in shadows.write, shadows.stream, shadows.column_index) ---------------
     def write(self, filename: os.PathLike | None = None, *, overwrite: bool = False, clear_cache: bool = False):
@@ -930,10 +1028,10 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         numpy._owns_storage = False
         numpy._array_backend, numpy._table_backend, numpy._lazy = "numpy", "pandas", False
         numpy._cache = {}
-        numpy._frame_fp = {}
+        numpy._frame_fp, numpy._index_fp = {}, {}
         for name in ("obs", "var"):
-            if (name, "") in self._cache and isinstance(self._cache[(name, "")], pd.DataFrame):
-                numpy._cache[(name, "")] = self._cache[(name, "")]
+            if isinstance(frame := self._cache.get((name, "")), pd.DataFrame):
+                numpy._cache[(name, "")] = frame
         kwargs: dict[str, Any] = {
             "X": numpy.X,
             "obs": numpy.obs.copy(),
@@ -1057,6 +1155,9 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
     __hash__ = object.__hash__
 
 
+_MISSING = object()  # a cache lookup's default: None is a value an element can have
+
+
 class _LazyNames:
     """Names along an axis, read only if an indexer needs them (positional indexers never do)."""
 
@@ -1129,13 +1230,114 @@ def _column_vector(col: pd.Series) -> Any:
     return col.array if _ANNDATA_013 else col.values
 
 
+def _prep_names(value: Any, name: str, n: int) -> pd.Index:
+    """New obs/var names as anndata's ``_prep_dim_index`` takes them: anything but a ``pd.Index`` becomes strings."""
+    if len(value) != n:
+        raise ValueError(f"Length of passed value for {name}_names is {len(value)}, but this AnnData has {n} {name}")
+    if isinstance(value, pd.Index):
+        if not isinstance(value.name, str | type(None)):
+            raise ValueError(
+                f"AnnData expects .{name}.index.name to be a string or None, "
+                f"but you passed a name of type {type(value.name).__name__!r}"
+            )
+        if len(value) and not isinstance(value, pd.RangeIndex):
+            kind = pd.api.types.infer_dtype(value)
+            if kind not in ("string", "bytes"):  # anndata keeps such an index, with this warning
+                import warnings
+
+                warnings.warn(
+                    f"AnnData expects .{name}.index to contain strings, but got values like: "
+                    f"{list(value[:5])} (inferred to be: {kind})",
+                    stacklevel=3,
+                )
+        return value
+    try:
+        from anndata.compat import pandas_as_str
+    except ImportError:  # another anndata: pandas 2's way
+        return pd.Index(value).astype(str)
+    return pandas_as_str(pd.Index(value))
+
+
+def _is_2d(elem: Any) -> bool:
+    """Whether a stored element is a matrix (a sparse group or a 2-D array), from its metadata alone."""
+    if is_group(elem):
+        return encoding_of(elem)[0] in ("csr_matrix", "csc_matrix", "legacy-csr", "legacy-csc")
+    return len(elem.shape) == 2
+
+
+def _x_layer(adata: AnnDataShadow, layer: str | None) -> str | None:
+    """``layer="X"`` means X, with anndata's FutureWarning, unless there is a layer named "X"."""
+    if layer == "X" and "X" not in adata.layers:
+        import warnings
+
+        warnings.warn(
+            "In a future version of AnnData, access to `.X` by passing `layer='X'` will be removed. "
+            "Instead pass `layer=None`.",
+            FutureWarning,
+            stacklevel=3,
+        )
+        return None
+    return layer
+
+
 def _loaded_backends() -> set[str]:
     from .backends import _ARRAY
 
     return set(_ARRAY)
 
 
-def _restore(path, mode, format, array_backend, table_backend, lazy, view) -> AnnDataShadow:
-    return AnnDataShadow(
+def _restore(path, mode, format, array_backend, table_backend, lazy, view, state=None) -> AnnDataShadow:
+    shadow = AnnDataShadow(
         path, mode=mode, format=format, array_backend=array_backend, table_backend=table_backend, lazy=lazy, _view=view
     )
+    if state:
+        for (group, key), value in state["pending"].items():
+            if group == "uns" and isinstance(value, dict):  # as _set holds it: changes inside it are seen
+                value = TrackedDict(value, lambda: None)
+            shadow._pending[(group, key)] = value
+        shadow._deleted |= state["deleted"]
+        shadow._inherited.update(state["inherited"])
+        for name, (df, fp, index_fp) in state["frames"].items():
+            shadow._cache[(name, "")] = df
+            if fp is not None:
+                shadow._frame_fp[name] = fp
+            if index_fp is not None:
+                shadow._index_fp[name] = index_fp
+        if state["detached"]:
+            shadow._detached = True
+    return shadow
+
+
+# values that always pickle (checked by type, without pickling them twice)
+_PICKLABLE = (np.ndarray, np.generic, pd.DataFrame, pd.Series, pd.Index, pd.Categorical, str, bytes, int, float)
+
+
+def _check_picklable(state: dict[str, Any], where: str) -> None:
+    """Refuse clearly, naming the element, a change that cannot be pickled (pickle's own error names none)."""
+    import pickle
+
+    for store in ("pending", "inherited"):
+        for (group, key), value in state[store].items():
+            try:
+                _try_pickle(value)
+            except Exception as e:
+                raise pickle.PicklingError(
+                    f"Cannot pickle the shadow of '{where}': its change to {group}[{key!r}] (a "
+                    f"{type(value).__name__}) cannot be pickled ({type(e).__name__}: {e}); write it to the file "
+                    "first (.write()) or remove it"
+                ) from e
+
+
+def _try_pickle(value: Any) -> None:
+    """Pickle ``value`` unless its type always pickles (a large array is not pickled twice)."""
+    import pickle
+
+    if value is None or sp.issparse(value):
+        return
+    if isinstance(value, _PICKLABLE) and not (isinstance(value, np.ndarray) and value.dtype == object):
+        return
+    if isinstance(value, dict):
+        for v in value.values():
+            _try_pickle(v)
+        return
+    pickle.dumps(value)

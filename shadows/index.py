@@ -15,6 +15,16 @@ import scipy.sparse as sp
 
 Sel = None | slice | np.ndarray
 
+
+def _anndata_013() -> bool:
+    # importlib.metadata, not ``anndata.__version__``: that attribute is deprecated and warns on access
+    from importlib.metadata import version
+
+    return tuple(int(p) for p in version("anndata").split(".")[:2] if p.isdigit()) >= (0, 13)
+
+
+_ANNDATA_013 = _anndata_013()
+
 AXIS_NAMES = {0: "obs", 1: "var"}
 
 
@@ -33,20 +43,24 @@ def normalize(indexer: Any, names: pd.Index | None, n: int, axis: int) -> Sel:
         0 for obs, 1 for var (named in error messages).
     """
     ax = AXIS_NAMES.get(axis, str(axis))
-    if indexer is None or (isinstance(indexer, slice) and indexer == slice(None)):
+    if indexer is None or indexer is Ellipsis or (isinstance(indexer, slice) and indexer == slice(None)):
         return None
+    # empty boolean indexers anndata refuses: numpy arrays, and pandas ones since 0.13 (0.12 made those integers)
+    strict_empty = isinstance(indexer, np.ndarray) or (
+        _ANNDATA_013 and isinstance(indexer, pd.Index | pd.Series | pd.api.extensions.ExtensionArray)
+    )
     if isinstance(indexer, pd.Index | pd.Series):
         indexer = indexer.to_numpy()
     if isinstance(indexer, str):
-        return _one(_name_positions(np.array([indexer], dtype=object), names, ax)[0], n, ax)
+        return _name_selection(indexer, names, n, ax)
     if isinstance(indexer, int | np.integer) and not isinstance(indexer, bool | np.bool_):
         return _one(int(indexer), n, ax)
     if isinstance(indexer, slice):
         start, stop = indexer.start, indexer.stop
         if isinstance(start, str):
-            start = int(_name_positions(np.array([start], dtype=object), names, ax)[0])
+            start = _slice_bound(start, names, ax)
         if isinstance(stop, str):  # name slices include their end, as in pandas and anndata
-            stop = int(_name_positions(np.array([stop], dtype=object), names, ax)[0]) + 1
+            stop = _slice_bound(stop, names, ax) + 1
         s = slice(start, stop, indexer.step)
         start, stop, step = s.indices(n)
         if step < 0:
@@ -60,11 +74,15 @@ def normalize(indexer: Any, names: pd.Index | None, n: int, axis: int) -> Sel:
             arr = arr.ravel()
         if arr.ndim != 1:
             raise IndexError(f"{ax} indexer must be one-dimensional, got shape {arr.shape}")
+        if arr.dtype.kind == "b" and arr.shape[0] != n and (arr.size or strict_empty):
+            # anndata's message; an empty mask of a non-empty axis is a mistake (a filter that kept no column)
+            raise IndexError(
+                "Boolean index does not match AnnData’s shape along this dimension. Boolean index has shape "
+                f"{arr.shape} while AnnData index has shape {(n,)}."
+            )
         if arr.size == 0:
             return np.zeros(0, dtype=np.int64)
         if arr.dtype.kind == "b":
-            if arr.shape[0] != n:
-                raise IndexError(f"Boolean index along {ax} has length {arr.shape[0]} but the {ax} axis has length {n}")
             return np.flatnonzero(arr).astype(np.int64)
         if arr.dtype.kind == "f":
             if np.any(arr != np.round(arr)):
@@ -88,16 +106,46 @@ def _one(i: int, n: int, ax: str) -> slice:
     return slice(i, i + 1, 1)
 
 
+def _name_selection(name: str, names: pd.Index | None, n: int, ax: str) -> Sel:
+    """One name: a one-element slice, or every position holding it when names repeat (``get_loc`` in anndata)."""
+    pos = locate(name, names, ax)
+    return _one(int(pos[0]), n, ax) if len(pos) == 1 else pos
+
+
+def _slice_bound(name: str, names: pd.Index | None, ax: str) -> int:
+    """Position of a name bounding a slice; a repeated name bounds nothing (anndata raises TypeError too)."""
+    pos = locate(name, names, ax)
+    if len(pos) > 1:
+        raise TypeError(f"{ax} name {name!r} occurs {len(pos)} times: it cannot bound a slice")
+    return int(pos[0])
+
+
+def locate(name: str, names: pd.Index | None, ax: str) -> np.ndarray:
+    """Every position of ``name`` (pandas' ``get_loc``: an int, a slice or a mask when names repeat)."""
+    if names is None:
+        raise KeyError(f"{ax} names are not available to look up {name!r}")
+    try:
+        loc = names.get_loc(name)
+    except KeyError:
+        raise KeyError(f"{name!r} is not a valid {ax} name") from None
+    if isinstance(loc, slice):
+        return np.arange(*loc.indices(len(names)), dtype=np.int64)
+    if isinstance(loc, np.ndarray):
+        return np.flatnonzero(loc).astype(np.int64)
+    return np.array([int(loc)], dtype=np.int64)
+
+
 def _name_positions(values: np.ndarray, names: pd.Index | None, ax: str) -> np.ndarray:
     if names is None:
         raise KeyError(f"{ax} names are not available to look up {list(values)[:5]}")
-    if names.is_unique:
-        pos = names.get_indexer(values)
-    else:  # non-unique names: the first match, as pandas' get_loc would refuse to choose
-        first = pd.Series(np.arange(len(names)), index=names)
-        first = first[~first.index.duplicated()]
-        pos = first.reindex(values).to_numpy()
-        pos = np.where(pd.isna(pos), -1, pos).astype(np.int64)
+    if not names.is_unique:
+        # anndata looks lists up with get_indexer, which refuses repeated names (pandas' InvalidIndexError)
+        dups = list(pd.unique(np.asarray(names.to_numpy()[names.duplicated()], dtype=object)))[:5]
+        raise pd.errors.InvalidIndexError(
+            f"Reindexing only valid with uniquely valued Index objects: {ax} names repeat ({dups}); "
+            f"index by position, or make them unique first ({ax}_names_make_unique())"
+        )
+    pos = names.get_indexer(values)
     missing = pos < 0
     if missing.any():
         bad = list(values[missing])
@@ -106,14 +154,22 @@ def _name_positions(values: np.ndarray, names: pd.Index | None, ax: str) -> np.n
 
 
 def split_index(index: Any) -> tuple[Any, Any]:
-    """Split ``shadow[idx]`` into an obs and a var part, as anndata does."""
-    if isinstance(index, tuple):
-        if len(index) == 1:
-            return index[0], None
-        if len(index) == 2:
-            return index
-        raise IndexError(f"AnnData takes at most two indices (obs, var), got {len(index)}")
-    return index, None
+    """Split ``shadow[idx]`` into an obs and a var part, as anndata does (``...`` stands for the other axes)."""
+    if not isinstance(index, tuple):
+        return index, None
+    if sum(i is Ellipsis for i in index) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    if len(index) == 1:
+        return index[0], None
+    if len(index) == 2:
+        return index
+    if not any(i is Ellipsis for i in index):
+        raise IndexError(f"Received a length {len(index)} index without an ellipsis")
+    rest = tuple(i for i in index if i is not Ellipsis)
+    if len(rest) != 2:
+        # anndata unpacks what is left into (obs, var): more than two fail there with this ValueError
+        raise ValueError(f"too many values to unpack (expected 2): AnnData takes two indices (obs, var), got {rest!r}")
+    return rest
 
 
 def length(sel: Sel, n: int) -> int:
@@ -199,3 +255,27 @@ def describe(sel: Sel, n: int) -> str:
     if isinstance(sel, slice):
         return f"{sel.start}:{sel.stop}:{sel.step}"
     return f"{len(sel)} positions"
+
+
+def as_anndata_names(names: pd.Index, where: str) -> pd.Index:
+    """Names of obs or var as anndata hands them out: an integer (or other non-string) index becomes strings.
+
+    anndata does this (with its ``ImplicitModificationWarning``) whenever it builds an AnnData from a table, so a
+    file whose index was written as integers reads as strings there; the shadow reads it the same way.
+    """
+    import anndata
+
+    restricted = getattr(anndata.settings, "restrict_index_types", True)  # anndata < 0.13: always restricted
+    if not (
+        (restricted and not pd.api.types.is_string_dtype(names[~names.isna()])) or pd.api.types.is_integer_dtype(names)
+    ):
+        return names
+    import warnings
+
+    try:
+        from anndata.compat import pandas_as_str
+    except ImportError:  # another anndata: pandas 2's way
+        pandas_as_str = None
+    category = getattr(anndata, "ImplicitModificationWarning", UserWarning)
+    warnings.warn(f"Transforming to str index. ({where})", category, stacklevel=3)
+    return pandas_as_str(names) if pandas_as_str is not None else names.astype(str)

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from .anndata import AnnDataShadow
 
 
+_MISSING = object()
+
+
 class RawShadow:
     """The raw part of an AnnData file (current ``raw/`` group or the legacy ``raw.X``/``raw.var`` layout).
 
@@ -47,9 +50,11 @@ class RawShadow:
         # the whole raw is cached on the shadow; a subset only here (one key per subset would collide or pile up)
         key = ("raw", f"{name}:")
         cache = self._shadow._cache if self._vidx is None else self._own
-        if key not in cache:
-            cache[key] = read()
-        return cache[key]
+        # one lookup: the shadow's clear_cache() in another thread may drop the entry between two
+        value = cache.get(key, _MISSING)
+        if value is _MISSING:
+            value = cache[key] = read()
+        return value
 
     @property
     def X(self) -> Any:
@@ -70,6 +75,7 @@ class RawShadow:
         def read():
             parts = read_frame_parts(self._shadow._root()[self._path("var")], (self._vidx,), self._shadow._ctx())
             parts.axis_name = "var_names"  # the index column's name in polars/pyarrow tables
+            parts.index = self._str_names(parts.index, parts.index_name)
             from .anndata import empty_columns_as_str
 
             return empty_columns_as_str(self._shadow._table(parts))
@@ -99,7 +105,12 @@ class RawShadow:
             return v.index
         g = self._shadow._root()[self._path("var")]
         idx_key = attr(g, "_index")
-        return pd.Index(read_element(g[idx_key], (self._vidx,), self._shadow._ctx()))
+        return self._str_names(read_element(g[idx_key], (self._vidx,), self._shadow._ctx()), None)
+
+    def _str_names(self, values: Any, index_name: str | None) -> pd.Index:
+        """raw's stored var index as anndata reads it (integers become strings)."""
+        where = f"raw.var of '{self._shadow._storage.describe()}'"
+        return ix.as_anndata_names(pd.Index(values, name=index_name), where)
 
     @property
     def obs_names(self) -> pd.Index:
@@ -131,7 +142,8 @@ class RawShadow:
         names = self.var_names
         if k not in names:
             raise KeyError(f"{k!r} is not a raw var name of '{self._shadow._storage.describe()}'")
-        j = ix.compose(self._vidx, np.array([int(names.get_loc(k))]), self._n_vars_file())
+        # every position of a repeated name, raveled row by row (as anndata's get_vector)
+        j = ix.compose(self._vidx, ix.locate(k, names, "var"), self._n_vars_file())
         col = read_element(self._shadow._root()[self._path("X")], (self._shadow._oidx, j), self._shadow._ctx())
         return np.ravel(col.toarray() if sp.issparse(col) else np.asarray(col))
 

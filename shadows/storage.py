@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,9 @@ class Storage:
                         f"'{self.filename}' is still open in this process in another mode (a view or a lazy array "
                         f"of it?); close those before opening it with mode {mode!r}: {e}"
                     ) from e
-                if "lock" in str(e).lower():
+                if "truncated file" in str(e).lower():  # HDF5's "sblock" in this message is no lock
+                    raise StorageError(_truncated(self.filename, str(e))) from e
+                if _is_lock_error(str(e)):
                     raise StorageError(
                         f"'{self.filename}' is locked by another process (a writer or readers); "
                         f"cannot open it with mode {mode!r}: {e}"
@@ -216,6 +219,21 @@ class ChildStorage(Storage):
 
     def close(self) -> None:
         self.parent.close()
+
+
+def _is_lock_error(message: str) -> bool:
+    """Whether HDF5 refused the file lock (not any message that happens to contain "lock", like "sblock")."""
+    return re.search(r"\block(ed|ing)?\b", message.lower()) is not None
+
+
+def _truncated(filename: Path, message: str) -> str:
+    """What to say about a truncated HDF5 file: its size, the size HDF5 expects, and what likely happened."""
+    m = re.search(r"eof = (\d+).*stored_eof = (\d+)", message)
+    sizes = f" (it has {m.group(1)} bytes, its header says {m.group(2)})" if m else ""
+    return (
+        f"'{filename}' is truncated or corrupt{sizes}: an interrupted copy or download, or a full disk while it "
+        f"was written? Copy it again or restore it from a backup ({message})"
+    )
 
 
 # HDF5 reads small pieces of contiguous datasets through a "sieve" buffer (64 kB): a column of a dense matrix then

@@ -2,10 +2,11 @@
 
 from . import dense, frames, legacy, sparse  # noqa: F401  (importing registers the readers)
 from .frames import FrameParts, read_frame_parts
-from .registry import ReadContext, encoding_of, read_element, register_reader, registered
+from .registry import CorruptElementError, ReadContext, encoding_of, read_element, register_reader, registered
 from .sparse import SparseReader, matrix_info
 
 __all__ = [
+    "CorruptElementError",
     "FrameParts",
     "ReadContext",
     "SparseReader",

@@ -46,6 +46,11 @@ def read_dense(arr: Any, sel: tuple = ()) -> np.ndarray:
         if is_h5(arr) and (out := read_rows(arr, 0, arr.shape[0])) is not None:
             return out
         return read_raw(arr, ())
+    out_shape = tuple(ix.length(s, n) for s, n in zip(sel, arr.shape, strict=True))
+    if 0 in out_shape:
+        # nothing to read: h5py fails on an empty axis combined with a list of >= 16 positions on another one
+        # ("Dataspaces don't have hyperslab selections"); an empty read of the element keeps its dtype as read
+        return read_raw(arr, tuple(slice(0, 0) for _ in arr.shape)).reshape(out_shape)
     uniq, inverse = [], []
     for s, n in zip(sel, arr.shape, strict=False):
         u, inv = ix.sorted_unique(s, n)

@@ -19,6 +19,28 @@ _READERS: dict[tuple[str, str], Reader] = {}
 _ANY_VERSION = "*"
 
 
+class CorruptElementError(ValueError):
+    """A stored element does not hold what its encoding promises: a damaged, truncated or hand-edited file."""
+
+
+def where_of(elem: Any) -> str:
+    """``'file' at '/element/path'`` for error messages, for h5py and zarr objects alike."""
+    try:
+        if hasattr(elem, "file") and hasattr(elem.file, "filename"):  # h5py
+            filename = elem.file.filename
+        else:  # zarr: a local store knows its directory
+            store = getattr(elem, "store", None)
+            filename = getattr(store, "root", None) or getattr(store, "path", None) or store
+    except Exception:  # a closed file: the element path alone
+        filename = "?"
+    return f"'{filename}' at '{getattr(elem, 'name', '?')}'"
+
+
+def corrupt(elem: Any, what: str) -> CorruptElementError:
+    """The error for element ``elem`` whose stored contents are wrong in the way ``what`` says."""
+    return CorruptElementError(f"{where_of(elem)} is corrupt: {what}")
+
+
 @dataclass
 class ReadContext:
     """What readers need beside the element: caches of the connection and the memory budget."""

@@ -27,7 +27,7 @@ from ..rawread import RangeReader, prepare, read_range
 from ..settings import settings
 from ..storage import attr, is_h5
 from ..zarrchunks import ChunkDecoder, decoder
-from .registry import ReadContext, register_reader, sel_at
+from .registry import ReadContext, corrupt, register_reader, sel_at, where_of
 from .whole import read_all, wants_bar
 
 # A copy of the matrix in the other orientation, kept inside the matrix's own group (anndata reads only data,
@@ -55,9 +55,19 @@ def matrix_info(group: Any) -> tuple[str, tuple[int, int]]:
     else:
         fmt = attr(group, "h5sparse_format")
         shape = attr(group, "h5sparse_shape")
-    if fmt not in ("csr", "csc") or shape is None:
-        raise ValueError(f"'{group.name}' is not a sparse matrix group (encoding-type {et!r})")
+    if fmt in ("csr", "csc") and (shape is None or len(shape) != 2):
+        raise corrupt(group, f"a {fmt} matrix needs a 2-element 'shape' attribute, found {shape!r}")
+    if fmt not in ("csr", "csc"):
+        raise ValueError(f"{where_of(group)} is not a sparse matrix group (encoding-type {et!r})")
     return fmt, (int(shape[0]), int(shape[1]))
+
+
+def member(group: Any, name: str) -> Any:
+    """The array ``name`` (``data``, ``indices``, ``indptr``) of a sparse group; a clear error if it is missing."""
+    try:
+        return group[name]
+    except KeyError:
+        raise corrupt(group, f"the sparse matrix has no '{name}' array (found {sorted(group.keys())})") from None
 
 
 def get_indptr(group: Any, ctx: ReadContext | None) -> np.ndarray:
@@ -65,11 +75,41 @@ def get_indptr(group: Any, ctx: ReadContext | None) -> np.ndarray:
     key = group.name
     ip = cache.get(key)
     if ip is None:
-        arr = group["indptr"]
+        arr = indptr_array(group)
         dec = None if is_h5(arr) else decoder(arr)  # zarr on local disk: decoded without zarr's event loop
         ip = np.asarray(dec.read(0, dec.n) if dec is not None else arr[...], dtype=np.int64)
+        check_indptr(group, ip)
         cache[key] = ip
     return ip
+
+
+def indptr_array(group: Any, info: tuple[str, tuple[int, int]] | None = None) -> Any:
+    """``indptr`` of a sparse group, checked to have one entry per row (CSR) or column (CSC) plus one.
+
+    ``info``: the group's ``matrix_info`` when the caller has it (each attribute read costs tens of microseconds).
+    """
+    fmt, shape = info if info is not None else matrix_info(group)
+    arr = member(group, "indptr")
+    n_major = shape[0] if fmt == "csr" else shape[1]
+    if len(arr.shape) != 1 or arr.shape[0] != n_major + 1:
+        raise corrupt(
+            group, f"indptr has shape {tuple(arr.shape)}, expected ({n_major + 1},) for a {fmt} matrix of {shape}"
+        )
+    if arr.dtype.kind not in "iu":
+        raise corrupt(group, f"indptr has dtype {arr.dtype}, expected integers")
+    return arr
+
+
+def check_indptr(group: Any, ip: np.ndarray) -> None:
+    """A whole ``indptr``: starts at 0, never decreases, ends within ``indices`` (read once per matrix)."""
+    n_stored = member(group, "indices").shape[0]
+    if len(ip) and ip[0] != 0:
+        raise corrupt(group, f"indptr starts at {int(ip[0])}, expected 0")
+    if len(ip) > 1 and bool((ip[1:] < ip[:-1]).any()):
+        at = int(np.flatnonzero(ip[1:] < ip[:-1])[0])
+        raise corrupt(group, f"indptr decreases at position {at + 1} ({int(ip[at])} then {int(ip[at + 1])})")
+    if len(ip) and ip[-1] > n_stored:
+        raise corrupt(group, f"indptr ends at {int(ip[-1])} but indices holds only {n_stored} values")
 
 
 def _read_range(arr: Any, start: int, stop: int, dec: ChunkDecoder | None = None) -> np.ndarray:
@@ -229,11 +269,18 @@ class SparseReader:
     # opened on first use: a read served by the column index never touches this matrix's own arrays
     @functools.cached_property
     def data(self) -> Any:
-        return self.group["data"]
+        data = member(self.group, "data")
+        n = member(self.group, "indices").shape[0]
+        if len(data.shape) != 1 or data.shape[0] != n:
+            raise corrupt(self.group, f"data has shape {tuple(data.shape)} but indices has ({n},): they must match")
+        return data
 
     @functools.cached_property
     def indices(self) -> Any:
-        return self.group["indices"]
+        indices = member(self.group, "indices")
+        if indices.dtype.kind not in "iu":
+            raise corrupt(self.group, f"indices has dtype {indices.dtype}, expected integers")
+        return indices
 
     @property
     def dtype(self) -> np.dtype:
@@ -322,14 +369,29 @@ class SparseReader:
         if self.group.name not in cache and 0 < len(maj_pos) < n_major:
             lo, hi = int(maj_pos[0]), int(maj_pos[-1]) + 1
             if hi - lo == len(maj_pos):  # a contiguous range: one slice of indptr
-                part = np.asarray(self.group["indptr"][lo : hi + 1], dtype=np.int64)
-                return part[:-1], part[1:]
+                part = np.asarray(indptr_array(self.group, (self.format, self.shape))[lo : hi + 1], dtype=np.int64)
+                return self._checked_bounds(part[:-1], part[1:])
         if self.group.name not in cache and 0 < len(maj_pos) <= _FEW_MAJOR:
             want = np.unique(np.concatenate([maj_pos, maj_pos + 1]))
-            got = _read_points(self.group["indptr"], want, block_len=len(want) * _DENSE_HITS + 1).astype(np.int64)
-            return got[np.searchsorted(want, maj_pos)], got[np.searchsorted(want, maj_pos + 1)]
+            got = _read_points(
+                indptr_array(self.group, (self.format, self.shape)), want, block_len=len(want) * _DENSE_HITS + 1
+            ).astype(np.int64)
+            return self._checked_bounds(got[np.searchsorted(want, maj_pos)], got[np.searchsorted(want, maj_pos + 1)])
         ip = self.indptr
         return ip[maj_pos], ip[maj_pos + 1]
+
+    def _checked_bounds(self, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Entries of ``indptr`` read piecewise (a whole one is checked in ``check_indptr``): within ``indices``."""
+        n_stored = self.indices.shape[0]
+        bad = (starts < 0) | (ends < starts) | (ends > n_stored)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise corrupt(
+                self.group,
+                f"indptr gives the range {int(starts[i])}:{int(ends[i])} for a {'row' if self.format == 'csr' else 'column'}"
+                f", outside the {n_stored} stored values (or decreasing)",
+            )
+        return starts, ends
 
     def _read_major_minor(self, maj_pos: np.ndarray, min_pos: np.ndarray | None, min_out: np.ndarray | None = None):
         starts, ends = self._bounds(maj_pos)
@@ -440,7 +502,12 @@ class SparseReader:
                     mask |= chunk == t
             else:
                 # np.take into a reused buffer: about twice as fast as fancy indexing, and no allocation
-                mask = np.take(wanted, chunk, out=mask_buf[: len(chunk)])
+                try:
+                    mask = np.take(wanted, chunk, out=mask_buf[: len(chunk)])
+                except IndexError:
+                    raise corrupt(
+                        self.group, f"indices hold {int(chunk.max())}, beyond the {n_minor} positions of the minor axis"
+                    ) from None
             hit = np.flatnonzero(mask)
             del mask
             # read the next chunk's values ahead while hits are dense; for zarr chunks, decoded whole for any hit,
