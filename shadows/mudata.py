@@ -356,11 +356,12 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
     def write(self, filename: os.PathLike | None = None, *, overwrite: bool = False, clear_cache: bool = False):
         """Push every pending change, of the MuData and of each modality, into the file (open it with ``"r+"``).
 
-        With ``filename``, stream the shadow into a new ``.h5mu`` file instead (:meth:`write_h5mu`).
-        Returns the shadow, so that ``m.reopen("r+").write().reopen("r")`` chains.
+        With ``filename``, stream the shadow into a new ``.h5mu`` file instead (:meth:`write_h5mu`; ``overwrite``
+        then allows replacing an existing file).  Returns the shadow, so that ``m.reopen("r+").write().reopen("r")``
+        chains.
         """
         if filename is not None:
-            self.write_h5mu(filename)
+            self.write_h5mu(filename, overwrite=overwrite)
             return self
         from .write import write_many
 
@@ -373,7 +374,8 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
 
         The result reads back with ``mudata.read_h5mu`` as mudata's own ``write_h5mu`` of :meth:`to_memory` would,
         without any modality's matrices being held in memory (see :mod:`shadows.mudata_write`).  Keywords:
-        ``compression``, ``compression_opts``, ``progress``, ``chunk_size``.
+        ``compression``, ``compression_opts``, ``progress``, ``chunk_size``, ``overwrite`` (replace an existing
+        file; refused without it).
         """
         from .mudata_write import write_mudata
 

@@ -22,6 +22,7 @@ from anndata.io import write_elem
 
 from .matrix_write import WriteOptions
 from .sink import Output, refuse_own_file
+from .stream import check_output_names
 from .stream_write import numpy_twin, write_anndata
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ def write_mudata(
     compression_opts: Any = None,
     zarr_format: int | None = None,
     chunk_size: int | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``shadow`` (pending changes included) to a new file without holding any modality's matrices.
 
@@ -48,8 +50,10 @@ def write_mudata(
     shadow
         The MuData shadow or view to write.
     path
-        The new ``.h5mu`` file or zarr store; replaced if it exists.  It is written under a staging name and moved
-        into place at the end, so a failure never leaves a half-written destination.
+        The new ``.h5mu`` file or zarr store.  It is written under a staging name and moved into place at the end,
+        so a failure never leaves a half-written destination.  An existing destination is refused
+        (``FileExistsError``; ``IsADirectoryError`` for a folder given as an ``.h5mu``) unless ``overwrite=True``,
+        and a folder that is not a zarr store is never replaced.
     file_format
         ``"h5mu"`` or ``"zarr"``.
     progress
@@ -60,6 +64,8 @@ def write_mudata(
         2 or 3 (default ``anndata.settings.zarr_write_format``).
     chunk_size
         Major positions per block of a matrix (default: sized by ``shadows.settings.memory_budget``).
+    overwrite
+        Replace an existing file (or zarr store) at ``path``.
 
     Returns
     -------
@@ -69,6 +75,8 @@ def write_mudata(
         raise ValueError(f"file_format must be 'h5mu' or 'zarr', got {file_format!r}")
     dst = Path(os.fspath(path))
     refuse_own_file(shadow, dst)
+    for name in shadow._order:  # every name checked before the output exists: a refused one leaves nothing behind
+        check_output_names(shadow._modality(name))
     skeleton = _skeleton(shadow)
     opts = WriteOptions(tmpdir=dst.parent).override(chunk_size, compression, compression_opts)
     kwargs = opts.dataset_kwargs
@@ -76,9 +84,9 @@ def write_mudata(
     if file_format == "h5mu":
         fmt_version = getattr(mudata, "__mudataversion__", "0.1.0")
         header = f"MuData (format-version={fmt_version};creator=shadows;creator-version={_own_version()})".encode()
-        out = Output(dst, "h5", header=header)
+        out = Output(dst, "h5", header=header, overwrite=overwrite)
     else:
-        out = Output(dst, "zarr", zarr_format)
+        out = Output(dst, "zarr", zarr_format, overwrite=overwrite)
     with out:
         root = out.root
         for name in ("obs", "var"):

@@ -438,3 +438,29 @@ def test_killed_streamed_write_at_many_points_large(tmp_path, fmt, zarr_format):
     print(f"\n{fmt}{zarr_format or ''}: {total / 1e6:.0f} MB output, kills: {report}")
     # an HDF5 output grows in jumps (space is reserved ahead of raw writes): one kill may come after the commit
     assert sum(r[1] != "finished" for r in report) >= len(report) - 1
+
+
+def test_mudata_outputs_refuse_existing_destinations(tmp_path):
+    """MuData streams through the same outputs: an existing file needs overwrite=True, a user's folder survives,
+    and a modality's name that zarr cannot take is refused before anything is written."""
+    md = pytest.importorskip("mudata")
+    from shadows import MuDataShadow
+
+    rng = np.random.default_rng(0)
+    mods = {name: ad.AnnData(rng.normal(size=(6, n)).astype(np.float32)) for name, n in (("rna", 4), ("prot", 3))}
+    md.MuData(mods).write(tmp_path / "a.h5mu")
+    m = MuDataShadow(tmp_path / "a.h5mu")
+    m.write_h5mu(tmp_path / "b.h5mu")
+    before = hashlib.sha256((tmp_path / "b.h5mu").read_bytes()).hexdigest()
+    with pytest.raises(FileExistsError):
+        m.write_h5mu(tmp_path / "b.h5mu")
+    assert hashlib.sha256((tmp_path / "b.h5mu").read_bytes()).hexdigest() == before
+    m.write(tmp_path / "b.h5mu", overwrite=True)
+    assert md.read_h5mu(tmp_path / "b.h5mu").shape == (6, 7)
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    for dst, fmt in ((user, "h5mu"), (user, "zarr")):
+        with pytest.raises((IsADirectoryError, FileExistsError)):
+            getattr(m, f"write_{fmt}")(dst, overwrite=True)
+    assert (user / "notes.txt").read_text() == "mine"
