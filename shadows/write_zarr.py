@@ -81,9 +81,9 @@ def _commit(store: Path, stage: Path, doc: dict, owners: dict[int, list[Any]], d
     with commit_guard.shielded():
         commit_guard.point("zarr:0 staged")  # an exception up to here: nothing visible changed, staging deleted
         write_journal(stage, doc)
-        on_step(-1)  # operations with nothing left to do on disk
-        commit_guard.point("zarr:1 journal written")
         try:
+            on_step(-1)  # operations with nothing left to do on disk
+            commit_guard.point("zarr:1 journal written")
             run(store, stage, doc, point=commit_guard.point, on_step=on_step)
         except BaseException:
             run(store, stage, doc, on_step=on_step)  # roll forward: every step is idempotent

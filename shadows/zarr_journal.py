@@ -218,7 +218,7 @@ def run(
     point("zarr:2 consolidated metadata removed")
     touched = {stage / "new", stage / "trash"}
     for i, step in enumerate(doc["steps"]):
-        _apply_step(store, stage, step, doc["zarr_format"], point)
+        _apply_step(store, stage, step, doc["zarr_format"], lambda what, i=i: point(f"zarr:3.{i}{what}"))
         touched.add((store / step["target"]).parent)
         on_step(i)
         point(f"zarr:3.{i} {step['kind']} {step['target']}")
@@ -237,7 +237,7 @@ def _apply_step(store: Path, stage: Path, step: dict, zarr_format: int, point: C
     target = store / step["target"]
     kind = step["kind"]
     if kind == "place":
-        _place(target, stage / step["staged"], step["new_ino"], stage / step["old"], step["target"], point)
+        _place(target, stage / step["staged"], step["new_ino"], stage / step["old"], point)
     elif kind == "remove":
         if _ino(target) == step["old_ino"]:
             os.rename(target, stage / step["old"])
@@ -247,7 +247,7 @@ def _apply_step(store: Path, stage: Path, step: dict, zarr_format: int, point: C
         raise JournalError(f"Unknown step {kind!r} in the journal in '{stage}'")
 
 
-def _place(target: Path, staged: Path, new_ino: int, old: Path, name: str, point: Callable[[str], None]) -> None:
+def _place(target: Path, staged: Path, new_ino: int, old: Path, point: Callable[[str], None]) -> None:
     if _ino(target) == new_ino:
         return  # placed already
     if _ino(staged) != new_ino:
@@ -259,7 +259,7 @@ def _place(target: Path, staged: Path, new_ino: int, old: Path, name: str, point
         os.rename(staged, target)
     elif not exchange(staged, target):
         os.rename(target, old)  # no atomic exchange here: the path is empty until the next rename
-        point(f"zarr:3.x {name} moved away (fallback without renameat2)")
+        point(f"a {target.name}: old element moved away, new one not yet in (no renameat2)")
         os.rename(staged, target)
 
 
