@@ -30,6 +30,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anndata as ad
@@ -79,6 +80,7 @@ if not cfg.get("exchange", True):
     zj.use_exchange = False
 def _hook(name):
     print("point " + name, flush=True)
+    time.sleep(cfg.get("point_delay", 0))  # a longer commit: more random kills fall inside it
     if cfg.get("pause") and name.startswith(cfg["pause"]):
         if cfg.get("sigint"):
             print("paused at " + name, flush=True)
@@ -294,6 +296,7 @@ def run_child(
     kill_after: float | None = None,
     sigint: bool = False,
     exchange: bool = True,
+    point_delay: float = 0.0,
 ) -> tuple[str, list[str]]:
     """Run one child writer of version ``v``; SIGKILL it at the commit point ``pause`` or ``kill_after`` seconds
     into its write, or (``sigint``) send it SIGINT at ``pause`` and let it go on; with neither, let it finish.
@@ -302,22 +305,29 @@ def run_child(
     """
     p = children.take()
     cfg = {"path": str(path), "v": v, "n_obs": N_OBS, "n_vars": N_VARS, "step": None, "edits": HOOK + EDITS}
-    cfg |= {"pause": pause and pause + " ", "sigint": sigint, "exchange": exchange}
+    cfg |= {"pause": pause and pause + " ", "sigint": sigint, "exchange": exchange, "point_delay": point_delay}
     p.stdin.write(json.dumps(cfg) + "\n")
     p.stdin.flush()
     line = p.stdout.readline().strip()
     assert line == "writing", f"child stopped before writing: {line!r} {p.err_path.read_text()[-2000:]}"
     t0 = time.perf_counter()
-    passed = []
-    if pause is not None:
-        while not (line := p.stdout.readline().strip()).startswith("paused"):
-            assert line, f"child never reached {pause!r} (passed {passed}): {p.err_path.read_text()[-2000:]}"
+    passed: list[str] = []
+
+    def read_until(stop: Callable[[str], bool], what: str) -> None:
+        while not stop(line := p.stdout.readline().strip()):
+            assert line, f"child writer never {what} (passed {passed}): {p.err_path.read_text()[-2000:]}"
             passed.append(line.removeprefix("point "))
-    elif kill_after is not None:
-        time.sleep(kill_after)
-    else:
+
+    if kill_after is None and pause is None:  # the uninterrupted write, timed
+        read_until(lambda line: line == "done", "finished")
+        run_child.seconds = time.perf_counter() - t0
         p.wait(timeout=120)
-    run_child.seconds = time.perf_counter() - t0  # how long the write ran (the whole write when not killed)
+        p.stdout.close(), p.stdin.close()
+        return "finished", passed
+    if pause is not None:
+        read_until(lambda line: line.startswith("paused"), f"reached {pause!r}")
+    else:
+        time.sleep(kill_after)
     if sigint:
         p.send_signal(signal.SIGINT)
         time.sleep(0.05)  # let the signal arrive while the child waits inside the commit
@@ -328,8 +338,7 @@ def run_child(
         p.send_signal(signal.SIGKILL)
         p.wait()
     rest = p.stdout.read().splitlines()
-    p.stdout.close()
-    p.stdin.close()
+    p.stdout.close(), p.stdin.close()
     passed += [r.removeprefix("point ") for r in rest if r.startswith("point ")]
     if sigint:
         err = p.err_path.read_text()
@@ -349,8 +358,8 @@ def kill_at_points(tmp_path, templates, befores, kind, names, *, exchange=True) 
             outcome, _ = run_child(children, path, 5, pause=name, exchange=exchange)
             assert outcome == "killed", f"the writer finished before {name}"
             states = check_store(path, before, 5, gap=not exchange)
-            if not exchange:  # readers may miss an element until the commit is finished: an "r+" open does that
-                AnnDataShadow(path, mode="r+").close()
+            if not exchange and name != "zarr:0":  # until the commit is finished (an "r+" open does it) a reader
+                AnnDataShadow(path, mode="r+").close()  # may miss an element
                 check_store(path, before, 5, final=True)
             report.append((name, ",".join(f"{k}={s}" for k, s in states.items() if s != "old")))
             next_write(path, before, 6, kind[1])
@@ -397,18 +406,24 @@ def test_kill_at_every_commit_point(tmp_path, templates, befores, points, kind, 
 
 # --- kills at random times ----------------------------------------------------------------------------------------
 def random_kills(tmp_path, templates, befores, kind, n: int, seed: int) -> dict:
-    """``n`` writers killed at random moments of their write; returns where the kills fell."""
+    """``n`` writers killed at random moments of their write; returns where the kills fell.
+
+    Every other writer sleeps 20 ms at each commit point, so that more kills fall inside the commit (which is
+    short beside the staging of the new elements); the kills still land anywhere, between the points too.
+    """
     before = befores[kind]
-    children = Children(n + 1, tmp_path)
+    children = Children(n + 2, tmp_path)
     rng = random.Random(seed)
     reached: dict[str, int] = {}
     try:
-        outcome, _ = run_child(children, fresh(templates, kind, tmp_path), 5)  # uninterrupted, timed
-        duration = run_child.seconds
-        assert outcome == "finished"
-        for _ in range(n):
+        durations = []
+        for delay in (0.0, 0.02):  # uninterrupted, timed
+            run_child(children, fresh(templates, kind, tmp_path), 5, point_delay=delay)
+            durations.append(run_child.seconds)
+        for i in range(n):
             path = fresh(templates, kind, tmp_path)
-            outcome, passed = run_child(children, path, 5, kill_after=rng.uniform(0, duration))
+            after = rng.uniform(0, durations[i % 2])
+            outcome, passed = run_child(children, path, 5, kill_after=after, point_delay=0.02 * (i % 2))
             check_store(path, before, 5, final=outcome == "finished")
             where = "finished" if outcome == "finished" else (_prefix(passed[-1]) if passed else "staging")
             reached[where] = reached.get(where, 0) + 1
