@@ -357,7 +357,10 @@ def kill_at_points(tmp_path, templates, befores, kind, names, *, exchange=True) 
             path = fresh(templates, kind, tmp_path)
             outcome, _ = run_child(children, path, 5, pause=name, exchange=exchange)
             assert outcome == "killed", f"the writer finished before {name}"
-            states = check_store(path, before, 5, gap=not exchange)
+            # between the two renames of the fallback a replaced element is missing (anndata cannot read a frame
+            # whose column-order names it) until the commit is finished, as the next "r+" open or write does
+            gap = not exchange and name[-1] == "a"
+            states = {} if gap else check_store(path, before, 5, gap=not exchange)
             if not exchange and name != "zarr:0":  # until the commit is finished (an "r+" open does it) a reader
                 AnnDataShadow(path, mode="r+").close()  # may miss an element
                 check_store(path, before, 5, final=True)
@@ -408,7 +411,7 @@ def test_kill_at_every_commit_point(tmp_path, templates, befores, points, kind, 
 def random_kills(tmp_path, templates, befores, kind, n: int, seed: int) -> dict:
     """``n`` writers killed at random moments of their write; returns where the kills fell.
 
-    Every other writer sleeps 20 ms at each commit point, so that more kills fall inside the commit (which is
+    Every other writer sleeps 100 ms at each commit point, so that more kills fall inside the commit (which is
     short beside the staging of the new elements); the kills still land anywhere, between the points too.
     """
     before = befores[kind]
@@ -417,13 +420,13 @@ def random_kills(tmp_path, templates, befores, kind, n: int, seed: int) -> dict:
     reached: dict[str, int] = {}
     try:
         durations = []
-        for delay in (0.0, 0.02):  # uninterrupted, timed
+        for delay in (0.0, 0.1):  # uninterrupted, timed
             run_child(children, fresh(templates, kind, tmp_path), 5, point_delay=delay)
             durations.append(run_child.seconds)
         for i in range(n):
             path = fresh(templates, kind, tmp_path)
             after = rng.uniform(0, durations[i % 2])
-            outcome, passed = run_child(children, path, 5, kill_after=after, point_delay=0.02 * (i % 2))
+            outcome, passed = run_child(children, path, 5, kill_after=after, point_delay=0.1 * (i % 2))
             check_store(path, before, 5, final=outcome == "finished")
             where = "finished" if outcome == "finished" else (_prefix(passed[-1]) if passed else "staging")
             reached[where] = reached.get(where, 0) + 1
