@@ -144,6 +144,10 @@ class Storage:
                     ) from e
                 raise OSError(f"Cannot open '{self.filename}' as HDF5: {e}") from e
         else:
+            if mode == "r+":  # finish a killed writer's half-done commit first ("r" never changes a byte)
+                from .zarr_journal import recover_if_unlocked
+
+                recover_if_unlocked(Path(self.filename))
             try:
                 self.file = zarr.open_group(self.filename, mode=mode)
             except Exception as e:  # zarr raises several types for a broken store

@@ -1,78 +1,96 @@
-"""Carrying out a write plan in a zarr store (v2 or v3) so that a killed writer leaves it readable.
+"""Carrying out a write plan in a zarr store (v2 or v3) so that neither a killed writer nor a concurrent reader
+ever finds an element missing.
 
 New elements are written with anndata into a staging store *beside* the store (never inside it: a stray group
-inside would be read by ``anndata.read_zarr`` as an unknown element), then renamed into place, one atomic directory
-rename each.  Most readers (anndata's included) go by the consolidated metadata, so it is kept valid at every
-moment: whatever will be removed or replaced is first dropped from it (an atomic rewrite of one small JSON file),
-then the directories move, and only at the end is the metadata consolidated again with
-:func:`zarr.consolidate_metadata` (which also writes atomically).  A reader that lists directories instead sees a
-new element only once complete, and obs/var columns only while ``column-order`` names them.
+inside would be read by ``anndata.read_zarr`` as an unknown element), made durable, and then committed through a
+journal (:mod:`shadows.zarr_journal`): each replaced element is swapped with its new version in one atomic exchange
+of directory entries, each new one renamed into place, each removed one renamed out; the consolidated metadata are
+removed for the duration of the commit and written again at its end.  A writer killed at any moment leaves a
+journal that the next writer (or the next ``"r+"`` open) finishes; an exception or ``KeyboardInterrupt`` during the
+commit finishes it before propagating.
 
 One writer at a time: the store directory is locked (``flock``) for the duration of a write.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
-import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import zarr
 from anndata.io import write_elem
 
-from .storage import Storage, StorageError
-from .write import FrameEdit, Op, Plan
+from . import commit_guard
+from .storage import Storage
+from .write import FrameEdit, Plan
+from .zarr_journal import (
+    DONE,
+    FORMAT,
+    JOURNAL,
+    attrs_step,
+    consolidated_kind,
+    fsync_tree,
+    place_step,
+    recover,
+    remove_step,
+    run,
+    staging_prefix,
+    write_journal,
+    writer_lock,
+)
+
+__all__ = ["apply_zarr", "consolidated_kind", "writer_lock", "zarr_format_of"]
 
 
 def apply_zarr(storage: Storage, plan: Plan, done: Callable[[Any], None]) -> None:
     """Write ``plan`` into the zarr store of ``storage``; ``done(step)`` is called after each committed step."""
     store = Path(storage.filename)
-    base = storage.inner
-    with writer_lock(store):
-        _remove_stale_staging(store)
-        stage_dir = Path(tempfile.mkdtemp(prefix=_staging_prefix(store), dir=store.parent))
-        touched = False
-        try:
-            staged = _stage_all(plan, stage_dir, zarr_format_of(store), storage.describe())
-            trash = stage_dir / "trash"
-            trash.mkdir()
-            consolidated = consolidated_kind(store)
-            if consolidated:
-                touched = True
-                _hide_from_consolidated(store, consolidated, base, plan)
-            for op in plan.ops:
-                _commit(store / base, op, staged.get(("op", id(op))), trash)
-                done(op)
-            for fe in plan.frames:
-                _commit_frame(store, base, fe, staged, trash)
-                done(fe)
-        finally:
+    try:
+        with writer_lock(store):
+            recover(store)  # a killed writer's half-done commit first: its staging may hold the only copy
+            stage = Path(tempfile.mkdtemp(prefix=staging_prefix(store), dir=store.parent))
             try:
-                if touched:
-                    zarr.consolidate_metadata(str(store))
+                fmt = zarr_format_of(store)
+                staged = _stage_all(plan, stage, fmt, storage.describe())
+                (stage / "trash").mkdir()
+                fsync_tree(stage)  # the new elements are durable before anything points at them
+                steps, owners = _steps(store, storage.inner, plan, staged, stage)
+                doc = {"format": FORMAT, "zarr_format": fmt, "consolidated": consolidated_kind(store), "steps": steps}
+                _commit(store, stage, doc, owners, done)
             finally:
-                shutil.rmtree(stage_dir, ignore_errors=True)
-                storage.open(storage.mode)  # the open group caches the old (consolidated) metadata
+                if not (stage / JOURNAL).exists() or (stage / DONE).exists():
+                    shutil.rmtree(stage, ignore_errors=True)
+    finally:
+        storage.open(storage.mode)  # the open group caches the old (consolidated) metadata
 
 
-# --- staging ------------------------------------------------------------------------------------------------------
-def _staging_prefix(store: Path) -> str:
-    return f".{store.name}.shadows-write-"
+def _commit(store: Path, stage: Path, doc: dict, owners: dict[int, list[Any]], done: Callable[[Any], None]) -> None:
+    """Journal the steps, then run them; any exception (Ctrl-C included) finishes the commit before propagating."""
+    reported: set[int] = set()
+
+    def on_step(i: int) -> None:
+        for owner in owners.get(i, ()):
+            if id(owner) not in reported:
+                reported.add(id(owner))
+                done(owner)
+
+    with commit_guard.shielded():
+        commit_guard.point("zarr:0 staged")  # an exception up to here: nothing visible changed, staging deleted
+        write_journal(stage, doc)
+        try:
+            on_step(-1)  # operations with nothing left to do on disk
+            commit_guard.point("zarr:1 journal written")
+            run(store, stage, doc, point=commit_guard.point, on_step=on_step)
+        except BaseException:
+            run(store, stage, doc, on_step=on_step)  # roll forward: every step is idempotent
+            raise
 
 
-def _remove_stale_staging(store: Path) -> None:
-    """Staging directories of writers that were killed (we hold the store's lock, so no live writer owns one)."""
-    for p in store.parent.glob(_staging_prefix(store) + "*"):
-        shutil.rmtree(p, ignore_errors=True)
-
-
+# --- staging ---------------------------------------------------------------------------------------------------------
 def zarr_format_of(store: Path) -> int:
     meta = store / "zarr.json"
     if meta.exists():
@@ -103,126 +121,56 @@ def _stage_all(plan: Plan, stage_dir: Path, zarr_format: int, where: str) -> dic
     return staged
 
 
-# --- committing ---------------------------------------------------------------------------------------------------
-def _away(path: Path, trash: Path) -> None:
-    """Move an element out of the store in one rename (deleted with the staging directory)."""
-    if path.exists():
-        os.rename(path, trash / f"t{len(os.listdir(trash))}")
-
-
-def _commit(root_dir: Path, op: Op, staged: Path | None, trash: Path) -> None:
-    target = root_dir / op.path
-    _away(target, trash)
-    if staged is not None:
-        os.rename(staged, target)
-    for p in op.also_remove:
-        _away(root_dir / p, trash)
-
-
-def _commit_frame(store: Path, base: str, fe: FrameEdit, staged: dict[tuple, Path], trash: Path) -> None:
-    gdir = store / base / fe.path
-    group = zarr.open_group(
-        str(store), path="/".join(p for p in (base, fe.path) if p), mode="r+", use_consolidated=False
-    )
-    if fe.hidden:  # columns being swapped or removed leave column-order first
-        group.attrs["column-order"] = [c for c in fe.old_order if c not in fe.hidden]
-    for col in fe.removed:
-        _away(gdir / col, trash)
-    for col in fe.changed:
-        _away(gdir / col, trash)
-        os.rename(staged[("col", id(fe), col)], gdir / col)
-    if fe.index is not None:
-        _away(gdir / fe.index_key, trash)
-        os.rename(staged[("index", id(fe))], gdir / fe.index_key)
-    for col in fe.puts:
-        if col not in fe.changed:
-            os.rename(staged[("col", id(fe), col)], gdir / col)
-    group.attrs["column-order"] = list(fe.new_order)
-
-
-# --- consolidated metadata ----------------------------------------------------------------------------------------
-def consolidated_kind(store: Path) -> str | None:
-    """``"v2"`` (a ``.zmetadata`` file), ``"v3"`` (inline in the root ``zarr.json``) or ``None``."""
-    if (store / ".zmetadata").exists():
-        return "v2"
-    meta = store / "zarr.json"
-    if meta.exists() and json.loads(meta.read_text()).get("consolidated_metadata"):
-        return "v3"
-    return None
-
-
-def _hide_from_consolidated(store: Path, kind: str, base: str, plan: Plan) -> None:
-    """Drop from the consolidated metadata every element about to be removed or replaced (and those columns from
-    ``column-order``), so that readers see it absent, not half-swapped, until the store is consolidated again."""
+# --- the steps of the commit -------------------------------------------------------------------------------------
+def _steps(
+    store: Path, base: str, plan: Plan, staged: dict[tuple, Path], stage: Path
+) -> tuple[list[dict], dict[int, list[Any]]]:
+    """The journal's steps for ``plan``, and which operations/frame edits are complete after step ``i`` (``-1``:
+    those with nothing to do)."""
+    steps: list[dict] = []
+    owners: dict[int, list[Any]] = {}
 
     def full(p: str) -> str:
         return f"{base}/{p}" if base else p
 
-    drop = [full(op.path) for op in plan.ops if op.is_delete or op.replaces]
-    drop += [full(p) for op in plan.ops for p in op.also_remove]
-    orders = {}
+    def old() -> str:
+        return f"trash/t{len(steps)}"
+
+    def place(path: str, new: Path) -> None:
+        steps.append(place_step(full(path), new, stage, old()))
+
+    def remove(path: str) -> None:
+        step = remove_step(full(path), store, old())
+        if step is not None:
+            steps.append(step)
+
+    for op in plan.ops:
+        if op.is_delete:
+            remove(op.path)
+        else:
+            place(op.path, staged[("op", id(op))])  # also onto a leftover: the exchange moves it out
+        for p in op.also_remove:
+            remove(p)
+        owners.setdefault(len(steps) - 1, []).append(op)
     for fe in plan.frames:
-        drop += [full(f"{fe.path}/{c}") for c in fe.hidden]
-        if fe.hidden:
-            orders[full(fe.path)] = [c for c in fe.old_order if c not in fe.hidden]
-    if not drop and not orders:
-        return
-    if kind == "v2":
-        path = store / ".zmetadata"
-        doc = json.loads(path.read_text())
-        meta = doc["metadata"]
-        for k in [k for k in meta if any(k.startswith(d + "/") for d in drop)]:
-            del meta[k]
-        for g, order in orders.items():
-            if f"{g}/.zattrs" in meta:
-                meta[f"{g}/.zattrs"]["column-order"] = order
-    else:
-        path = store / "zarr.json"
-        doc = json.loads(path.read_text())
-        _drop_v3(doc, drop, orders)
-    _atomic_write_json(path, doc)
+        _frame_steps(fe, staged, place, remove, lambda g, a: steps.append(attrs_step(full(g), a)))
+        owners.setdefault(len(steps) - 1, []).append(fe)
+    return steps, owners
 
 
-def _drop_v3(node: dict, drop: list[str], orders: dict[str, list[str]]) -> None:
-    meta = (node.get("consolidated_metadata") or {}).get("metadata") or {}
-    for k in [k for k in meta if any(k == d or k.startswith(d + "/") for d in drop)]:
-        del meta[k]
-    for g, order in orders.items():
-        if g in meta:
-            meta[g].setdefault("attributes", {})["column-order"] = order
-    for k, child in meta.items():  # groups consolidated on their own carry their children again, relative
-        if isinstance(child, dict) and (child.get("consolidated_metadata") or {}).get("metadata"):
-            rel = [d[len(k) + 1 :] for d in drop if d.startswith(k + "/")]
-            rel_orders = {g[len(k) + 1 :]: o for g, o in orders.items() if g.startswith(k + "/")}
-            _drop_v3(child, rel, rel_orders)
-
-
-def _atomic_write_json(path: Path, doc: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-# --- one writer at a time -----------------------------------------------------------------------------------------
-@contextmanager
-def writer_lock(store: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on the store directory; fail at once if another process is writing to it."""
-    fd = os.open(store, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise StorageError(
-                    f"'{store}' is being written by another process; try again once that write has finished"
-                ) from e
-            raise
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
+def _frame_steps(
+    fe: FrameEdit,
+    staged: dict[tuple, Path],
+    place: Callable[[str, Path], None],
+    remove: Callable[[str], None],
+    attrs: Callable[[str, dict], None],
+) -> None:
+    """Columns (and the index) are placed before ``column-order`` names them and removed after it no longer does,
+    so that a reader going by ``column-order`` finds every column it names."""
+    for col in fe.puts:
+        place(f"{fe.path}/{col}", staged[("col", id(fe), col)])
+    if fe.index is not None:
+        place(f"{fe.path}/{fe.index_key}", staged[("index", id(fe))])
+    attrs(fe.path, {"column-order": list(fe.new_order)})
+    for col in fe.removed:
+        remove(f"{fe.path}/{col}")

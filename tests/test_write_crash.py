@@ -82,6 +82,9 @@ _CHILD = textwrap.dedent(
         kind, module, name, *nth = step
         (after if kind == "after" else before)(wh if module == "h5" else wz, name, *nth)
     exec(cfg.get("setup", ""))
+    if cfg.get("point"):  # pause at the first commit point (shadows.commit_guard) whose name starts so
+        import shadows.commit_guard as cg
+        cg.set_hook(lambda name: name.startswith(cfg["point"]) and pause(f"paused at {name}"))
     exec(cfg["edits"])
     print("writing", flush=True)
     t0 = time.perf_counter()
@@ -195,20 +198,24 @@ def written_bytes(path: Path) -> int:
     return total
 
 
-def kill_at(children: Children, path: Path, n_cols: int, *, step=None, target: int | None = None) -> str:
-    """Run one child writer on ``path`` and SIGKILL it right after ``step``, or once ``target`` bytes are written.
+def kill_at(
+    children: Children, path: Path, n_cols: int, *, step=None, point: str | None = None, target: int | None = None
+) -> str:
+    """Run one child writer on ``path`` and SIGKILL it right after ``step``, at the commit point ``point`` (a
+    prefix of its name), or once ``target`` bytes are written.
 
-    Returns what the child had reached: ``"killed at <n> MB"``, ``"killed after <step>"`` or ``"finished"``.
+    Returns what the child had reached: ``"killed at <n> MB"``, ``"killed after <step>"``, ``"killed at <point>"``
+    or ``"finished"``.
     """
     p = children.take()
-    cfg = {"path": str(path), "n_obs": N_OBS, "n_cols": n_cols, "step": step, "edits": _EDITS}
+    cfg = {"path": str(path), "n_obs": N_OBS, "n_cols": n_cols, "step": step, "point": point, "edits": _EDITS}
     p.stdin.write(json.dumps(cfg) + "\n")
     p.stdin.flush()
     line = p.stdout.readline().strip()
     assert line == "writing", f"child stopped before writing: {line!r} {p.err_path.read_text()[-2000:]}"
-    if step is not None:
+    if step is not None or point is not None:
         line = p.stdout.readline().strip()
-        assert line.startswith("paused"), f"child never reached {step}: {line!r}"
+        assert line.startswith("paused"), f"child never reached {step or point}: {line!r}"
         outcome = f"killed {line[len('paused ') :]}"
     else:
         deadline = time.monotonic() + 300
@@ -294,10 +301,11 @@ H5_STEPS = [
     ("point", wh.COLUMNS_LINKED, 1),  # obs: the new column linked, column-order not yet updated
     ("point", wh.ORDER_SET, 1),  # obs: column-order updated, not yet reported done
 ]
-ZARR_STEPS = [
-    ("after", "zarr", "_hide_from_consolidated"),  # replaced elements dropped from the metadata, nothing moved
-    ("after", "zarr", "_commit", 1),  # the large element moved in, not yet consolidated
-    ("after", "zarr", "_commit_frame"),  # everything moved, not yet consolidated
+ZARR_POINTS = [  # commit points of shadows.write_zarr / shadows.zarr_journal (a prefix of the point's name)
+    "zarr:2 ",  # journal written, consolidated metadata removed, nothing moved
+    "zarr:3.0 ",  # the large element moved in, not yet consolidated
+    "zarr:3.3 ",  # obs: the new column placed, column-order not yet updated
+    "zarr:4 ",  # everything moved and consolidated again, the journal not yet marked done
 ]
 
 
@@ -322,6 +330,8 @@ def run_kills(tmp_path: Path, fmt: str, zarr_format: int | None, n_cols: int, fr
             _copy(pristine, path)  # each kill point starts from the same file
             if kind == "data":
                 outcome = kill_at(children, path, n_cols, target=base + int(arg * grown))
+            elif isinstance(arg, str):
+                outcome = kill_at(children, path, n_cols, point=arg)
             else:
                 outcome = kill_at(children, path, n_cols, step=list(arg))
             seen = check_file(path, before, new)
@@ -342,7 +352,7 @@ def _assert_killed_mid_write(report: list[tuple]) -> None:
 @pytest.mark.parametrize(("fmt", "zarr_format"), [("h5ad", None), ("zarr", 3)], ids=["h5ad", "zarr3"])
 def test_killed_writer_leaves_file_readable(tmp_path, fmt, zarr_format):
     # ~100 MB written per attempt; a few kill points (the slow variant below has more, and larger)
-    steps = H5_STEPS[:2] if fmt == "h5ad" else ZARR_STEPS[::2]
+    steps = H5_STEPS[:2] if fmt == "h5ad" else ZARR_POINTS[::2]
     fractions = (0.2, 0.7) if fmt == "h5ad" else (0.5,)
     report = run_kills(tmp_path, fmt, zarr_format, 12_500, fractions, steps)
     _assert_killed_mid_write(report)
@@ -354,7 +364,7 @@ def test_killed_writer_leaves_file_readable(tmp_path, fmt, zarr_format):
 )
 def test_killed_writer_leaves_file_readable_large(tmp_path, fmt, zarr_format):
     # 480 MB per attempt, ten or eleven kill points
-    steps = H5_STEPS if fmt == "h5ad" else ZARR_STEPS
+    steps = H5_STEPS if fmt == "h5ad" else ZARR_POINTS
     fractions = (0.02, 0.1, 0.25, 0.4, 0.55, 0.7, 0.8, 0.9)[: 11 - len(steps)]
     report = run_kills(tmp_path, fmt, zarr_format, 60_000, fractions, steps)
     _assert_killed_mid_write(report)
