@@ -35,7 +35,7 @@ from .elements.frames import inferred_strings
 from .elements.legacy import categories_from_uns, legacy_uns_keys
 from .lazy import ElementSource, LazyArray
 from .mapping import ALIGNMENT, ElementMapping, TrackedDict, untrack
-from .raw import RawShadow, RawSnapshot, _anndata_subset
+from .raw import RawShadow, RawSnapshot
 from .repr import html_repr, text_repr
 from .storage import Storage, attr, is_array, is_group
 

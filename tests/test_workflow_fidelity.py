@@ -403,8 +403,8 @@ def test_readme_example_runs(tmp_path):
     path = make_dataset(tmp_path / "atlas.h5ad", n_obs=300, n_vars=100)
     s = AnnDataShadow(path)
     repr(s)
-    s.obsm["X_umap"]
-    s[:, "CD3E"].X
+    s.obsm["X_umap"]  # noqa: B018 - the README's lines, as written
+    s[:, "CD3E"].X  # noqa: B018
     t = s[s.obs.cell_type == "T cell"]
     t_umap = t.obsm["X_umap"].copy()
     s.obsm["X_scvi"] = np.zeros((s.n_obs, 4), dtype=np.float32)
@@ -413,5 +413,4 @@ def test_readme_example_runs(tmp_path):
     np.testing.assert_array_equal(t.obs_names, s.obs_names[s.obs.cell_type == "T cell"])
     np.testing.assert_array_equal(t.X.toarray(), s.X[np.flatnonzero(s.obs.cell_type == "T cell")].toarray())
     np.testing.assert_array_equal(t.obsm["X_umap"], t_umap)
-    assert "X_scvi" in t[:5].obsm or True  # a view made after the write reads the file as it is now
     assert "X_scvi" in s[:5].obsm
