@@ -435,6 +435,8 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
     @property
     def X(self) -> Any:
         """The data matrix, read (for a view: the selected part) on first access."""
+        if (before := self._edit_before()) is not None:
+            return before.X  # muon's filter subsets X of before itself (see _axis_edit)
         k = ("X", "")
         if k in self._pending:
             return self._pending[k]
@@ -480,6 +482,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             raise ValueError("Cannot assign X on a view; assign on the full shadow")
         self._new_x_generation()
         self._pending[("X", "")] = value
+        self._edit_x_put()
         self._cache.pop(("X", ""), None)
 
     @X.deleter
@@ -542,7 +545,56 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             raise ValueError(f"Cannot assign {name} on a view; assign on the full shadow")
         if name not in self._frame_fp:
             self._frame(name)  # remember what was on disk, to tell changed columns from unchanged ones
+        self._inherited.pop((name, ""), None)  # the table an in-place subset left is replaced too
         self._cache[(name, "")] = value
+
+    # --- muon's in-place filters (mu.pp.filter_obs/filter_var/intersect_obs) -----------------------------------------
+    # muon filters an AnnData by assigning its private tables and then each element, subset by itself:
+    #   data._obs = obs[subset]; data.obsm = {...}; data.obsp = {...}; data.layers = {...}
+    #   data.X = data.X[subset, :]; data.raw._X = data.raw.X[subset, :]      (X and raw read *after* _obs is set)
+    # A shadow takes `_obs = table` as an in-place subset to the table's rows (every element sliced, nothing read),
+    # and until muon has put X (and raw's X) back, hands out the X and raw of before, which muon subsets itself.
+    @property
+    def _obs(self) -> Any:
+        return self.obs
+
+    @_obs.setter
+    def _obs(self, value: pd.DataFrame) -> None:
+        self._axis_edit(0, value)
+
+    @property
+    def _var(self) -> Any:
+        return self.var
+
+    @_var.setter
+    def _var(self, value: pd.DataFrame) -> None:
+        self._axis_edit(1, value)
+
+    def _axis_edit(self, axis: int, table: pd.DataFrame) -> None:
+        name = ix.AXIS_NAMES[axis]
+        names = self.obs_names if axis == 0 else self.var_names
+        pos = names.get_indexer(table.index) if names.is_unique else np.full(len(table), -1)
+        if (pos < 0).any():
+            raise ValueError(
+                f"Cannot set {name} of '{self._storage.describe()}' to a table whose rows are not among its "
+                f"{name}_names (only a subset of the rows, as muon's filters assign, is supported)"
+            )
+        before = AnnDataShadow.__new__(type(self))
+        before.__dict__.update(self.__dict__)
+        before._owns_storage = False
+        self._subset_in_place(pos, axis)
+        self._set_frame(name, table)
+        has_raw = axis == 0 and self.raw is not None
+        self.__dict__["_muon_edit"] = (before, has_raw)
+
+    def _edit_before(self) -> AnnDataShadow | None:
+        edit = self.__dict__.get("_muon_edit")
+        return edit[0] if edit is not None else None
+
+    def _edit_x_put(self) -> None:
+        edit = self.__dict__.get("_muon_edit")
+        if edit is not None and not edit[1]:
+            del self.__dict__["_muon_edit"]
 
     def _names(self, name: str) -> pd.Index:
         frame_key = (name, "")
@@ -666,6 +718,8 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
 
         After ``shadow.raw = adata`` it is a :class:`~shadows.raw.RawSnapshot` of that moment, as anndata keeps it.
         """
+        if (before := self._edit_before()) is not None and self.__dict__["_muon_edit"][1]:
+            return _RawOfEdit(self, before.raw)
         if ("raw", "") in self._pending:
             return self._pending[("raw", "")]
         root = self._root()
@@ -825,7 +879,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             if (
                 (k, "") in parent._cache
                 and isinstance(parent._cache[(k, "")], pd.DataFrame)
-                and parent._frame_changed(k)
+                and (parent._frame_changed(k) or k not in parent._frame_fp)  # no fingerprint: assigned, not read
             ):
                 sources[(k, "")] = parent._cache[(k, "")]
         for (group, key), value in sources.items():
@@ -1065,6 +1119,25 @@ class _LazyNames:
 
     def __len__(self) -> int:
         return len(self._get())
+
+
+class _RawOfEdit:
+    """raw while muon filters cells (see ``AnnDataShadow._axis_edit``): the raw of before, until muon puts back
+    ``raw._X``, its X subset to the kept cells, which becomes the shadow's raw X."""
+
+    def __init__(self, shadow: AnnDataShadow, before: Any):
+        self.__dict__.update(_shadow=shadow, _before=before)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_before"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name != "_X":
+            raise AttributeError(f"Cannot set raw.{name} of '{self._shadow._storage.describe()}' during a filter")
+        shadow = self.__dict__["_shadow"]
+        del shadow.__dict__["_muon_edit"]
+        now = shadow.raw
+        shadow._pending[("raw", "")] = RawSnapshot(shadow, value, now.var, dict(now.varm))
 
 
 def _view_layout(value: Any, fancy: tuple[bool, bool]) -> Any:

@@ -224,11 +224,26 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
         """``<axis>map/<mod>`` over the file's global axis."""
         return self._file_maps.get(axis_name, mod)
 
-    def _map(self, axis_name: str, mod: str) -> np.ndarray:
+    def _map(self, axis_name: str, mod: str, live: bool = False) -> np.ndarray:
         sel = self._oidx if axis_name == "obs" else self._vidx
-        if not self.is_view:
-            return self._file_map(axis_name, mod)
-        return lay.view_map(self._file_map(axis_name, mod), sel)
+        if self.is_view:
+            return lay.view_map(self._file_map(axis_name, mod), sel)
+        flat = self._file_map(axis_name, mod)
+        m = self._mods.get(mod)
+        # as mudata's: the maps change with update(), not when a modality is filtered in place
+        msel = self.__dict__.get("_mod_sels", {}).get((axis_name, mod))
+        if live:
+            msel = getattr(m, "_oidx" if axis_name == "obs" else "_vidx") if m is not None else None
+        if sel is None and msel is None:
+            return flat
+        # filtered in place (muon's filter_obs/intersect_obs, then update()): positions among the rows kept now
+        picked = flat[ix.positions(sel, len(flat))]
+        if msel is None:
+            return picked
+        n_file = m._n_obs_file if axis_name == "obs" else m._n_vars_file
+        rank = np.zeros(n_file + 1, dtype=flat.dtype)
+        rank[ix.positions(msel, n_file) + 1] = np.arange(1, ix.length(msel, n_file) + 1)
+        return rank[picked]
 
     @property
     def obsmap(self) -> Mapping[str, np.ndarray]:
@@ -269,9 +284,13 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
                     lay.modality_selection(self._file_map("var", name), self._vidx),
                 )
             inner = f"mod/{name}"
-            self._mods[name] = AnnDataShadow(
+            mod = AnnDataShadow(
                 self._storage.path_of(inner), _storage=self._storage.child(inner), _view=view, **self._backends
             )
+            # the modality reads through this MuData's file handle, which closes when this MuData is collected:
+            # the modality keeps it alive (`m[cells]["rna"].X` takes a modality of a view no one else holds)
+            mod._mudata = self
+            self._mods[name] = mod
         return self._mods[name]
 
     def __contains__(self, key: object) -> bool:
@@ -338,13 +357,32 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
 
     # --- mudata's in-memory bookkeeping -----------------------------------------------------------------------------
     def update(self) -> None:
-        """Nothing to do: the global tables and maps are the file's (use ``to_memory()`` to rebuild them)."""
+        """After modalities were filtered in place, keep the global rows still in some modality (:meth:`update_obs`,
+        :meth:`update_var`); otherwise nothing changes: the global tables and maps are the file's."""
+        self.update_obs()
+        self.update_var()
 
     def update_obs(self) -> None:
-        """See :meth:`update`."""
+        """Keep the global observations still present in some modality (after muon's in-place filters)."""
+        self._follow_modalities(0)
 
     def update_var(self) -> None:
-        """See :meth:`update`."""
+        """Keep the global features still present in some modality (after muon's in-place filters)."""
+        self._follow_modalities(1)
+
+    def _follow_modalities(self, axis: int) -> None:
+        name = "obs" if axis == 0 else "var"
+        if self.is_view or not any(m.__dict__.get("_detached") for m in self._mods.values()):
+            return
+        keep = np.zeros(self.n_obs if axis == 0 else self.n_vars, dtype=bool)
+        for mod in self._order:
+            keep |= self._map(name, mod, live=True) > 0
+        sels = self.__dict__.setdefault("_mod_sels", {})
+        for mod, m in self._mods.items():
+            sels[(name, mod)] = m._oidx if axis == 0 else m._vidx
+        if not keep.all():
+            subset = self._global._inplace_subset_obs if axis == 0 else self._global._inplace_subset_var
+            subset(np.flatnonzero(keep))
 
     # --- writing and conversions ----------------------------------------------------------------------------------
     def write(self, filename: os.PathLike | None = None, *, overwrite: bool = False, clear_cache: bool = False):
