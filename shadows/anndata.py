@@ -214,9 +214,9 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         return self.n_obs
 
     def _root(self) -> Any:
-        st = self._storage
-        if not st.is_open and st.file is None and getattr(st, "reattach", False):
-            st.reattach = False  # closed for a writer of the same file (see reopen): open again, read-only
+        st = getattr(self._storage, "parent", self._storage)  # a modality reads through its MuData's connection
+        if st.file is None and getattr(st, "reattach", False):
+            st.reattach = False  # closed for a writer of the same file (see suspend_views): open again, read-only
             st.open("r")
         if not self._storage.is_open:
             raise ValueError(f"'{self._storage.describe()}' is closed; call .reopen() to read from it again")

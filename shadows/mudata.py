@@ -23,7 +23,7 @@ import numpy as np
 
 from . import index as ix
 from . import mudata_layout as lay
-from .anndata import AnnDataShadow, _LazyNames
+from .anndata import _VIEW_STORAGES, AnnDataShadow, _LazyNames, suspend_views
 from .backends import check_backend_name
 from .connection import ConnectionMixin
 from .mapping import ElementMapping
@@ -287,9 +287,11 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
             mod = AnnDataShadow(
                 self._storage.path_of(inner), _storage=self._storage.child(inner), _view=view, **self._backends
             )
-            # the modality reads through this MuData's file handle, which closes when this MuData is collected:
-            # the modality keeps it alive (`m[cells]["rna"].X` takes a modality of a view no one else holds)
-            mod._mudata = self
+            if self.is_view:
+                # the modality reads through this view's own file handle, closed when the view is collected: the
+                # modality keeps it alive (`m[cells]["rna"].X` takes a modality of a view no one else holds); a
+                # writer's reopen("r+") closes that handle (suspend_views) and the modality reopens it to read
+                mod._mudata = self
             self._mods[name] = mod
         return self._mods[name]
 
@@ -309,6 +311,8 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
         file_o = ix.compose(self._oidx, o, self._global._n_obs_file)
         file_v = ix.compose(self._vidx, v, self._global._n_vars_file)
         st = Storage(self._storage.describe(), mode="r", format=self._storage.format)
+        if st.kind == "h5":
+            _VIEW_STORAGES.add(st)  # a writer's reopen("r+") closes it (its modalities may outlive it)
         view = type(self)(st.describe(), _storage=st, _view=(file_o, file_v), **self._backends)
         view._file_maps._maps.update(self._file_maps._maps)  # the same file: maps already read need no second read
         view._inherit(self, o, v)
@@ -345,6 +349,8 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
         """Open the file again with ``mode`` ``"r"`` or ``"r+"``, for the MuData and every modality at once."""
         if self.is_view and mode != "r":
             raise ValueError("A view cannot be reopened for writing; reopen the full MuDataShadow")
+        if mode != "r":
+            suspend_views(self._storage)
         self._storage.open(mode)
         for s in self._shadows():
             s._storage.indptr_cache.clear()
