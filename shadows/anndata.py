@@ -9,8 +9,10 @@ scanpy and friends accept it; every element a shadow hands out is an ordinary in
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,7 +38,7 @@ from .elements.frames import inferred_strings
 from .elements.legacy import categories_from_uns, legacy_uns_keys
 from .lazy import ElementSource, LazyArray, LazyDict
 from .mapping import ALIGNMENT, ElementMapping, TrackedDict, untrack
-from .raw import RawShadow
+from .raw import RawShadow, RawSnapshot
 from .repr import html_repr, text_repr
 from .storage import Storage, attr, is_array, is_group
 from .write import check_value
@@ -49,6 +51,10 @@ _LEGACY_NEIGHBORS = ("distances", "connectivities")
 _TABLE_AXIS_NAMES = {"obsm": "obs_names", "varm": "var_names"}
 # rows per block of AnnData.chunked_X when no chunk size is given (anndata's own default)
 _ANNDATA_CHUNK = 6000
+# X's generations: a new one whenever a shadow's X is replaced or subset (see shadows.raw._XLink)
+_X_GENERATIONS = itertools.count()
+# connections of views, by file: a writer's reopen("r+") closes them (they reopen on their next read)
+_VIEW_STORAGES: weakref.WeakSet = weakref.WeakSet()
 
 
 def axis_length(root: Any, name: str, where: str) -> int:
@@ -158,6 +164,10 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         self._oidx = None if ix.is_identity(o, self._n_obs_file) else o
         self._vidx = None if ix.is_identity(v, self._n_vars_file) else v
         self._is_view = _view is not None  # shadow[:] is a view too (as in anndata), though it selects everything
+        self._x_gen = next(_X_GENERATIONS)
+        # whether each axis is selected by positions (numpy's fancy indexing) rather than a slice: anndata's views
+        # take X[rows, cols] with numpy, whose result layout follows from that (see _view_layout)
+        self._fancy = (isinstance(o, np.ndarray), isinstance(v, np.ndarray))
 
     def _resolve_nested(self) -> None:
         st = self._storage
@@ -222,6 +232,10 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         return self.n_obs
 
     def _root(self) -> Any:
+        st = getattr(self._storage, "parent", self._storage)  # a modality reads through its MuData's connection
+        if st.file is None and getattr(st, "reattach", False):
+            st.reattach = False  # closed for a writer of the same file (see suspend_views): open again, read-only
+            st.open("r")
         if not self._storage.is_open:
             raise ValueError(f"'{self._storage.describe()}' is closed; call .reopen() to read from it again")
         return self._storage.root
@@ -355,7 +369,10 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             if self._lazy or backend.from_source:
                 source = ElementSource.from_storage(self._storage, path, sel)
                 return LazyArray(source) if self._lazy else backend.convert(source)
-            return backend.convert(read_element(elem, sel, self._ctx(), encoding))
+            value = read_element(elem, sel, self._ctx(), encoding)
+            if path == "X" or path.startswith("layers/"):
+                value = _view_layout(value, self._fancy)
+            return backend.convert(value)
         if enc in _TABLE_ENCODINGS:
             parts = read_frame_parts(elem, sel[:1], self._ctx())
             parts.axis_name = _TABLE_AXIS_NAMES.get(path.rsplit("/", 2)[-2] if "/" in path else "")
@@ -465,6 +482,8 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
     @property
     def X(self) -> Any:
         """The data matrix, read on first access and cached (for a view, only its selected part is read)."""
+        if (before := self._edit_before()) is not None:
+            return before.X  # muon's filter subsets X of before itself (see _axis_edit)
         k = ("X", "")
         if k in self._pending:
             return self._pending[k]
@@ -475,8 +494,31 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
                 return None
             if matrix_is_only_sliced():  # sc.get.obs_df & co. slice a few genes out of it: read only those
                 return SlicedMatrix(self, "X", (self._oidx, self._vidx))
-            value = self._cache[k] = self._read("X", (self._oidx, self._vidx))
+            return self._x_now()
         return value
+
+    def _x_in_memory(self) -> bool:
+        k = ("X", "")
+        return k in self._pending or k in self._inherited or k in self._cache
+
+    def _x_now(self) -> Any:
+        """X as the getter hands it out, read into the cache if it is not in memory (never a SlicedMatrix)."""
+        k = ("X", "")
+        for store in (self._pending, self._inherited, self._cache):
+            if (value := store.get(k, _MISSING)) is not _MISSING:  # one lookup: clear_cache() may run meanwhile
+                return value
+        if "X" not in self._root():
+            return None
+        value = self._cache[k] = self._read("X", (self._oidx, self._vidx))
+        return value
+
+    def _new_x_generation(self) -> None:
+        """X is about to be replaced or subset: a raw linked to the X of now keeps it (see shadows.raw._XLink)."""
+        for store in (self._pending, self._inherited):
+            raw = store.get(("raw", ""))
+            if isinstance(raw, RawSnapshot):
+                raw.release(self)
+        self._x_gen = next(_X_GENERATIONS)
 
     @X.setter
     def X(self, value: Any) -> None:
@@ -487,7 +529,9 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         check_value(self, "X", "", value)
         if self.is_view:
             raise ValueError("Cannot assign X on a view; assign on the full shadow")
+        self._new_x_generation()
         self._pending[("X", "")] = value
+        self._edit_x_put()
         self._cache.pop(("X", ""), None)
 
     @X.deleter
@@ -558,7 +602,56 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             raise ValueError(f"Cannot assign {name} on a view; assign on the full shadow")
         if name not in self._frame_fp:
             self._frame(name)  # remember what was on disk, to tell changed columns from unchanged ones
+        self._inherited.pop((name, ""), None)  # the table an in-place subset left is replaced too
         self._cache[(name, "")] = value
+
+    # --- muon's in-place filters (mu.pp.filter_obs/filter_var/intersect_obs) -----------------------------------------
+    # muon filters an AnnData by assigning its private tables and then each element, subset by itself:
+    #   data._obs = obs[subset]; data.obsm = {...}; data.obsp = {...}; data.layers = {...}
+    #   data.X = data.X[subset, :]; data.raw._X = data.raw.X[subset, :]      (X and raw read *after* _obs is set)
+    # A shadow takes `_obs = table` as an in-place subset to the table's rows (every element sliced, nothing read),
+    # and until muon has put X (and raw's X) back, hands out the X and raw of before, which muon subsets itself.
+    @property
+    def _obs(self) -> Any:
+        return self.obs
+
+    @_obs.setter
+    def _obs(self, value: pd.DataFrame) -> None:
+        self._axis_edit(0, value)
+
+    @property
+    def _var(self) -> Any:
+        return self.var
+
+    @_var.setter
+    def _var(self, value: pd.DataFrame) -> None:
+        self._axis_edit(1, value)
+
+    def _axis_edit(self, axis: int, table: pd.DataFrame) -> None:
+        name = ix.AXIS_NAMES[axis]
+        names = self.obs_names if axis == 0 else self.var_names
+        pos = names.get_indexer(table.index) if names.is_unique else np.full(len(table), -1)
+        if (pos < 0).any():
+            raise ValueError(
+                f"Cannot set {name} of '{self._storage.describe()}' to a table whose rows are not among its "
+                f"{name}_names (only a subset of the rows, as muon's filters assign, is supported)"
+            )
+        before = AnnDataShadow.__new__(type(self))
+        before.__dict__.update(self.__dict__)
+        before._owns_storage = False
+        self._subset_in_place(pos, axis)
+        self._set_frame(name, table)
+        has_raw = axis == 0 and self.raw is not None
+        self.__dict__["_muon_edit"] = (before, has_raw)
+
+    def _edit_before(self) -> AnnDataShadow | None:
+        edit = self.__dict__.get("_muon_edit")
+        return edit[0] if edit is not None else None
+
+    def _edit_x_put(self) -> None:
+        edit = self.__dict__.get("_muon_edit")
+        if edit is not None and not edit[1]:
+            del self.__dict__["_muon_edit"]
 
     def _names(self, name: str) -> pd.Index:
         frame_key = (name, "")
@@ -606,25 +699,70 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
     def _mapping(self, group: str) -> ElementMapping:
         return ElementMapping(self, group)
 
+    def _replace_mapping(self, group: str, value: Any) -> None:
+        """``adata.obsm = {...}`` (and varm, obsp, varp, layers): the mapping becomes ``value``, as in anndata.
+
+        Every value is checked against the shape before anything changes; keys not in ``value`` are deleted
+        (pending, like every change).
+        """
+        if self.is_view:
+            raise ValueError(
+                f"Cannot assign {group} on a view of '{self._storage.describe()}'; assign on the full shadow, or "
+                "call .to_memory() for an in-memory copy"
+            )
+        items = dict(value.items()) if value is not None else {}  # read now: it may be this very mapping
+        if group == "layers":
+            items.pop(None, None)  # anndata >= 0.13 lists X as layers[None]
+        for key, v in items.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{group} keys must be strings, got {type(key).__name__} ({key!r})")
+            self._check_shape(group, key, v)
+        mapping = self._mapping(group)
+        for key in list(mapping.keys()):
+            if key is not None and key not in items:
+                del mapping[key]
+        for key, v in items.items():
+            self._set(group, key, v)
+
     @property
     def layers(self) -> ElementMapping:
         return self._mapping("layers")
+
+    @layers.setter
+    def layers(self, value: Any) -> None:
+        self._replace_mapping("layers", value)
 
     @property
     def obsm(self) -> ElementMapping:
         return self._mapping("obsm")
 
+    @obsm.setter
+    def obsm(self, value: Any) -> None:
+        self._replace_mapping("obsm", value)
+
     @property
     def varm(self) -> ElementMapping:
         return self._mapping("varm")
+
+    @varm.setter
+    def varm(self, value: Any) -> None:
+        self._replace_mapping("varm", value)
 
     @property
     def obsp(self) -> ElementMapping:
         return self._mapping("obsp")
 
+    @obsp.setter
+    def obsp(self, value: Any) -> None:
+        self._replace_mapping("obsp", value)
+
     @property
     def varp(self) -> ElementMapping:
         return self._mapping("varp")
+
+    @varp.setter
+    def varp(self, value: Any) -> None:
+        self._replace_mapping("varp", value)
 
     @property
     def uns(self) -> ElementMapping:
@@ -639,7 +777,12 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
 
     @property
     def raw(self) -> RawShadow | None:
-        """The raw AnnData (``raw.X``, ``raw.var``, ``raw.varm``), or ``None`` when the file has none."""
+        """The raw AnnData (``raw.X``, ``raw.var``, ``raw.varm``), or ``None`` when the file has none.
+
+        After ``shadow.raw = adata`` it is a :class:`~shadows.raw.RawSnapshot` of that moment, as anndata keeps it.
+        """
+        if (before := self._edit_before()) is not None and self.__dict__["_muon_edit"][1]:
+            return _RawOfEdit(self, before.raw)
         if ("raw", "") in self._pending:
             return self._pending[("raw", "")]
         root = self._root()
@@ -651,7 +794,14 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
     def raw(self, value: Any) -> None:
         if self.is_view:
             raise ValueError("Cannot assign raw on a view")
-        self._pending[("raw", "")] = value
+        if value is None:
+            del self.raw
+            return
+        if isinstance(value, anndata.Raw | RawShadow):  # not what anndata takes, but written as given
+            self._pending[("raw", "")] = value
+            return
+        # anndata's setter: Raw(self, X=value.X, var=value.var, varm=value.varm), at this moment
+        self._pending[("raw", "")] = RawSnapshot.of(self, value)
 
     @raw.deleter
     def raw(self) -> None:
@@ -733,17 +883,22 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             self._root()[f"layers/{layer}" if layer is not None else "X"], self._sel_for("X"), self._ctx()
         )
 
+    def _frame_in_memory(self, name: str) -> bool:
+        # an in-place subset (sc.pp.filter_cells) leaves its table among the inherited elements
+        k = (name, "")
+        return k in self._cache or k in self._pending or k in self._inherited
+
     def obs_keys(self) -> list[str]:
         """Names of the columns of ``obs`` (from the file's metadata until ``obs`` is read)."""
         # a polars/pyarrow table holds the index as a column: the stored column names are the keys then
-        if (("obs", "") in self._cache or ("obs", "") in self._pending) and isinstance(self.obs, pd.DataFrame):
+        if self._frame_in_memory("obs") and isinstance(self.obs, pd.DataFrame):
             return list(self.obs.columns)
         return self._frame_columns("obs")
 
     def var_keys(self) -> list[str]:
         """Names of the columns of ``var`` (from the file's metadata until ``var`` is read)."""
         # a polars/pyarrow table holds the index as a column: the stored column names are the keys then
-        if (("var", "") in self._cache or ("var", "") in self._pending) and isinstance(self.var, pd.DataFrame):
+        if self._frame_in_memory("var") and isinstance(self.var, pd.DataFrame):
             return list(self.var.columns)
         return self._frame_columns("var")
 
@@ -799,10 +954,24 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         """In-memory additions of the parent are seen, sliced, by its views (as anndata's views see them)."""
         sels = (o, v)
         self._deleted |= parent._deleted  # and so are its pending deletions
+        self._fancy = (
+            parent._fancy[0] or isinstance(o, np.ndarray),
+            parent._fancy[1] or isinstance(v, np.ndarray),
+        )
+        if parent._storage.kind == "h5" and self._owns_storage:
+            _VIEW_STORAGES.add(self._storage)
         sources = {**parent._inherited, **parent._pending}
+        if ("raw", "") in sources:
+            # anndata's view: `adata_ref.raw[oidx]` (its cells, every raw gene); held as pending so that a stream
+            # write of the view (or of an in-place subset) writes it
+            raw = sources.pop(("raw", ""))
+            if isinstance(raw, RawSnapshot):
+                raw = raw._subset(self, o, None)
+            self._pending[("raw", "")] = raw
         for k in ("obs", "var"):
             frame = parent._cache.get((k, ""))
-            if isinstance(frame, pd.DataFrame) and parent._frame_changed(k):
+            # no fingerprint: the table was assigned, not read
+            if isinstance(frame, pd.DataFrame) and (parent._frame_changed(k) or k not in parent._frame_fp):
                 sources[(k, "")] = frame
         for (group, key), value in sources.items():
             if value is None or (group, key) in parent._deleted:
@@ -815,8 +984,8 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
                     if isinstance(sub[c].dtype, pd.CategoricalDtype):
                         sub[c] = sub[c].cat.remove_unused_categories()
                 self._inherited[(group, key)] = sub
-            elif group == "X":
-                self._inherited[(group, key)] = _take(value, (o, v))
+            elif group in ("X", "layers"):
+                self._inherited[(group, key)] = _view_layout(_take(value, (o, v)), self._fancy)
             elif group in ALIGNMENT and ALIGNMENT[group]:
                 self._inherited[(group, key)] = _take(value, tuple(sels[a] for a in ALIGNMENT[group]))
             elif group == "uns":
@@ -885,6 +1054,8 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         """Open the file again, with ``mode`` ``"r"`` or ``"r+"``; returns the shadow so that calls chain."""
         if self.is_view and mode != "r":
             raise ValueError("A view cannot be reopened for writing; reopen the full shadow")
+        if mode != "r":
+            suspend_views(self._storage)
         self._storage.open(mode)
         return self
 
@@ -1012,13 +1183,42 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
 
     # --- what anndata and scanpy call to change an AnnData's shape in place (see shadows.compat) ----------------------
     def _init_as_actual(self, *args: Any, **kwargs: Any) -> None:
+        was_view = self.is_view
         detach(self)
+        if was_view:
+            self._as_copied()  # anndata makes a view actual with `adata._init_as_actual(adata.copy())`
 
     def _inplace_subset_obs(self, index: Any) -> None:
-        subset_in_place(self, index, axis=0)
+        self._subset_in_place(index, axis=0)
 
     def _inplace_subset_var(self, index: Any) -> None:
-        subset_in_place(self, index, axis=1)
+        self._subset_in_place(index, axis=1)
+
+    def _subset_in_place(self, index: Any, axis: int) -> None:
+        """anndata's ``_inplace_subset_obs/var``: ``self._init_as_actual(self[index].copy())``.
+
+        The shadow becomes a detached shadow of the subset (shadows.compat); raw keeps every raw gene and takes the
+        subset's cells, copied (anndata's ``copy()`` of the view), and arrays are laid out as that copy lays them.
+        """
+        n = self.n_obs if axis == 0 else self.n_vars
+        names = self.obs_names if axis == 0 else self.var_names
+        if ix.is_identity(ix.normalize(index, names, n, axis), n):
+            return  # anndata copies, but nothing changes
+        self._new_x_generation()
+        subset_in_place(self, index, axis=axis)
+        self._as_copied()
+
+    def _as_copied(self) -> None:
+        """What anndata's ``copy()`` hands on: C-ordered arrays (``ndarray.copy()``) and raw copied."""
+        self._fancy = (False, False)
+        for store in (self._cache, self._inherited, self._pending):
+            for k, v in list(store.items()):
+                if k[0] in ("X", "layers") and isinstance(v, np.ndarray) and not v.flags.c_contiguous:
+                    store[k] = np.ascontiguousarray(v)
+        raw = self._pending.get(("raw", ""))
+        if isinstance(raw, RawSnapshot):
+            self._pending[("raw", "")] = raw._subset(self, None, None, copy=True)
+        self._x_gen = next(_X_GENERATIONS)
 
     # --- whole-object conversions -----------------------------------------------------------------------------------
     def to_memory(self) -> anndata.AnnData:
@@ -1175,6 +1375,49 @@ class _LazyNames:
 
     def __len__(self) -> int:
         return len(self._get())
+
+
+class _RawOfEdit:
+    """raw while muon filters cells (see ``AnnDataShadow._axis_edit``): the raw of before, until muon puts back
+    ``raw._X``, its X subset to the kept cells, which becomes the shadow's raw X."""
+
+    def __init__(self, shadow: AnnDataShadow, before: Any):
+        self.__dict__.update(_shadow=shadow, _before=before)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_before"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name != "_X":
+            raise AttributeError(f"Cannot set raw.{name} of '{self._shadow._storage.describe()}' during a filter")
+        shadow = self.__dict__["_shadow"]
+        del shadow.__dict__["_muon_edit"]
+        now = shadow.raw
+        shadow._pending[("raw", "")] = RawSnapshot(shadow, value, now.var, dict(now.varm))
+
+
+def _view_layout(value: Any, fancy: tuple[bool, bool]) -> Any:
+    """A dense matrix of a view laid out as anndata's view hands it out.
+
+    anndata's view takes ``X[rows, cols]`` with numpy: a slice of rows and positions of columns (``adata[:, mask]``,
+    which scanpy's ``pca(mask_var=...)`` takes) gives an F-ordered array; any other selection a C-ordered one.  BLAS
+    sums in another order on another layout, so results (PCA, then neighbors, leiden) differ in the last bits if a
+    shadow hands out another layout than anndata would.
+    """
+    if isinstance(value, np.ndarray) and value.ndim == 2 and fancy[1] and not fancy[0]:
+        return value if value.flags.f_contiguous else np.asfortranarray(value)
+    return value
+
+
+def suspend_views(storage: Storage) -> None:
+    """Close the connections of views of ``storage``'s file, which would keep a writer out (HDF5 refuses to open
+    a file for writing that this process holds open read-only); each view reopens it on its next read."""
+    if storage.kind != "h5":
+        return
+    for st in list(_VIEW_STORAGES):
+        if st is not storage and st.filename == storage.filename and st.file is not None:
+            st.close()
+            st.reattach = True
 
 
 def _take(value: Any, sels: tuple) -> Any:

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import index as ix
 from . import mudata_layout as lay
-from .anndata import AnnDataShadow, _LazyNames
+from .anndata import _VIEW_STORAGES, AnnDataShadow, _LazyNames, suspend_views
 from .backends import check_backend_name
 from .connection import ConnectionMixin
 from .mapping import ElementMapping
@@ -230,11 +230,26 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
         """``<axis>map/<mod>`` over the file's global axis."""
         return self._file_maps.get(axis_name, mod)
 
-    def _map(self, axis_name: str, mod: str) -> np.ndarray:
+    def _map(self, axis_name: str, mod: str, live: bool = False) -> np.ndarray:
         sel = self._oidx if axis_name == "obs" else self._vidx
-        if not self.is_view:
-            return self._file_map(axis_name, mod)
-        return lay.view_map(self._file_map(axis_name, mod), sel)
+        if self.is_view:
+            return lay.view_map(self._file_map(axis_name, mod), sel)
+        flat = self._file_map(axis_name, mod)
+        m = self._mods.get(mod)
+        # as mudata's: the maps change with update(), not when a modality is filtered in place
+        msel = self.__dict__.get("_mod_sels", {}).get((axis_name, mod))
+        if live:
+            msel = getattr(m, "_oidx" if axis_name == "obs" else "_vidx") if m is not None else None
+        if sel is None and msel is None:
+            return flat
+        # filtered in place (muon's filter_obs/intersect_obs, then update()): positions among the rows kept now
+        picked = flat[ix.positions(sel, len(flat))]
+        if msel is None:
+            return picked
+        n_file = m._n_obs_file if axis_name == "obs" else m._n_vars_file
+        rank = np.zeros(n_file + 1, dtype=flat.dtype)
+        rank[ix.positions(msel, n_file) + 1] = np.arange(1, ix.length(msel, n_file) + 1)
+        return rank[picked]
 
     @property
     def obsmap(self) -> Mapping[str, np.ndarray]:
@@ -275,9 +290,15 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
                     lay.modality_selection(self._file_map("var", name), self._vidx),
                 )
             inner = f"mod/{name}"
-            self._mods[name] = AnnDataShadow(
+            mod = AnnDataShadow(
                 self._storage.path_of(inner), _storage=self._storage.child(inner), _view=view, **self._backends
             )
+            if self.is_view:
+                # the modality reads through this view's own file handle, closed when the view is collected: the
+                # modality keeps it alive (`m[cells]["rna"].X` takes a modality of a view no one else holds); a
+                # writer's reopen("r+") closes that handle (suspend_views) and the modality reopens it to read
+                mod._mudata = self
+            self._mods[name] = mod
         return self._mods[name]
 
     def __contains__(self, key: object) -> bool:
@@ -296,6 +317,8 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
         file_o = ix.compose(self._oidx, o, self._global._n_obs_file)
         file_v = ix.compose(self._vidx, v, self._global._n_vars_file)
         st = Storage(self._storage.describe(), mode="r", format=self._storage.format)
+        if st.kind == "h5":
+            _VIEW_STORAGES.add(st)  # a writer's reopen("r+") closes it (its modalities may outlive it)
         view = type(self)(st.describe(), _storage=st, _view=(file_o, file_v), **self._backends)
         view._file_maps._maps.update(self._file_maps._maps)  # the same file: maps already read need no second read
         view._inherit(self, o, v)
@@ -332,6 +355,8 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
         """Open the file again with ``mode`` ``"r"`` or ``"r+"``, for the MuData and every modality at once."""
         if self.is_view and mode != "r":
             raise ValueError("A view cannot be reopened for writing; reopen the full MuDataShadow")
+        if mode != "r":
+            suspend_views(self._storage)
         self._storage.open(mode)
         for s in self._shadows():
             s._storage.indptr_cache.clear()
@@ -344,13 +369,32 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
 
     # --- mudata's in-memory bookkeeping -----------------------------------------------------------------------------
     def update(self) -> None:
-        """Nothing to do: the global tables and maps are the file's (use ``to_memory()`` to rebuild them)."""
+        """After modalities were filtered in place, keep the global rows still in some modality (:meth:`update_obs`,
+        :meth:`update_var`); otherwise nothing changes: the global tables and maps are the file's."""
+        self.update_obs()
+        self.update_var()
 
     def update_obs(self) -> None:
-        """See :meth:`update`."""
+        """Keep the global observations still present in some modality (after muon's in-place filters)."""
+        self._follow_modalities(0)
 
     def update_var(self) -> None:
-        """See :meth:`update`."""
+        """Keep the global features still present in some modality (after muon's in-place filters)."""
+        self._follow_modalities(1)
+
+    def _follow_modalities(self, axis: int) -> None:
+        name = "obs" if axis == 0 else "var"
+        if self.is_view or not any(m.__dict__.get("_detached") for m in self._mods.values()):
+            return
+        keep = np.zeros(self.n_obs if axis == 0 else self.n_vars, dtype=bool)
+        for mod in self._order:
+            keep |= self._map(name, mod, live=True) > 0
+        sels = self.__dict__.setdefault("_mod_sels", {})
+        for mod, m in self._mods.items():
+            sels[(name, mod)] = m._oidx if axis == 0 else m._vidx
+        if not keep.all():
+            subset = self._global._inplace_subset_obs if axis == 0 else self._global._inplace_subset_var
+            subset(np.flatnonzero(keep))
 
     # --- writing and conversions ----------------------------------------------------------------------------------
     def write(self, filename: os.PathLike | None = None, *, overwrite: bool = False, clear_cache: bool = False):
