@@ -526,7 +526,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             shape = getattr(value, "shape", None)
             if shape is None or tuple(shape[:2]) != self.shape:
                 raise ValueError(f"X must have shape {self.shape}, got {shape}")
-        check_value(self, "X", "", value)
+        check_value(self, "X", "", value, assigning=True)
         if self.is_view:
             raise ValueError("Cannot assign X on a view; assign on the full shadow")
         self._new_x_generation()
@@ -597,7 +597,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         n = self.n_obs if name == "obs" else self.n_vars
         if len(value) != n:
             raise ValueError(f"{name} must have {n} rows, got {len(value)}")
-        check_value(self, name, "", value)
+        check_value(self, name, "", value, assigning=True)
         if self.is_view:
             raise ValueError(f"Cannot assign {name} on a view; assign on the full shadow")
         if name not in self._frame_fp:

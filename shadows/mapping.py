@@ -80,8 +80,8 @@ def _check_entry(key: Any, value: Any) -> None:
     """A key (and the keys inside a value) put into a dict of ``uns`` must be writable: refused now, not at write."""
     from .write import check_key, check_nested_keys
 
-    check_key(key, f"uns dict key {key!r}")
-    check_nested_keys(value, f"uns dict[{key!r}]")
+    check_key(key, f"uns dict key {key!r}", slash_ok=True)
+    check_nested_keys(value, f"uns dict[{key!r}]", slash_ok=True)
 
 
 def _track(value: Any, on_change) -> Any:
@@ -144,7 +144,7 @@ class ElementMapping(MutableMapping):
 
         # names that would break the file (zarr metadata names, '/'...) and values anndata refuses: refused now,
         # before anything is pending
-        check_value(self._shadow, self._group, key, value)
+        check_value(self._shadow, self._group, key, value, assigning=True)
         self._shadow._set(self._group, key, value)
 
     def __delitem__(self, key: str) -> None:

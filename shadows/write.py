@@ -202,12 +202,12 @@ def build_plan(shadow: AnnDataShadow) -> Plan:
         if group not in root or not is_group(root[group]):
             # no such group in the file (older writers): the whole group is one new element
             plan.ops.append(Op(group, {k: writable(v) for k, v in items.items()}))
-            for key in items:
-                check_key(key, f"{group}[{key!r}]")
+            for key, value in items.items():
+                _check_entry(group, key, value)
             plan.ops[-1].unit = (group, "*")
             continue
         for key, value in items.items():
-            check_key(key, f"{group}[{key!r}]")
+            _check_entry(group, key, value)
             if group == "uns":
                 plan.ops += _uns_ops(root, key, value)
                 continue
@@ -228,6 +228,13 @@ def build_plan(shadow: AnnDataShadow) -> Plan:
         if fe is not None:
             plan.frames.append(fe)
     return plan
+
+
+def _check_entry(group: str, key: Any, value: Any) -> None:
+    """The key and every name inside the value (nested dicts, data frame columns), fully: assignment let a ``/``
+    inside a value pass (see :func:`check_value`), writing does not."""
+    check_key(key, f"{group}[{key!r}]")
+    check_nested_keys(value, f"{group}[{key!r}]")
 
 
 def exists(root: Any, path: str) -> bool:
@@ -369,15 +376,15 @@ def _index_equal(elem: Any, index: pd.Index) -> bool:
 RESERVED_KEYS = frozenset({".zgroup", ".zattrs", ".zarray", ".zmetadata", "zarr.json"})
 
 
-def check_key(key: Any, where: str) -> None:
+def check_key(key: Any, where: str, *, slash_ok: bool = False) -> None:
     """Raise unless ``key`` can name an element or column in HDF5 and zarr alike.
 
     Keys become HDF5/zarr names: non-empty strings without ``/`` or NUL, not ``.``/``..``, and not one of the names
-    zarr keeps for its metadata (:data:`RESERVED_KEYS`).
+    zarr keeps for its metadata (:data:`RESERVED_KEYS`).  ``slash_ok`` lets a ``/`` pass (see :func:`check_value`).
     """
     if not isinstance(key, str):
         raise ValueError(f"{where}: {key!r} cannot be written as a key: keys must be strings, got {type(key).__name__}")
-    if not key or "/" in key or "\0" in key or key in (".", ".."):
+    if not key or ("/" in key and not slash_ok) or "\0" in key or key in (".", ".."):
         raise ValueError(
             f"{where}: {key!r} cannot be written as a key (a non-empty string without '/', other than '.' and '..', "
             "is needed)"
@@ -389,20 +396,24 @@ def check_key(key: Any, where: str) -> None:
         )
 
 
-def check_value(shadow: AnnDataShadow, group: str, key: Any, value: Any) -> None:
+def check_value(shadow: AnnDataShadow, group: str, key: Any, value: Any, *, assigning: bool = False) -> None:
     """Raise (``ValueError``, as anndata does on assignment) unless ``value`` can be written as ``group[key]``.
 
     Checked: every key inside the value (nested ``uns`` dicts, data frame columns), the index of a data frame in
     ``obsm``/``varm`` against ``obs_names``/``var_names``, and the dimensions of ``X`` (2-D, as the AnnData
     specification requires: anndata 0.12 refuses another on assignment, later versions when writing) and of layers
     (2-D where anndata refuses to write others).  Shapes along the aligned axes are checked by the shadow.
+
+    ``assigning``: the check of an assignment.  A ``/`` inside a value (a data frame column of
+    ``sc.tl.rank_genes_groups(pts=True)`` named after a group such as ``"CD4+/CD25 T Reg"``) passes then, as anndata
+    takes it in memory; it is refused when the value is written.
     """
     where = f"{group}[{key!r}]" if group not in ("X", "obs", "var") else group
     if group not in ("X", "obs", "var"):
         check_key(key, f"{group}[{key!r}] of '{shadow._storage.describe()}'")
     # obs/var tables: anndata takes a non-string column name on assignment and refuses it when writing (checked
     # then); the names that break a store are refused now
-    check_nested_keys(value, where, strings_only=group in ("obs", "var"))
+    check_nested_keys(value, where, strings_only=group in ("obs", "var"), slash_ok=assigning)
     if value is None:
         return
     if group == "X" or (group == "layers" and _spec_needs_2d()):
@@ -421,19 +432,19 @@ def check_value(shadow: AnnDataShadow, group: str, key: Any, value: Any) -> None
             )
 
 
-def check_nested_keys(value: Any, where: str, *, strings_only: bool = False) -> None:
+def check_nested_keys(value: Any, where: str, *, strings_only: bool = False, slash_ok: bool = False) -> None:
     """Check the keys inside a value that become names in the file: nested dicts and data frame columns
-    (``strings_only``: let non-string column names pass)."""
+    (``strings_only``: let non-string column names pass; ``slash_ok``: let a ``/`` pass, see :func:`check_key`)."""
     if isinstance(value, dict):
         for k, v in value.items():
-            check_key(k, f"{where}[{k!r}]")
-            check_nested_keys(v, f"{where}[{k!r}]")
+            check_key(k, f"{where}[{k!r}]", slash_ok=slash_ok)
+            check_nested_keys(v, f"{where}[{k!r}]", slash_ok=slash_ok)
     elif isinstance(value, pd.DataFrame):
         for c in value.columns:
             if isinstance(c, str) or not strings_only:
-                check_key(c, f"{where} column {c!r}")
+                check_key(c, f"{where} column {c!r}", slash_ok=slash_ok)
         if value.index.name is not None:
-            check_key(str(value.index.name), f"{where} index name")
+            check_key(str(value.index.name), f"{where} index name", slash_ok=slash_ok)
 
 
 def _spec_needs_2d() -> bool:

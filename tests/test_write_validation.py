@@ -79,6 +79,26 @@ def test_bad_keys_inside_values_refused_on_assignment(path):
     s.close()
 
 
+def test_slash_inside_a_value_taken_on_assignment_refused_at_write(path):
+    """anndata takes a data frame whose column holds a '/' (scanpy's rank_genes_groups(pts=True) names columns after
+    groups such as "CD4+/CD25 T Reg"): so does the shadow, and write() then refuses it by name, writing nothing."""
+    s = AnnDataShadow(path, mode="r+")
+    table = pd.DataFrame({"CD4+/CD25 T Reg": [0.5, 0.25]}, index=["g0", "g1"])
+    s.uns["pts"] = table  # as on an in-memory AnnData: no error
+    s.uns["nested"] = {"a/b": 1}
+    pd.testing.assert_frame_equal(s.uns["pts"], table)
+    digest = tree_digest(path)
+    with pytest.raises(ValueError, match="CD4\\+/CD25 T Reg"):
+        s.write()
+    assert tree_digest(path) == digest, "nothing is written"
+    with pytest.raises(ValueError, match="cannot be written as a key"):
+        s.write_h5ad(path.with_name("copy.h5ad"))
+    assert not path.with_name("copy.h5ad").exists()
+    del s.uns["pts"]
+    del s.uns["nested"]
+    s.close()
+
+
 @pytest.mark.parametrize("column", RESERVED)
 def test_obs_column_named_like_metadata_refused_at_write(path, column):
     s = AnnDataShadow(path, mode="r+")
