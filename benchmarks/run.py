@@ -268,10 +268,10 @@ def build_op(spec: dict):
             return lambda: AnnDataShadow(path).obs
         if op == "obsm":
             return lambda: AnnDataShadow(path).obsm[key]
-        if op == "convert":
-            dst = spec["out"]
+        if op in ("convert", "convert_as"):
+            dst, fmt = spec["out"], spec.get("matrix_format", "csc")
             convert = shadows_function("convert")
-            return lambda: convert(path, dst, matrix_format="csc")
+            return lambda: convert(path, dst, matrix_format=fmt)
         if op == "index_build":
             s = AnnDataShadow(path, mode="r+") if spec.get("mode") == "r+" else AnnDataShadow(path)
             return lambda: s.add_column_index()
@@ -320,6 +320,8 @@ def child_main() -> None:
             import shadows
 
             result["memory_budget"] = getattr(getattr(shadows, "settings", None), "memory_budget", None)
+            if "fast_io" in spec:  # the fastio/ cases: the same operation with the fast I/O paths on and off
+                shadows.settings.fast_io = spec["fast_io"]
         op = build_op(spec)
         gc.collect()
         base = _status_kib("VmRSS")["VmRSS"]
@@ -329,7 +331,7 @@ def child_main() -> None:
         dt = time.perf_counter() - t0
         peak = _status_kib("VmHWM")["VmHWM"]
         result.update(time_s=dt, peak_mb=max(0, peak - base) / 1024, base_mb=base / 1024)
-        if spec.get("out") and spec["op"] in ("subset_write", "convert"):
+        if spec.get("out") and spec["op"] in ("subset_write", "convert", "convert_as") and ".h5ad" in spec["out"]:
             del res
             result["fingerprint"] = _file_fingerprint(spec["out"])
         else:
@@ -670,6 +672,50 @@ def make_cases(files: dict[str, Path], n_obs: int, n_vars: int, zarr_open: str, 
             Goal(mem=0.1),
             needs="view_write",
         )
+    )
+
+    # fast I/O: what each fast path gains over the h5py/zarr path making the same operation (shadows.settings.fast_io
+    # on, against off); informational, no goal
+    def fast(cid: str, name: str, kind: str, op: str, paths: str, **kw: Any) -> None:
+        off, on = (spec("shadows", kind, op, fast_io=f, **kw) for f in (False, True))
+        if "out" in kw:
+            out = Path(kw["out"])
+            off["out"], on["out"] = (str(out.with_name(f"{out.stem}_{tag}{out.suffix}")) for tag in ("off", "on"))
+        what = f"{name} [{paths}; ref: fast_io off]"
+        cases.append(Case(f"fastio/{cid}", what, off, on, Goal(), ref_label="fast_io off", note=paths))
+
+    fast("csr-1gene", f"csr.h5ad: 1 gene ({GENE})", "csr", "genes", "rawread: scan of indices", genes=GENE)
+    fast("csc-wholeX", "csc.h5ad: whole X", "csc", "whole", "rawread: parallel preadv")
+    fast("dense-1000cells", "dense.h5ad: 1000 contiguous cells", "dense", "cells", "rawread: rows", sel=slice1000)
+    fast("csr-stats", "csr.h5ad: shadows.stats(s, axis=0)", "csr", "stats", "rawread: memory maps")
+    fast("zarr-1gene", f"csr.zarr: 1 gene ({GENE})", "zarr", "genes", "zarrchunks", genes=GENE)
+    fast("zarr-wholeX", "csr.zarr: whole X", "zarr", "whole", "zarrchunks")
+    out_h5 = str(work / "fastio.h5ad")
+    fast(
+        "convert-csc",
+        "csr.h5ad → csc.h5ad: shadows.convert",
+        "csr",
+        "convert",
+        "rawread, rawwrite (pwrite, fallocate), rawcopy (H5Ocopy)",
+        out=out_h5,
+    )
+    fast(
+        "copy-h5ad",
+        "csr.h5ad → csr.h5ad: shadows.convert",
+        "csr",
+        "convert_as",
+        "rawcopy: H5Ocopy",
+        out=out_h5,
+        matrix_format="csr",
+    )
+    fast(
+        "copy-zarr",
+        "csr.zarr → csr.zarr: shadows.convert",
+        "zarr",
+        "convert_as",
+        "rawcopy: files copied; off: anndata re-encodes",
+        out=str(work / "fastio.zarr"),
+        matrix_format="csr",
     )
     return cases
 

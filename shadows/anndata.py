@@ -43,7 +43,6 @@ from .repr import html_repr, text_repr
 from .storage import Storage, attr, is_array, is_group
 from .write import check_value
 
-_GROUPS = ("layers", "obsm", "varm", "obsp", "varp", "uns")
 _ARRAY_ENCODINGS = {"array", "csr_matrix", "csc_matrix", "legacy-array", "legacy-csr", "legacy-csc"}
 _TABLE_ENCODINGS = {"dataframe", "legacy-dataframe", "legacy-compound"}
 _LEGACY_NEIGHBORS = ("distances", "connectivities")

@@ -18,8 +18,6 @@ from . import index as ix
 from .elements import ReadContext, read_frame_parts
 from .storage import attr, is_group, is_h5
 
-AXES = ("obs", "var")
-
 
 def check_mudata_root(root: Any, where: str) -> None:
     """Raise a ``ValueError`` saying what the group is when it holds no MuData (no ``mod`` group)."""

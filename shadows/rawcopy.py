@@ -4,6 +4,10 @@ An element that a write takes whole (no selection, no change, no conversion) is 
 by ``H5Ocopy`` (h5py's ``Group.copy``: raw chunks, no Python objects), zarr to zarr of the same format by copying
 its files.  Only elements written by anndata >= 0.8 (whose root says ``encoding-type: anndata``) are copied this
 way, so that the output carries the encodings current anndata writes; anything else is decoded and re-encoded.
+
+Both go past the libraries where ``shadows.settings.fast_io`` allows it: ``H5Ocopy`` is called through ctypes
+(without the GIL) and zarr elements are copied as files.  With fast I/O off, HDF5 objects are copied by h5py
+(``Group.copy``) and zarr elements are decoded and written again through anndata and zarr.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 import h5py
 import zarr
 
+from .settings import fast_io_enabled
 from .storage import attr
 
 
@@ -32,6 +37,8 @@ class RawCopier:
 
     def __init__(self, src_root: Any, dst_root: Any):
         self.enabled = attr(src_root, "encoding-type") == "anndata" and _same_kind(src_root, dst_root)
+        # zarr elements are copied as files, past zarr: a fast path like the others (HDF5's copies have h5py's)
+        self.enabled = self.enabled and (fast_io_enabled() or isinstance(dst_root, h5py.Group))
 
     def copy(self, elem: Any, parent: Any, name: str) -> bool:
         """Copy ``elem`` as ``parent[name]``; ``False`` (nothing done) when it cannot be copied as stored."""
@@ -45,8 +52,13 @@ class RawCopier:
         dst = _local_path(parent)
         if src is None or dst is None:
             return False
-        shutil.copytree(src, dst / name)
+        copy_files(src, dst / name)
         return True
+
+
+def copy_files(src: Path, dst: Path) -> None:
+    """Copy the directory of a zarr element as files (the fast path of :meth:`RawCopier.copy` for zarr)."""
+    shutil.copytree(src, dst)
 
 
 def _h5ocopy_without_gil(elem: h5py.HLObject, parent: h5py.Group, name: str) -> bool:
@@ -54,10 +66,10 @@ def _h5ocopy_without_gil(elem: h5py.HLObject, parent: h5py.Group, name: str) -> 
 
     Why: h5py holds the GIL for the whole copy (tens of ms for 100,000 strings), so a copy made beside a long
     conversion would stop the conversion's threads; ctypes releases the GIL for the call.  ``False`` (nothing
-    done) when the HDF5 library h5py uses cannot be found, the name is not ASCII (h5py then writes a UTF-8 link
-    name), or the copy fails (h5py then makes it, and raises what it raises).
+    done) when fast I/O is off, the HDF5 library h5py uses cannot be found, the name is not ASCII (h5py then writes
+    a UTF-8 link name), or the copy fails (h5py then makes it, and raises what it raises).
     """
-    lib = _hdf5()
+    lib = _hdf5() if fast_io_enabled() else None
     if lib is None or not name.isascii():
         return False
     from h5py._objects import phil
@@ -73,11 +85,13 @@ def _hdf5() -> Any:
     """The HDF5 library h5py is linked with (found among the process's mapped files), through ctypes, or ``None``.
 
     (``hid_t`` is a 64-bit integer in every HDF5 that h5py 3 supports, 1.10.4 and later; ``H5P_DEFAULT`` is 0.)
+    ``None`` on a platform without ``/proc/self/maps`` (macOS, Windows) or a Python without ctypes.
     """
-    import ctypes
     import re
 
     try:
+        import ctypes
+
         with open("/proc/self/maps") as maps:
             paths = {line.split()[-1] for line in maps if re.search(r"/libhdf5[-.][^/]*\.so", line)}
         paths = [p for p in paths if "_hl" not in Path(p).name]
@@ -88,7 +102,7 @@ def _hdf5() -> Any:
         lib.H5Ocopy.argtypes += [ctypes.c_int64, ctypes.c_int64]
         lib.H5Ocopy.restype = ctypes.c_int
         return lib
-    except (OSError, AttributeError):
+    except (ImportError, OSError, AttributeError):
         return None
 
 

@@ -11,6 +11,11 @@ Only the simple, common case takes this path: an HDF5 file opened read-only with
 dataset without filters, numeric values in the machine's byte order, stored contiguously, or in complete chunks
 along its first axis (1-D).  Everything else goes through h5py as before (:func:`layout` returns ``None``).
 Layouts are remembered per file (path, inode, size and modification time) and dataset.
+
+:func:`layout` is the one door: it hands out no layout where ``shadows.settings.fast_io`` is off or the platform
+has no ``os.preadv`` (:func:`available`), so that every read then goes through h5py.  :func:`pread_into`, which
+the scratch files of :mod:`shadows.transpose` use as well, falls back on ``os.pread`` or a locked seek and read
+where ``preadv`` is missing.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from typing import Any
 
 import h5py
 import numpy as np
+
+from .settings import fast_io_enabled
 
 # Reads below this many bytes run in the calling thread (still without the GIL): no hand-over cost.
 _THREADED_BYTES = 4 * 2**20
@@ -43,6 +50,15 @@ _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _pool_pid = 0
 _pool_size = 1
+# Serialises seek-then-read (and seek-then-write, shadows.rawwrite) on platforms without positional reads: the
+# file position is shared by every thread using the descriptor.
+seek_lock = threading.Lock()
+
+
+def available() -> bool:
+    """Whether raw reads may be used at all: fast I/O is on (``shadows.settings.fast_io``) and the platform reads
+    into buffers at an offset without the GIL (``os.preadv``: not on Windows, nor macOS before 11)."""
+    return fast_io_enabled() and hasattr(os, "preadv")
 
 
 @dataclass(frozen=True)
@@ -58,8 +74,9 @@ class Layout:
 
 
 def _reset_after_fork() -> None:
-    global _lock
+    global _lock, seek_lock
     _lock = threading.Lock()  # a fork while another thread held it would leave it held forever in the child
+    seek_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -82,9 +99,10 @@ def layout(ds: Any, find: bool = True) -> Layout | None:
     """The raw layout of an h5py dataset, or ``None`` when it must be read through h5py.
 
     ``find=False`` returns only a layout found before: describing a chunked dataset visits every chunk (a few
-    milliseconds for thousands), which a small read would not earn back.
+    milliseconds for thousands), which a small read would not earn back.  ``None`` too wherever raw reads are
+    not :func:`available` (fast I/O switched off, or no ``os.preadv``).
     """
-    if not isinstance(ds, h5py.Dataset):
+    if not isinstance(ds, h5py.Dataset) or not available():
         return None
     try:
         f = ds.file
@@ -228,10 +246,22 @@ def _read_pieces(fd: int, buf: memoryview, pieces: list[tuple[int, int, int]]) -
 
 
 def pread_into(fd: int, view: memoryview, offset: int) -> None:
-    """Fill ``view`` (bytes) from the file's bytes at ``offset``, without the GIL."""
+    """Fill ``view`` (bytes) from the file's bytes at ``offset``: without the GIL and straight into ``view`` with
+    ``os.preadv``; else (a platform without it) through ``os.pread``'s bytes, or a seek and a read under a lock."""
     done, nbytes = 0, len(view)
+    preadv, pread = getattr(os, "preadv", None), getattr(os, "pread", None)
     while done < nbytes:
-        got = os.preadv(fd, [view[done:]], offset + done)
+        if preadv is not None:
+            got = preadv(fd, [view[done:]], offset + done)
+        else:
+            if pread is not None:
+                chunk = pread(fd, nbytes - done, offset + done)
+            else:
+                with seek_lock:
+                    os.lseek(fd, offset + done, os.SEEK_SET)
+                    chunk = os.read(fd, nbytes - done)
+            got = len(chunk)
+            view[done : done + got] = chunk
         if got <= 0:
             raise OSError(f"unexpected end of file reading {nbytes} bytes at {offset}")
         done += got
@@ -333,12 +363,14 @@ def mapped_view(lay: Layout, dtype: Any, start: int, stop: int) -> np.ndarray:
     with open(lay.path, "rb") as fh:
         if os.fstat(fh.fileno()).st_size < off + nbytes:
             raise OSError(f"{lay.path} is shorter than its dataset layout says (changed while open?)")
-        m = mmap.mmap(fh.fileno(), off + nbytes - base, prot=mmap.PROT_READ, offset=base)
+        # ACCESS_READ, not prot=: the one spelling Windows accepts too (on POSIX it is PROT_READ, MAP_SHARED)
+        m = mmap.mmap(fh.fileno(), off + nbytes - base, access=mmap.ACCESS_READ, offset=base)
     return np.frombuffer(m, dtype=dtype, count=stop - start, offset=off - base)
 
 
 def mappable(*datasets: Any) -> list[Layout] | None:
-    """The layouts of 1-D h5py datasets that :func:`mapped_view` can view, or ``None``."""
+    """The layouts of 1-D h5py datasets that :func:`mapped_view` can view, or ``None`` (also wherever
+    :func:`layout` hands out none: fast I/O off)."""
     lays = []
     for ds in datasets:
         if not isinstance(ds, h5py.Dataset) or len(ds.shape) != 1:

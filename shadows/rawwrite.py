@@ -9,7 +9,9 @@ Only datasets made for it take this path (:func:`create`): contiguous, uncompres
 their space allocated in the file when they are created (so HDF5 knows where they lie and never writes there
 itself), in a file opened for writing with the default (``sec2``) driver.  h5py never writes their values, so no
 HDF5 buffer can hold a stale copy; everything else about the file (metadata, attributes, other datasets) is
-HDF5's as usual.  Datasets that cannot be made so are created normally and written through h5py.
+HDF5's as usual.  Datasets that cannot be made so are created normally and written through h5py, and so is every
+dataset where ``shadows.settings.fast_io`` is off or the platform has no ``os.pwrite`` (:func:`available`).
+:func:`preallocate` (Linux's ``fallocate``) reserves nothing then either.
 """
 
 from __future__ import annotations
@@ -23,13 +25,21 @@ from typing import Any
 import h5py
 import numpy as np
 
+from . import rawread
 from .rawread import plain_numeric
+from .settings import fast_io_enabled
+
+
+def available() -> bool:
+    """Whether raw writes may be used at all: fast I/O is on (``shadows.settings.fast_io``) and the platform
+    writes at an offset without the GIL (``os.pwrite``: not on Windows)."""
+    return fast_io_enabled() and hasattr(os, "pwrite")
 
 
 def create(parent: h5py.Group, name: str, n: int, dtype: Any) -> tuple[h5py.Dataset, RawWriter | None]:
     """A new 1-D dataset of ``n`` values, and a :class:`RawWriter` for it (``None``: write it through h5py)."""
     dtype = np.dtype(dtype)
-    if n <= 0 or not plain_numeric(dtype) or parent.file.driver != "sec2":
+    if not available() or n <= 0 or not plain_numeric(dtype) or parent.file.driver != "sec2":
         return parent.create_dataset(name, shape=(n,), dtype=dtype), None
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)  # the space is reserved now: its address is known
@@ -66,10 +76,17 @@ class RawWriter:
 
 
 def pwrite_from(fd: int, view: memoryview, offset: int) -> None:
-    """Write all of ``view`` (bytes) at the file's byte ``offset``, without the GIL."""
+    """Write all of ``view`` (bytes) at the file's byte ``offset``, without the GIL; where there is no
+    ``os.pwrite`` (the scratch files of :mod:`shadows.transpose` on Windows), a seek and a write under a lock."""
     done = 0
+    pwrite = getattr(os, "pwrite", None)
     while done < len(view):
-        done += os.pwrite(fd, view[done:], offset + done)
+        if pwrite is not None:
+            done += pwrite(fd, view[done:], offset + done)
+        else:
+            with rawread.seek_lock:
+                os.lseek(fd, offset + done, os.SEEK_SET)
+                done += os.write(fd, view[done:])
 
 
 _FALLOC_FL_KEEP_SIZE = 1
@@ -82,14 +99,15 @@ def _fallocate() -> Any:
     Not ``os.posix_fallocate``: where a file system cannot reserve space, glibc's version writes a byte into every
     block instead, which for a large array costs more than the writes it was meant to speed up.
     """
-    import ctypes
     import sys
 
     if not sys.platform.startswith("linux"):
         return None
     try:
+        import ctypes
+
         fn = ctypes.CDLL(None, use_errno=True).fallocate
-    except (OSError, AttributeError):
+    except (ImportError, OSError, AttributeError):  # a Python built without ctypes, a C library without it
         return None
     fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     fn.restype = ctypes.c_int
@@ -101,11 +119,14 @@ def preallocate(fd: int, offset: int, nbytes: int, path: str = "") -> bool:
 
     Why: a buffered write into space the file system has yet to allocate pays for the allocation page by page;
     into reserved space, it is a copy (measured: 400 MB written in 67 ms instead of 98 ms, and 80 ms instead of
-    180 ms beside a conversion's other threads).  ``False`` where the system or file system cannot do it (the
-    writes then allocate as usual); a disk too full for the bytes raises at once, before anything is written.
+    180 ms beside a conversion's other threads).  ``False`` where the system or file system cannot do it, or fast
+    I/O is off (the writes then allocate as usual); a disk too full for the bytes raises at once, before anything
+    is written.
     """
+    if nbytes <= 0 or not fast_io_enabled():
+        return False
     fn = _fallocate()
-    if fn is None or nbytes <= 0:
+    if fn is None:
         return False
     import ctypes
 

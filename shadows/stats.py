@@ -38,7 +38,6 @@ except ImportError:  # pragma: no cover - a future scipy without it: the public 
 # a float64 copy, ones and masks; two blocks when read ahead); a quarter of a million values per block at the
 # default budget ran as fast as four times more (measured) and keeps the peak near 8 MB.
 STATS_BYTES_PER_VALUE = 256
-KEYS = ("sum", "mean", "var", "nnz", "min", "max")
 
 
 def stats(

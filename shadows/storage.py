@@ -295,14 +295,6 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def keys(x: Any) -> list[str]:
-    return list(x.keys()) if is_group(x) else []
-
-
-def name_of(x: Any) -> str:
-    return x.name
-
-
 def is_string_array(x: Any) -> bool:
     dt = x.dtype
     if is_h5(x):

@@ -11,7 +11,7 @@ Only the common layouts take this path: a local store (``zarr.storage.LocalStore
 the machine's byte order, and either zarr v2 metadata (no filters, any numcodecs compressor) or zarr v3 codecs
 ``bytes`` followed by ``blosc``/``zstd``/``gzip``/``crc32c``, possibly inside a ``sharding_indexed`` codec with
 that inner pipeline (anndata 0.13 writes shards).  Everything else is read through zarr
-(:func:`decoder` returns ``None``).
+(:func:`decoder` returns ``None``), and so is every array where ``shadows.settings.fast_io`` is off.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .rawread import plain_numeric
+from .settings import fast_io_enabled
 
 _NO_CHUNK = 2**64 - 1  # a shard index entry for an inner chunk that was never written
 
@@ -171,7 +172,10 @@ class ChunkDecoder:
 
 
 def decoder(arr: Any) -> ChunkDecoder | None:
-    """A :class:`ChunkDecoder` for a zarr array, or ``None`` where it must be read through zarr."""
+    """A :class:`ChunkDecoder` for a zarr array, or ``None`` where it must be read through zarr (fast I/O off,
+    a store not on local disk, a layout or codec not handled here)."""
+    if not fast_io_enabled():
+        return None
     try:
         from zarr.storage import LocalStore
     except ImportError:  # pragma: no cover - zarr 2
