@@ -50,7 +50,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-import fcntl
 import json
 import os
 import re
@@ -63,6 +62,11 @@ from pathlib import Path
 from typing import Any
 
 from .storage import StorageError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; a lock file beside the store stands in (see writer_lock)
+    fcntl = None  # type: ignore[assignment]
 
 JOURNAL = "journal.json"
 DONE = "journal.done"
@@ -367,8 +371,13 @@ def writer_lock(store: Path, *, busy_ok: bool = False) -> Iterator[bool]:
     """Hold an exclusive ``flock`` on the store directory for the block.
 
     Another process writing to the store makes this fail at once with a :class:`StorageError`, or, with
-    ``busy_ok``, yield ``False`` without the lock.
+    ``busy_ok``, yield ``False`` without the lock.  Where ``fcntl`` is missing (Windows), an exclusively created
+    lock file beside the store is the lock.
     """
+    if fcntl is None:
+        with _lock_file(store, busy_ok=busy_ok) as locked:
+            yield locked
+        return
     fd = os.open(store, os.O_RDONLY)
     try:
         try:
@@ -385,3 +394,25 @@ def writer_lock(store: Path, *, busy_ok: bool = False) -> Iterator[bool]:
         yield True
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextmanager
+def _lock_file(store: Path, *, busy_ok: bool) -> Iterator[bool]:
+    """:func:`writer_lock` without ``flock``: ``O_EXCL`` creation of ``.<store>.shadows-writer.lock`` is atomic."""
+    lock = store.parent / f".{store.name}.shadows-writer.lock"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError as e:
+        if not busy_ok:
+            raise StorageError(
+                f"'{store}' is being written by another process (lock file '{lock}'); try again once that write "
+                "has finished, or delete the lock file if no process is writing"
+            ) from e
+        yield False
+        return
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        yield True
+    finally:
+        os.unlink(lock)

@@ -395,3 +395,24 @@ def test_scratch_file_reads_and_writes_without_positional_io(tmp_path, monkeypat
             rawread.pread_into(fd, memoryview(np.empty(10, dtype=np.uint8)), 8 * 4096 - 5)
     finally:
         os.close(fd)
+
+
+def test_zarr_write_back_without_fcntl(tmp_path, monkeypatch):
+    """A platform without ``fcntl`` (Windows) writes back into zarr under a lock file, and a second writer is
+    refused while it is held."""
+    import shadows.zarr_journal as zj
+    from shadows import AnnDataShadow
+    from shadows.storage import StorageError
+
+    monkeypatch.setattr(zj, "fcntl", None)
+    a = ad.AnnData(np.arange(12, dtype=np.float32).reshape(4, 3))
+    a.write_zarr(tmp_path / "a.zarr")
+    s = AnnDataShadow(tmp_path / "a.zarr", mode="r+")
+    s.obsm["e"] = np.ones((4, 2))
+    with zj.writer_lock(tmp_path / "a.zarr"):
+        with pytest.raises(StorageError, match="lock file"):
+            s.write()
+    s.write()
+    s.close()
+    assert not list(tmp_path.glob("*.lock"))
+    np.testing.assert_array_equal(ad.read_zarr(tmp_path / "a.zarr").obsm["e"], np.ones((4, 2)))
