@@ -399,8 +399,8 @@ def test_nested_uns_changes_are_written(nested_uns):
 
 
 # --- 9. pickling pending changes ----------------------------------------------------------------------------------
-def _changed_shadow(path: str) -> AnnDataShadow:
-    s = AnnDataShadow(path)
+def _change(s: Any) -> Any:
+    """The same changes, on a shadow or on the in-memory oracle."""
     s.obsm["new"] = np.arange(60).reshape(30, 2)
     del s.layers["L"]
     s.obs_names = [f"x{i}" for i in range(30)]
@@ -408,6 +408,10 @@ def _changed_shadow(path: str) -> AnnDataShadow:
     s.uns["u"]["b"] = 2
     s.uns["v"] = {"w": np.arange(3)}
     return s
+
+
+def _changed_shadow(path: str) -> AnnDataShadow:
+    return _change(AnnDataShadow(path))
 
 
 def _summary(s: Any) -> dict:
@@ -437,14 +441,7 @@ def pickle_file(tmp_path) -> str:
 @pytest.mark.parametrize("how", ["changed", "subset in place", "view of changed", "subset of view"])
 def test_pickle_keeps_pending_changes(pickle_file, tmp_path, how):
     s = _changed_shadow(pickle_file)
-    # the oracle: the same changes on the in-memory AnnData, pickled
-    a = read_oracle(pickle_file)
-    a.obsm["new"] = np.arange(60).reshape(30, 2)
-    del a.layers["L"]
-    a.obs_names = [f"x{i}" for i in range(30)]
-    a.obs["added"] = np.linspace(0, 1, 30)
-    a.uns["u"]["b"] = 2
-    a.uns["v"] = {"w": np.arange(3)}
+    a = _change(read_oracle(pickle_file))  # the oracle: the same changes on the in-memory AnnData, pickled
     keep = np.arange(30) % 3 == 0
     if how == "subset in place":
         s._inplace_subset_obs(keep)
