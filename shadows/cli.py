@@ -155,7 +155,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert, output_format
 
     dst = Path(args.dst)
-    if dst.exists() and not args.overwrite:
+    if dst.exists() and not args.overwrite:  # convert() refuses too; this names the command-line flag
         raise FileExistsError(f"'{dst}' exists; pass --overwrite to replace it")
     out = convert(
         args.src,
@@ -167,6 +167,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         file_format=args.file_format,
         compression=args.compression,
         compression_opts=args.compression_opts,
+        overwrite=args.overwrite,
     )
     print(f"wrote {out} ({output_format(out, args.file_format)}, X as {args.to})")
     return EXIT_OK
