@@ -190,11 +190,12 @@ def written_bytes(path: Path) -> int:
         return path.stat().st_size
     total = 0
     for stage in path.parent.glob(f".{path.name}.shadows-write-*"):
-        for f in stage.rglob("*"):
-            try:
-                total += f.stat().st_size
-            except FileNotFoundError:  # moved or removed meanwhile
-                pass
+        for dirpath, _, files in os.walk(stage):  # os.walk skips what is moved away meanwhile; rglob raises
+            for name in files:
+                try:
+                    total += os.stat(os.path.join(dirpath, name)).st_size
+                except FileNotFoundError:  # moved or removed meanwhile
+                    pass
     return total
 
 
