@@ -186,13 +186,24 @@ class Core:
         return pd.Categorical.from_codes(np.repeat(np.arange(len(self.parts)), lengths), categories=self.keys)
 
     def obs_names(self) -> pd.Index:
+        """The concatenated cell names (with ``index_unique``: ``name + sep + key``), as anndata.concat makes them.
+
+        Built file by file, each file's names dropped once copied: one file's names and the result are held at a
+        time (anndata's ``pd.concat(...).str.cat(...)`` holds every intermediate at once)."""
         if "obs_names" not in self.cache:
-            concat = pd.concat([p.obs_names.to_series() for p in self.parts], ignore_index=True)
-            for p in self.parts:
+            values = np.empty(self.n_obs, dtype=object)
+            names = set()
+            for f, p in enumerate(self.parts):
+                idx = p.obs_names
+                names.add(idx.name)
+                a, b = int(self.offsets[f]), int(self.offsets[f + 1])
+                if self.index_unique is not None:
+                    suffix = f"{self.index_unique}{self.keys[f]}"
+                    values[a:b] = [f"{n}{suffix}" for n in idx]
+                else:
+                    values[a:b] = idx.to_numpy(dtype=object)
                 p.clear_cache()  # the names are held once, here
-            if self.index_unique is not None:
-                concat = concat.str.cat(self.label_col().map(str, na_action="ignore"), sep=self.index_unique)
-            self.cache["obs_names"] = pd.Index(concat)
+            self.cache["obs_names"] = pd.Index(values, name=names.pop() if len(names) == 1 else None)
         return self.cache["obs_names"]
 
     def obs_keys(self) -> list[str]:
@@ -213,8 +224,10 @@ class Core:
         if "obs" not in self.cache:
             frames = []
             for p in self.parts:
-                frames.append(pd.DataFrame(p.obs))
+                frame = pd.DataFrame(p.obs)
                 p.clear_cache()  # the table is held once, in the concatenation
+                frame.index = pd.RangeIndex(len(frame))  # (the names are held once, in obs_names)
+                frames.append(frame)
             admerge.check_combinable_cols([f.columns for f in frames], join=self.join)
             df = pd.concat(admerge.unify_dtypes(frames), join=self.join, ignore_index=True)
             df.index = self.obs_names()

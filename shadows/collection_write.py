@@ -82,12 +82,14 @@ def write_collection(
         set_encoding(root, "anndata", "0.1.0")
         if numpy._has_x():
             _matrix(numpy, root, "X", "X", opts)
+            release_memory()
         for group in _ROW_GROUPS:
             sub = root.create_group(group)
             set_encoding(sub, "dict", "0.1.0")
             for key in numpy._mapping(group).keys():
                 if key is not None:
                     _matrix(numpy, sub, str(key), f"{group}/{key}", opts)
+                    release_memory()
         for group in ("varm", "varp"):
             values = {str(k): numpy._get(group, k) for k in numpy._mapping(group).keys()}
             anndata.io.write_elem(root, group, values, dataset_kwargs=opts.dataset_kwargs)
@@ -123,7 +125,7 @@ def _matrix(coll: CollectionShadow, parent: Any, name: str, path: str, opts: Wri
         return
     kw = opts.dataset_kwargs
     if src.fmt == "csr":
-        sink: Any = SparseSink(parent, name, "csr", src.shape, src.dtype, **kw)
+        sink: Any = SparseSink(parent, name, "csr", src.shape, src.dtype, nnz=known_nnz(coll, src, path), **kw)
         for _, _, block in row_blocks(coll, src, path, opts.chunk_size):
             sink.append_block(block)
     else:
@@ -131,6 +133,37 @@ def _matrix(coll: CollectionShadow, parent: Any, name: str, path: str, opts: Wri
         for a, b, block in row_blocks(coll, src, path, opts.chunk_size):
             sink.write(0, a, b, block)
     sink.close()
+
+
+def known_nnz(coll: CollectionShadow, src: Stacked, path: str) -> int | None:
+    """The number of stored values of a sparse element written, when the files' row pointers tell it (every value
+    of the rows read is kept: no column dropped, no dense file, zeros as fill); ``None`` otherwise.
+
+    With it the output's arrays are made at their final size (contiguous, written past HDF5's buffers) instead of
+    growing chunk by chunk."""
+    if src.fmt != "csr" or src.pairwise:
+        return None
+    total = 0
+    for f, local in plan_rows(src.rows, src.offsets).pieces:
+        s, cols = src.sources[f], src.columns[f]
+        if s is None:
+            if src.fill != 0:
+                return None
+            continue
+        if s.sparse_format is None or (cols.place is not None and src.fill != 0):
+            return None
+        n_cols_file = s.shape[1]
+        if cols.read is not None and len(np.unique(ix.positions(cols.read, n_cols_file))) != n_cols_file:
+            return None  # columns dropped (an inner join): the count is known only once read
+        view = coll._core.parts[f][local if local is not None else slice(None)]
+        try:
+            part = matrix_part(view, path)
+            if part.major_axis != 0 and local is not None:
+                return None  # rows of a CSC matrix: their count needs a scan
+            total += int(part.major_lengths().sum())
+        finally:
+            view.close()
+    return total
 
 
 def row_blocks(coll: CollectionShadow, src: Stacked, path: str, chunk_size: int | None) -> Iterator[tuple]:
@@ -170,20 +203,44 @@ def _file_blocks(coll, src: Stacked, path: str, f: int, local: Any, n_f: int, ch
         view = part[rows]
     try:
         step = chunk_size or _file_rows_per_block(view, path, n_f)
-        for a, b, block in chunked(view, chunk_size=step, element=path, axis=0):
-            if src.pairwise:  # the file's block of the diagonal: its columns shifted to where its rows are
-                block = block.tocsr() if sp.issparse(block) else sp.csr_matrix(np.asarray(block))
-                block = sp.csr_matrix(
-                    (block.data, block.indices + start, block.indptr), shape=(block.shape[0], src.n_cols)
-                )
-                yield a, b, block.astype(src.dtype, copy=False)
-                continue
+        yield from _aligned_blocks(view, src, path, cols, start, step)
+    finally:
+        view.close()
+        release_memory()
+
+
+def _aligned_blocks(view: Any, src: Stacked, path: str, cols: Any, start: int, step: int) -> Iterator:
+    """One file's blocks (read through its own view), placed at the output's columns in the output's type."""
+    group = path.split("/", 1)[0]
+    for a, b, block in chunked(view, chunk_size=step, element=path, axis=0):
+        if src.pairwise:  # the file's block of the diagonal: its columns shifted to where its rows are
+            block = block.tocsr() if sp.issparse(block) else sp.csr_matrix(np.asarray(block))
+            block = sp.csr_matrix((block.data, block.indices + start, block.indptr), shape=(block.shape[0], src.n_cols))
+        else:
             if group == "obsm" and cols.read is not None:
                 block = block[:, cols.read]
             block = src._aligned(block, cols.place)
-            yield a, b, block.astype(src.dtype, copy=False)
-    finally:
-        view.close()
+        yield a, b, block.astype(src.dtype, copy=False)
+
+
+def release_memory() -> None:
+    """Hand freed memory back to the system (glibc only; elsewhere nothing happens).
+
+    The blocks of one file are read by worker threads: glibc keeps what each thread freed in that thread's arena,
+    so the process's resident size would grow file after file although nothing is held."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            import ctypes
+
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None
 
 
 def _file_rows_per_block(view: Any, path: str, n_rows: int) -> int:
