@@ -522,10 +522,16 @@ def _peak(files: list[str], what: str, out: str = "") -> float:
 def test_streamed_write_in_bounded_memory(big_files, tmp_path):
     total = sum(_size(p) for p in big_files)
     opened = _peak(big_files, "open")
-    assert opened < 0.05 * total, f"open: {opened / 2**20:.1f} MiB of a {total / 2**20:.0f} MiB collection"
+    # opening reads the var names of every file and joins them: a few hundred bytes per name (pandas 3's arrow
+    # strings and the join's hash tables cost more than pandas 2's), never any matrix
+    names = 300 * len(big_files) * N_VARS
+    assert opened < 0.02 * total + names, f"open: {opened / 2**20:.1f} MiB of a {total / 2**20:.0f} MiB collection"
     out = tmp_path / "whole.h5ad"
     peak = _peak(big_files, "write", str(out))
-    assert peak < 0.15 * total, f"write: peak {peak / 2**20:.1f} MiB > 15% of the {total / 2**20:.0f} MiB collection"
+    # matrices are streamed in blocks; the obs table (names included) is held whole while it is written, as
+    # anndata.experimental.concat_on_disk holds it: an allowance per cell (pandas 3's strings cost more)
+    cells = 500 * len(big_files) * N_OBS
+    assert peak < 0.10 * total + cells, f"write: peak {peak / 2**20:.1f} MiB of a {total / 2**20:.0f} MiB collection"
     back = ad.read_h5ad(out, backed="r")
     assert back.shape == (4 * N_OBS, N_VARS + 300)
     want = oracle(big_files, join="outer", label="part", index_unique="-")
@@ -537,4 +543,4 @@ def test_streamed_write_in_bounded_memory(big_files, tmp_path):
         f"collection of {total / 2**20:.0f} MiB: open {opened / 2**20:.1f} MiB, write {peak / 2**20:.1f} MiB, "
         f"filter + 2 genes {filtered / 2**20:.1f} MiB"
     )
-    assert filtered < 0.10 * total, f"filter: {filtered / 2**20:.1f} MiB"
+    assert filtered < 0.05 * total + cells, f"filter: {filtered / 2**20:.1f} MiB"
