@@ -126,6 +126,7 @@ class Core:
         self.var_names, self.colmaps = self._join_var()
         self.cache: dict[Any, Any] = {}
         self._check_x()
+        self._check_raw()
 
     # --- the join ---------------------------------------------------------------------------------------------------
     def _join_var(self) -> tuple[pd.Index, list[np.ndarray | None]]:
@@ -159,6 +160,16 @@ class Core:
             raise ValueError(
                 f"Cannot concatenate files with and without X: {without} {'has' if len(without) == 1 else 'have'} "
                 "no X (anndata.concat refuses this too)"
+            )
+
+    def _check_raw(self) -> None:
+        with_raw = [n for n, p in zip(self.names, self.parts, strict=True) if p.raw is not None]
+        if with_raw:
+            warnings.warn(
+                f"raw is not joined: the collection has no raw ({len(with_raw)} of the {len(self.parts)} files have "
+                "one; read it per file through collection.parts[i].raw)",
+                UserWarning,
+                stacklevel=4,
             )
 
     @property

@@ -420,6 +420,15 @@ def test_inner_join_without_shared_genes_warns(tmp_path):
     assert coll.shape == (10, 0)
 
 
+def test_raw_is_not_joined_and_says_so(tmp_path):
+    a = make_adata(_spec(0))
+    a.raw = a.copy()
+    paths = [write_adata(a, tmp_path / "raw.h5ad"), *write_files([_spec(1)], tmp_path)]
+    with pytest.warns(UserWarning, match="raw is not joined"):
+        coll = shadows.concat(paths)
+    assert coll.raw is None and coll.parts[0].raw is not None
+
+
 def test_conflicting_obs_dtypes_joined_as_anndata(tmp_path):
     specs = [
         _spec(0, columns={"a": "int", "b": "cat", "c": "bool"}),
@@ -544,3 +553,12 @@ def test_streamed_write_in_bounded_memory(big_files, tmp_path):
         f"filter + 2 genes {filtered / 2**20:.1f} MiB"
     )
     assert filtered < 0.05 * total + cells, f"filter: {filtered / 2**20:.1f} MiB"
+
+
+# --- the long version (not in CI: pyproject deselects `slow`) -----------------------------------------------------------
+@pytest.mark.slow
+@settings(max_examples=60, phases=PHASES)
+@given(case=cases(), data=st.data())
+def test_views_and_writes_thorough(tmp_path, case, data):
+    test_views_equal_anndata_views.hypothesis.inner_test(tmp_path, case, data)
+    test_streamed_write_reads_back_as_anndata_concat.hypothesis.inner_test(tmp_path, case, data)
