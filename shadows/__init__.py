@@ -7,6 +7,7 @@
 from . import pp
 from .anndata import AnnDataShadow
 from .backends import array_backends, register_array_backend, register_table_backend, table_backends
+from .collection import concat
 from .convert import convert
 from .lazy import ElementSource, LazyArray
 from .repack import repack
@@ -21,6 +22,7 @@ __all__ = [
     "LazyArray",
     "MuDataShadow",
     "array_backends",
+    "concat",
     "convert",
     "pp",
     "register_array_backend",
