@@ -410,7 +410,7 @@ def check_value(shadow: AnnDataShadow, group: str, key: Any, value: Any, *, assi
     """
     where = f"{group}[{key!r}]" if group not in ("X", "obs", "var") else group
     if group not in ("X", "obs", "var"):
-        check_key(key, f"{group}[{key!r}] of '{shadow._storage.describe()}'")
+        check_key(key, f"{group}[{key!r}] of '{_where(shadow)}'")
     # obs/var tables: anndata takes a non-string column name on assignment and refuses it when writing (checked
     # then); the names that break a store are refused now
     check_nested_keys(value, where, strings_only=group in ("obs", "var"), slash_ok=assigning)
@@ -428,8 +428,16 @@ def check_value(shadow: AnnDataShadow, group: str, key: Any, value: Any, *, assi
             axis = "obs" if group == "obsm" else "var"
             raise ValueError(
                 f"value.index does not match parent's {axis} names: {where} is a DataFrame whose index is not "
-                f"the {axis}_names of '{shadow._storage.describe()}' (same values, same order); set its index first"
+                f"the {axis}_names of '{_where(shadow)}' (same values, same order); set its index first"
             )
+
+
+def _where(shadow: Any) -> str:
+    """The file a shadow is open on, or a collection's sources (shadows.concat), for error messages."""
+    storage = getattr(shadow, "_storage", None)
+    if storage is not None:
+        return storage.describe()
+    return ", ".join(getattr(shadow, "sources", [])) or type(shadow).__name__
 
 
 def check_nested_keys(value: Any, where: str, *, strings_only: bool = False, slash_ok: bool = False) -> None:

@@ -352,6 +352,8 @@ def test_in_memory_changes_are_written(three, tmp_path):
     assert_adata_equal(coll[2:9], want[2:9], "view of changed", vectors=False)
     with pytest.raises(ValueError, match="view"):
         coll[2:9].obsm["x"] = np.zeros((7, 1))
+    with pytest.raises(ValueError, match="cannot be written as a key"):  # checked as on a shadow, naming the files
+        coll.obsm[".zgroup"] = emb
     coll.write_h5ad(tmp_path / "mine.h5ad")
     want.write_h5ad(tmp_path / "theirs.h5ad")
     assert_adata_equal(read_oracle(tmp_path / "mine.h5ad"), read_oracle(tmp_path / "theirs.h5ad"), "written")
