@@ -1,7 +1,8 @@
 """Random sequences of AnnData operations: a shadow ends in the same state as the AnnData in memory.
 
-Hypothesis draws a list of operations (obs columns, obsm entries and layers set and deleted, ``raw = adata``,
-``del raw``, X replaced, in-place subsets of cells and genes, ``sc.pp.filter_cells``/``filter_genes``) and,
+Hypothesis draws a list of operations (obs columns, obsm entries, layers and uns set and deleted, ``raw = adata``,
+``del raw``, X replaced or normalized and log1p-ed, in-place subsets of cells and genes,
+``sc.pp.filter_cells``/``filter_genes``) and,
 optionally, a final view.  The same list runs on ``ad.read_h5ad(path)``/``ad.read_zarr(path)`` and on
 ``AnnDataShadow(path)`` (h5ad and zarr, CSR and dense X); both objects are compared after every step, and at the
 end the shadow's ``write_h5ad`` (a new file, streamed) and anndata's ``write_h5ad`` of the in-memory object are
@@ -112,6 +113,14 @@ def apply_op(obj, op: tuple) -> None:
         sc.pp.filter_cells(obj, min_counts=obj_min)
     elif kind == "filter_genes":
         sc.pp.filter_genes(obj, min_cells=1 + seed % 3)
+    elif kind == "normalize_log1p":
+        sc.pp.normalize_total(obj, target_sum=10.0)
+        sc.pp.log1p(obj)
+    elif kind == "set_uns":
+        obj.uns[key] = {"v": int(seed), "sub": {"w": f"s{seed % 3}"}} if seed % 2 else int(seed)
+    elif kind == "del_uns":
+        if key in obj.uns:
+            del obj.uns[key]
     else:
         raise ValueError(kind)
 
@@ -131,10 +140,13 @@ OPS = (
     "subset_var",
     "filter_cells",
     "filter_genes",
+    "normalize_log1p",
+    "set_uns",
+    "del_uns",
 )
 _OP = st.tuples(
     st.sampled_from(OPS),
-    st.sampled_from(["score", "batch", "new", "X_pca", "counts", "gene_len"]),
+    st.sampled_from(["score", "batch", "new", "X_pca", "counts", "gene_len", "params"]),
     st.integers(0, 999),
 )
 # a final view: None (no view), or (rows seed, cols seed) of boolean masks
