@@ -817,12 +817,10 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
     def _columns_of(self, js: np.ndarray, layer: str | None) -> np.ndarray:
         """Columns ``js`` of X (or ``layer``), raveled row by row as anndata's ``obs_vector`` does."""
         self._check_layer(layer)
-        if layer is not None:
-            m = self._pending.get(("layers", layer))
-            path = f"layers/{layer}"
-        else:
-            m = self._pending.get(("X", ""))
-            path = "X"
+        key = ("layers", layer) if layer is not None else ("X", "")
+        path = f"layers/{layer}" if layer is not None else "X"
+        # a view holds its parent's assigned matrices, already subset, as inherited: the file is not its X
+        m = self._pending.get(key, self._inherited.get(key))
         if m is None:
             m = self._cache.get(("layers", layer) if layer else ("X", ""))
             if m is not None and not (isinstance(m, np.ndarray) or sp.issparse(m)):

@@ -418,3 +418,35 @@ def test_readme_example_runs(tmp_path):
     np.testing.assert_array_equal(t.X.toarray(), s.X[np.flatnonzero(s.obs.cell_type == "T cell")].toarray())
     np.testing.assert_array_equal(t.obsm["X_umap"], t_umap)
     assert "X_scvi" in s[:5].obsm
+
+
+# --- scale, regress_out, combat in place ---------------------------------------------------------------------------
+CORRECTIONS = [
+    ("calculate_qc_metrics", lambda a: sc.pp.calculate_qc_metrics(a, percent_top=None, log1p=False, inplace=True)),
+    ("normalize_total", lambda a: sc.pp.normalize_total(a, target_sum=1e4)),
+    ("log1p", sc.pp.log1p),
+    ("batch", lambda a: a.obs.__setitem__("batch", pd.Categorical(np.where(np.arange(a.n_obs) % 3 == 0, "p", "q")))),
+    ("scale", lambda a: sc.pp.scale(a, max_value=10)),
+    ("regress_out", lambda a: sc.pp.regress_out(a, ["total_counts"])),
+    ("combat", lambda a: sc.pp.combat(a, key="batch")),
+]
+
+
+def test_scale_regress_out_combat_in_place_are_bit_identical(tmp_path, fmt):
+    """In-place ``scale``, ``regress_out`` and ``combat`` on a dense X (after normalize/log1p, with a new ``batch``
+    column): X and obs of the shadow are those of the AnnData in memory, bit for bit, after every step."""
+    path = write(make_counts(80, 40, seed=5, dense=True), tmp_path, fmt)
+    mem, shadow = read_memory(path), AnnDataShadow(path)
+    for name, fn in CORRECTIONS:
+        before = np.array(mem.X, copy=True)
+        r_sh, r_mem = run_both(fn, mem, shadow, name)
+        if name in ("scale", "regress_out", "combat"):  # each step changes X, or the comparison says nothing
+            assert not np.array_equal(before, mem.X), f"{name} left X as it was"
+        with tolerance(0.0, 0.0):
+            assert_same(r_sh, r_mem, f"{name} returned")
+        assert_exact(shadow, mem, f"after {name}")
+        np.testing.assert_array_equal(shadow.X, mem.X, err_msg=f"after {name}", strict=True)
+        pd.testing.assert_frame_equal(shadow.obs, mem.obs, check_exact=True, obj=f"obs after {name}")
+    shadow.write_h5ad(tmp_path / "out.h5ad")
+    mem.write_h5ad(tmp_path / "mem.h5ad")
+    assert_exact(read_memory(tmp_path / "out.h5ad"), read_memory(tmp_path / "mem.h5ad"), "saved")
