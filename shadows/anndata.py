@@ -454,9 +454,11 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
     def _delete(self, group: str, key: str) -> None:
         k = (group, key)
         on_disk = key in self._disk_keys(group)
-        if k not in self._pending and not on_disk:
+        # an in-place subset (sc.pp.filter_genes) carries the pending values it cut among the inherited ones
+        if k not in self._pending and k not in self._inherited and not on_disk:
             raise KeyError(f"{group} of '{self._storage.describe()}' has no key {key!r}")
         self._pending.pop(k, None)
+        self._inherited.pop(k, None)
         self._cache.pop(k, None)
         if on_disk:
             self._deleted.add(k)

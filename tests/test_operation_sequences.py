@@ -204,3 +204,10 @@ def test_random_operation_sequences(tmp_path_factory, fmt, dense, ops, view):
 @given(ops=st.lists(_OP, max_size=25), view=_VIEW)
 def test_random_operation_sequences_large(tmp_path_factory, fmt, dense, ops, view):
     check(tmp_path_factory.mktemp("ops"), fmt, dense, ops, view)
+
+
+@pytest.mark.parametrize(("fmt", "dense"), FORMATS, ids=IDS)
+def test_delete_a_layer_carried_through_an_in_place_subset(tmp_path, fmt, dense):
+    """Found by the slow sequence test: a pending layer cut by sc.pp.filter_genes could not be deleted (KeyError)."""
+    ops = [("set_layer", "new", 0), ("set_obs", "score", 0), ("filter_genes", "score", 0), ("del_layer", "new", 0)]
+    check(tmp_path, fmt, dense, ops, None)
