@@ -137,7 +137,9 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         self._deleted: set[tuple[str, str]] = set()
         self._inherited: dict[tuple[str, str], Any] = {}
         self._frame_fp: dict[str, dict[str, int]] = {}
-        self._index_fp: dict[str, int] = {}  # of obs_names/var_names as read: a renamed axis is a pending change
+        # obs_names/var_names as read (the same object: no copy, no hash): a renamed axis is a pending change.  A hash
+        # of the names, as the columns have, cost the UMAP-by-gene memory test 8 MB of pyarrow buffers on pandas 3
+        self._index_fp: dict[str, pd.Index] = {}
         root = self._storage.root
         where = self._storage.describe()
         if _axes is not None:
@@ -554,7 +556,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             value = _as_view_frame(empty_columns_as_str(self._table(parts)), self.is_view)
             fps = None
             if isinstance(value, pd.DataFrame):
-                fps = {c: fingerprint(value[c]) for c in value.columns}, fingerprint(value.index)
+                fps = {c: fingerprint(value[c]) for c in value.columns}, value.index
             # the table and its fingerprints go in together: clear_cache() in another thread must not drop the
             # fingerprints of a table it keeps (a column changed later would then not be written)
             with self._cache_lock:
@@ -1005,8 +1007,8 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             return False
         if list(df.columns) != list(fp):
             return True
-        index_fp = self.__dict__.get("_index_fp", {}).get(name)
-        if index_fp is not None and fingerprint(df.index) != index_fp:
+        as_read = self.__dict__.get("_index_fp", {}).get(name)
+        if as_read is not None and df.index is not as_read and not df.index.equals(as_read):
             return True  # renamed obs_names/var_names
         return any(fingerprint(df[c]) != fp[c] for c in df.columns)
 

@@ -257,6 +257,14 @@ def describe(sel: Sel, n: int) -> str:
     return f"{len(sel)} positions"
 
 
+def _all_strings(names: pd.Index) -> bool:
+    """Every non-missing name is a string, decided without copying the names: pandas' string dtypes by their dtype,
+    an object index by one pass of ``infer_dtype`` (a masked copy would copy every name)."""
+    if names.dtype != object:
+        return pd.api.types.is_string_dtype(names.dtype)
+    return pd.api.types.infer_dtype(names, skipna=True) in ("string", "empty")
+
+
 def as_anndata_names(names: pd.Index, where: str) -> pd.Index:
     """Names of obs or var as anndata hands them out: an integer (or other non-string) index becomes strings.
 
@@ -266,9 +274,7 @@ def as_anndata_names(names: pd.Index, where: str) -> pd.Index:
     import anndata
 
     restricted = getattr(anndata.settings, "restrict_index_types", True)  # anndata < 0.13: always restricted
-    if not (
-        (restricted and not pd.api.types.is_string_dtype(names[~names.isna()])) or pd.api.types.is_integer_dtype(names)
-    ):
+    if not ((restricted and not _all_strings(names)) or pd.api.types.is_integer_dtype(names)):
         return names
     import warnings
 
