@@ -1360,9 +1360,10 @@ _MISSING = object()  # a cache lookup's default: None is a value an element can 
 
 
 class _LazyNames:
-    """Names along an axis, read only if an indexer needs them (positional indexers never do)."""
+    """Names along an axis, read only if an indexer needs them (positional indexers never do); of a shadow or of a
+    collection (:mod:`shadows.collection`), through its ``_names``."""
 
-    def __init__(self, shadow: AnnDataShadow, name: str):
+    def __init__(self, shadow: Any, name: str):
         self._shadow, self._name = shadow, name
         self._idx: pd.Index | None = None
 
@@ -1422,6 +1423,7 @@ def suspend_views(storage: Storage) -> None:
 
 
 def _take(value: Any, sels: tuple) -> Any:
+    """An in-memory value restricted to a selection per axis (a sparse value keeps its format)."""
     for axis, s in enumerate(sels):
         if s is None:
             continue

@@ -23,6 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from . import index as ix
+from .anndata import _ANNDATA_013, _as_view_frame, _LazyNames, _take
 from .backends import check_backend_name, get_array_backend
 from .collection_core import Core, expand_sources
 from .collection_source import Stacked
@@ -210,7 +211,7 @@ class CollectionShadow(anndata.AnnData):
             df = src.iloc[ix.positions(sel, len(src))] if sel is not None else src.copy()
             if anndata.settings.remove_unused_categories:  # as anndata's views do
                 df = _without_unused_categories(df)
-            df = _as_view_frame(df)
+            df = _as_view_frame(df, True)
         self._frames[name] = df
         return df
 
@@ -646,47 +647,13 @@ class CollectionShadow(anndata.AnnData):
     __hash__ = object.__hash__
 
 
-class _LazyNames:
-    """Names along an axis, read only if an indexer needs them."""
-
-    def __init__(self, coll: CollectionShadow, name: str):
-        self._coll, self._name = coll, name
-        self._idx: pd.Index | None = None
-
-    def _get(self) -> pd.Index:
-        if self._idx is None:
-            self._idx = self._coll._names(self._name)
-        return self._idx
-
-    def __getattr__(self, item: str) -> Any:
-        return getattr(self._get(), item)
-
-    def __len__(self) -> int:
-        return len(self._get())
-
-
-def _take(value: Any, sels: tuple) -> Any:
-    """An in-memory value restricted to a selection per axis."""
-    for axis, s in enumerate(sels):
-        if s is None:
-            continue
-        pos = ix.positions(s, value.shape[axis])
-        if isinstance(value, pd.DataFrame):
-            value = value.iloc[pos] if axis == 0 else value.iloc[:, pos]
-        elif sp.issparse(value):
-            value = value.tocsr()[pos] if axis == 0 else value.tocsc()[:, pos]
-        else:
-            value = np.take(np.asarray(value), pos, axis=axis)
-    return value
-
-
 def _take_rows(value: Any, rows: ix.Sel, is_view: bool) -> Any:
     """Rows of a whole element (a table in obsm...); a view's tables drop unused categories, as anndata's do."""
     if rows is None and not is_view:
         return value
     if isinstance(value, pd.DataFrame):
         out = value.iloc[ix.positions(rows, len(value))] if rows is not None else value.copy()
-        return _as_view_frame(_without_unused_categories(out)) if is_view else out
+        return _as_view_frame(_without_unused_categories(out), True) if is_view else out
     return _take(value, (rows,))
 
 
@@ -696,21 +663,3 @@ def _without_unused_categories(df: pd.DataFrame) -> pd.DataFrame:
         if isinstance(df[c].dtype, pd.CategoricalDtype):
             df[c] = df[c].cat.remove_unused_categories()
     return df
-
-
-def _as_view_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """A view's tables are anndata's ``DataFrameView`` (as anndata's views hand out), without a copy-on-write link."""
-    try:
-        from anndata._core.views import DataFrameView
-    except ImportError:
-        return df
-    return DataFrameView(df, view_args=None)
-
-
-def _anndata_013() -> bool:
-    from importlib.metadata import version
-
-    return tuple(int(p) for p in version("anndata").split(".")[:2] if p.isdigit()) >= (0, 13)
-
-
-_ANNDATA_013 = _anndata_013()
