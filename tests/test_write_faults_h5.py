@@ -35,6 +35,7 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from oracle import assert_adata_equal, assert_element_equal, assert_raw_equal, quiet
+from test_operation_sequences import apply_op
 from test_write_crash import Children
 
 import shadows.write_h5 as wh
@@ -564,33 +565,6 @@ def test_exceptions_at_every_commit_point_large(tmp_path, fmt):
 
 
 # --- random sequences of edits and writes, against anndata in memory ----------------------------------------------
-def _apply_edit(obj: Any, edit: tuple, n_obs: int, n_vars: int) -> None:
-    kind, key, seed = edit
-    rng = np.random.default_rng(seed)
-    if kind == "set_obs":
-        obj.obs[key] = rng.normal(size=n_obs) if seed % 2 else pd.Categorical(rng.choice(["u", "v"], n_obs))
-    elif kind == "del_obs":
-        if key in obj.obs.columns:
-            del obj.obs[key]
-    elif kind == "set_obsm":
-        obj.obsm[key] = rng.normal(size=(n_obs, 1 + seed % 3))
-    elif kind == "del_obsm":
-        if key in obj.obsm:
-            del obj.obsm[key]
-    elif kind == "set_layer":
-        obj.layers[key] = sp.random(n_obs, n_vars, density=0.3, format="csr", random_state=seed)
-    elif kind == "del_layer":
-        if key in obj.layers:
-            del obj.layers[key]
-    elif kind == "set_uns":
-        obj.uns[key] = {"v": int(seed), "sub": {"w": f"s{seed % 3}"}} if seed % 2 else int(seed)
-    elif kind == "del_uns":
-        if key in obj.uns:
-            del obj.uns[key]
-    elif kind == "set_X":
-        obj.X = rng.normal(size=(n_obs, n_vars)).astype(np.float32)
-
-
 _EDIT = st.tuples(
     st.sampled_from(
         ["set_obs", "del_obs", "set_obsm", "del_obsm", "set_layer", "del_layer", "set_uns", "del_uns", "set_X"]
@@ -611,8 +585,8 @@ def _check_sequence(tmp_path: Path, steps: list[tuple]) -> None:
         if step[0] == "write":
             s.write(overwrite=True)
             continue
-        _apply_edit(mem, step, n_obs, N_VARS)
-        _apply_edit(s, step, n_obs, N_VARS)
+        apply_op(mem, step)  # the edits of the operation-sequence test, on both sides
+        apply_op(s, step)
     s.write(overwrite=True)
     with quiet():
         assert_adata_equal(s, mem, "shadow after the writes", to_memory=False)
