@@ -4,15 +4,15 @@
 >>> s = AnnDataShadow("atlas.h5ad")  # doctest: +SKIP
 """
 
-from . import pp
-from .anndata import AnnDataShadow
-from .backends import array_backends, register_array_backend, register_table_backend, table_backends
-from .collection import concat
-from .convert import convert
-from .lazy import ElementSource, LazyArray
-from .repack import repack
-from .settings import settings
-from .stats import stats
+from shadows import pp
+from shadows.backends import array_backends, register_array_backend, register_table_backend, table_backends
+from shadows.collection.shadow import concat
+from shadows.core.anndata import AnnDataShadow
+from shadows.ops.convert import convert
+from shadows.ops.repack import repack
+from shadows.ops.stats import stats
+from shadows.settings import settings
+from shadows.spec.lazy_array import ElementSource, LazyArray
 
 __version__ = "0.2.0"
 
@@ -38,7 +38,7 @@ def __getattr__(name: str):
     # MuDataShadow needs the optional mudata package: imported on first use, so that `import shadows` works without it
     if name == "MuDataShadow":
         try:
-            from .mudata import MuDataShadow
+            from shadows.mudata.shadow import MuDataShadow
         except ImportError as e:
             if e.name == "mudata":  # mudata itself is missing (not something it needs)
                 raise ImportError("MuDataShadow needs the mudata package: pip install shadows[mudata]") from e

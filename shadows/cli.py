@@ -33,7 +33,7 @@ _CONTAINERS = (None, "dict", "anndata", "raw", "MuData")
 
 # --- info -------------------------------------------------------------------------------------------------------------
 def _is_mudata(path: str) -> bool:
-    from .storage import Storage, attr
+    from shadows.io.storage import Storage, attr
 
     st = Storage(path)
     try:
@@ -44,12 +44,12 @@ def _is_mudata(path: str) -> bool:
 
 
 def open_shadow(path: str, mode: str = "r") -> Any:
-    """An :class:`~shadows.AnnDataShadow`, or a :class:`~shadows.mudata.MuDataShadow` for a MuData file."""
+    """An :class:`~shadows.AnnDataShadow`, or a :class:`~shadows.mudata.shadow.MuDataShadow` for a MuData file."""
     if _is_mudata(path):
-        from . import __getattr__ as lazy_attribute  # MuDataShadow needs mudata: imported only for MuData files
+        from shadows import __getattr__ as lazy_attribute  # MuDataShadow needs mudata: imported only for MuData files
 
         return lazy_attribute("MuDataShadow")(path, mode=mode)
-    from .anndata import AnnDataShadow
+    from shadows.core.anndata import AnnDataShadow
 
     return AnnDataShadow(path, mode=mode)
 
@@ -64,7 +64,7 @@ def _chunks(arr: Any) -> str:
 
 
 def _compression(arr: Any) -> str:
-    from .storage import is_h5
+    from shadows.io.storage import is_h5
 
     if is_h5(arr):
         if arr.compression is None:
@@ -95,9 +95,9 @@ def element_rows(node: Any, path: str = "") -> Iterator[tuple[str, ...]]:
     Sparse matrices, categoricals and nullable arrays are one element each (described by their values array:
     ``data``, ``codes``, ``values``); a column index stored inside a sparse matrix is a row of its own.
     """
-    from .elements import encoding_of
-    from .elements.sparse import COLUMN_INDEX, matrix_info
-    from .storage import attr, is_array, is_group
+    from shadows.io.storage import attr, is_array, is_group
+    from shadows.spec import encoding_of
+    from shadows.spec.sparse import COLUMN_INDEX, matrix_info
 
     for key in sorted(node.keys(), key=str) if is_group(node) else ():
         child, where = node[key], f"{path}/{key}" if path else str(key)
@@ -152,7 +152,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 # --- convert, add-column-index, repack ----------------------------------------------------------------------------------
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .convert import convert, output_format
+    from shadows.ops.convert import convert, output_format
 
     dst = Path(args.dst)
     if dst.exists() and not args.overwrite:  # convert() refuses too; this names the command-line flag
@@ -174,8 +174,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_add_column_index(args: argparse.Namespace) -> int:
-    from .anndata import AnnDataShadow
-    from .column_index import add_column_index, drop_column_index
+    from shadows.core.anndata import AnnDataShadow
+    from shadows.ops.column_index import add_column_index, drop_column_index
 
     with AnnDataShadow(args.file, mode="r+") as shadow:
         for element in args.element or ["X"]:
@@ -189,7 +189,7 @@ def cmd_add_column_index(args: argparse.Namespace) -> int:
 
 
 def cmd_repack(args: argparse.Namespace) -> int:
-    from .repack import repack
+    from shadows.ops.repack import repack
 
     before = _size(args.file)
     out = repack(args.file)
@@ -218,7 +218,7 @@ def _progress_flag(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from shadows import __version__
 
     parser = argparse.ArgumentParser(
         prog="shadows", description="Inspect and rewrite AnnData (.h5ad, .zarr) and MuData (.h5mu) files."

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .settings import settings
+from shadows.settings import settings
 
 
 def interactive() -> bool:

@@ -192,7 +192,7 @@ def _properties(cls) -> dict[str, str]:
 
 def _mudata_shadow():
     pytest.importorskip("mudata")
-    from shadows.mudata import MuDataShadow
+    from shadows.mudata.shadow import MuDataShadow
 
     return MuDataShadow
 

@@ -21,8 +21,8 @@ import scipy.sparse as sp
 
 import shadows
 from shadows import AnnDataShadow, backends
-from shadows.elements import FrameParts
-from shadows.lazy import ElementSource
+from shadows.spec import FrameParts
+from shadows.spec.lazy_array import ElementSource
 
 try:
     from .oracle import write_adata

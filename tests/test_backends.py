@@ -334,7 +334,7 @@ def test_dask_reads_lazily_and_pickles_without_handles(files, tmp_path):
 
 @_needs("dask")
 def test_dask_view_graph_reads_only_the_selection(files):
-    from shadows.lazy import ElementSource
+    from shadows.spec.lazy_array import ElementSource
 
     s = AnnDataShadow(files[("h5ad", "csr")], array_backend="dask")
     v = s[10:20, [1, 3]]
@@ -437,7 +437,7 @@ def test_table_index_column_name_and_keys(tmp_path, backend):
     assert "obs_names_" not in repr(s)
     assert list(table_columns(s.uns["nested"]["df"], backend)) == ["index", "q"]  # tables nested in uns too
     if backend == "pyarrow":
-        assert s.obs.schema.metadata[b"shadows.index"] == b"obs_names_"
+        assert s.obs.schema.metadata[b"shadows.spec.selection"] == b"obs_names_"
 
 
 @pytest.mark.parametrize("backend", [*ARRAY_BACKENDS, *TABLE_BACKENDS])

@@ -308,7 +308,7 @@ def test_filter_by_obs_reads_only_selected_files(three):
     mask = coll.obs_vector("a") == coll.obs_vector("a")[0]  # a value of the first file's categories
     view = coll[np.asarray(mask, dtype=bool) & (np.arange(coll.n_obs) < 5)]
     src = view.stacked("X")
-    from shadows.collection_source import plan_rows
+    from shadows.collection.source import plan_rows
 
     assert [f for f, _ in plan_rows(src.rows, src.offsets).pieces] == [0]
     assert_element_equal(view.X, want[np.asarray(mask, dtype=bool) & (np.arange(15) < 5)].X, "X")

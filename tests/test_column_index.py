@@ -17,7 +17,7 @@ from stream_data import SOURCES, counts, dense_of, rich, write_source
 
 import shadows
 from shadows import AnnDataShadow
-from shadows.elements.sparse import COLUMN_INDEX
+from shadows.spec.sparse import COLUMN_INDEX
 
 
 @pytest.mark.parametrize(("fmt", "zf", "kind"), [(f, z, "csr") for f, z in SOURCES] + [("h5ad", None, "csc")])
@@ -91,7 +91,7 @@ def test_index_requires_write_mode_and_whole_shadow(tmp_path):
 def test_drop_and_crash_safety(tmp_path, fmt, zf, monkeypatch):
     a = rich(kind="csr", seed=2, light=True)
     path = write_source(a, tmp_path, fmt, zf)
-    import shadows.column_index as ci
+    import shadows.ops.column_index as ci
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")

@@ -17,7 +17,7 @@ from stream_data import SOURCES, as_kind, counts, dense_of, rich, write_source
 
 import shadows
 from shadows import AnnDataShadow
-from shadows.transpose import plan_buckets, transposed_blocks
+from shadows.stream.transpose import plan_buckets, transposed_blocks
 
 
 # --- convert ------------------------------------------------------------------------------------------------------------
@@ -52,7 +52,8 @@ def test_convert_changes_x_and_layers_only(tmp_path, fmt, zf, src_kind, target):
 def test_convert_x_alone_copies_the_rest_beside_it(tmp_path, fmt, monkeypatch):
     """With X the only matrix converted, every other element is copied while X converts (in another thread, HDF5
     copies without the GIL); keys that are not ASCII still keep their names."""
-    from shadows import rawcopy, stream_write
+    from shadows.io.fast import h5copy as rawcopy
+    from shadows.stream.shadow import anndata_writer as stream_write
 
     a = rich(kind="csr", seed=3, light=True)
     a.obsm["émbedding"] = np.arange(a.n_obs * 2, dtype=np.float32).reshape(a.n_obs, 2)
@@ -239,8 +240,8 @@ def test_stats_through_memory_maps_cut_mid_row(tmp_path, compression):
     """Per-gene statistics of an uncompressed CSR file view the file through memory maps, in ranges of values cut
     anywhere (a tiny budget cuts rows in two, and HDF5's chunk layout has gaps between runs); compressed files
     take the block reader.  Both equal numpy's, negative values, explicit zeros and a full column included."""
-    from shadows.stats import mapped_values
-    from shadows.stream import matrix_part
+    from shadows.ops.stats import mapped_values
+    from shadows.stream.shadow import matrix_part
 
     x = counts(600, 40, seed=11, density=0.4)
     x[:100:5] -= 1.5 * (x[:100:5] > 0)  # negative values in the first blocks only
@@ -269,7 +270,7 @@ def test_stats_through_memory_maps_cut_mid_row(tmp_path, compression):
 
 def test_scatter_matvec_fast_path_and_fallback():
     """The direct call of scipy's C product and the public product (other index types) agree, accumulating."""
-    from shadows.stats import _matvec
+    from shadows.ops.stats import _matvec
 
     m = sp.random(30, 50, density=0.3, format="csc", random_state=2, dtype=np.float64)
     x = np.random.default_rng(3).random(50)

@@ -28,7 +28,11 @@ from oracle import assert_adata_equal, assert_element_equal, read_oracle, write_
 from stream_data import counts
 
 import shadows
-from shadows import AnnDataShadow, rawcopy, rawread, rawwrite, zarrchunks
+from shadows import AnnDataShadow
+from shadows.io.fast import h5copy as rawcopy
+from shadows.io.fast import pread as rawread
+from shadows.io.fast import pwrite as rawwrite
+from shadows.io.fast import zarr_chunks as zarrchunks
 
 stats_module = importlib.import_module("shadows.stats")  # ``shadows.stats`` is the function
 
@@ -320,7 +324,7 @@ def test_the_setting_is_a_bool():
 def test_environment_variable_read_at_import(files, value, want):
     """``SHADOWS_FAST_IO=0`` at import turns fast I/O off: a gene scan in that process enters no raw read."""
     script = (
-        "import shadows, shadows.rawread as r\n"
+        "import shadows, shadows.io.fast.pread as r\n"
         "n = [0]\n"
         "real = r.read_into\n"
         "r.read_into = lambda *a, **k: (n.__setitem__(0, n[0] + 1), real(*a, **k))[1]\n"
@@ -400,9 +404,9 @@ def test_scratch_file_reads_and_writes_without_positional_io(tmp_path, monkeypat
 def test_zarr_write_back_without_fcntl(tmp_path, monkeypatch):
     """A platform without ``fcntl`` (Windows) writes back into zarr under a lock file, and a second writer is
     refused while it is held."""
-    import shadows.zarr_journal as zj
+    import shadows.io.zarr_journal as zj
     from shadows import AnnDataShadow
-    from shadows.storage import StorageError
+    from shadows.io.storage import StorageError
 
     monkeypatch.setattr(zj, "fcntl", None)
     a = ad.AnnData(np.arange(12, dtype=np.float32).reshape(4, 3))

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 md = pytest.importorskip("mudata")
 
 from shadows import AnnDataShadow, MuDataShadow  # noqa: E402
-from shadows import index as ix  # noqa: E402
+from shadows.spec import selection as ix  # noqa: E402
 
 try:
     from .oracle import assert_adata_equal, assert_element_equal, assert_mapping_equal, quiet

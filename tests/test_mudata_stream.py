@@ -115,7 +115,7 @@ def test_streaming_refuses_its_own_file_and_keeps_destination_on_failure(source,
     dst = tmp_path / "keep.h5mu"
     dst.write_bytes(b"previous content")
     with pytest.raises(ValueError, match="file_format"):
-        from shadows.mudata_write import write_mudata as stream
+        from shadows.mudata.writer import write_mudata as stream
 
         stream(sh, dst, "loom")
     assert dst.read_bytes() == b"previous content"

@@ -19,7 +19,7 @@ md = pytest.importorskip("mudata")
 from compare import render_figures  # noqa: E402
 
 try:
-    from shadows.mudata import MuDataShadow
+    from shadows.mudata.shadow import MuDataShadow
 except ImportError as e:  # MuDataShadow needs mudata; skipped where it cannot be imported
     pytest.skip(f"MuDataShadow is not importable: {e}", allow_module_level=True)
 

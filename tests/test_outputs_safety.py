@@ -29,7 +29,9 @@ from oracle import assert_adata_equal, read_oracle, store_path, write_adata
 from test_write_crash import Children
 
 import shadows
-from shadows import AnnDataShadow, commit_guard, sink
+from shadows import AnnDataShadow
+from shadows.io import commit_guard
+from shadows.stream.shadow import sink
 
 FORMATS = [("h5ad", None), ("zarr", 2), ("zarr", 3)]
 FORMAT_IDS = ["h5ad", "zarr2", "zarr3"]

@@ -1,4 +1,4 @@
-"""Raw (pread) reads of uncompressed HDF5 datasets (``shadows.rawread``) against h5py's reads of the same data.
+"""Raw (pread) reads of uncompressed HDF5 datasets (``shadows.io.fast.pread``) against h5py's reads of the same data.
 
 Which datasets may be read raw is decided from HDF5's own description of the layout; everything else must be left to
 h5py (``layout`` returns ``None``).  The files are written by h5py (and one by mudata, with a 512-byte user block).
@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from shadows import rawread
+from shadows.io.fast import pread as rawread
 
 
 def _write(path, **datasets):

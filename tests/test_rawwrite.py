@@ -1,4 +1,4 @@
-"""Raw (pwrite) writes of new uncompressed HDF5 datasets (``shadows.rawwrite``) and the sinks that use them.
+"""Raw (pwrite) writes of new uncompressed HDF5 datasets (``shadows.io.fast.pwrite``) and the sinks that use them.
 
 What is written behind HDF5's back must read back, through h5py and anndata, exactly as if h5py had written it; in
 a file with a user block (``.h5mu``) too; and datasets that cannot be made for it fall back on h5py's writes.
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from shadows import rawwrite
-from shadows.sink import SparseSink
+from shadows.io.fast import pwrite as rawwrite
+from shadows.stream.sink import SparseSink
 
 
 @pytest.mark.parametrize("userblock", [0, 512])

@@ -31,8 +31,8 @@ from oracle import assert_element_equal, quiet, read_oracle, write_adata
 from scipy import sparse
 
 from shadows import AnnDataShadow
-from shadows.elements import CorruptElementError
-from shadows.storage import StorageError
+from shadows.io.storage import StorageError
+from shadows.spec import CorruptElementError
 
 REPO = Path(__file__).resolve().parents[1]
 

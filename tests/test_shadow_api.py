@@ -321,7 +321,7 @@ def test_import_and_open_emit_no_warnings(tmp_path):
 def test_string_datasets_read_like_h5py_asstr(tmp_path):
     """Names are decoded through numpy's StringDType where h5py offers it: the same ``str`` objects as h5py's own
     ``asstr()``, for any Unicode, empty strings and slices; fixed-length strings take h5py's path."""
-    from shadows.storage import read_raw
+    from shadows.io.storage import read_raw
 
     names = np.array(["", "gène", "细胞", "a b\tc", "x" * 300, "🧬", "naïve_T"], dtype=object)
     with h5py.File(tmp_path / "s.h5", "w") as f:

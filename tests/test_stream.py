@@ -23,8 +23,8 @@ from stream_data import SOURCES, dense_of, rich, write_source
 import shadows
 from shadows import AnnDataShadow
 from shadows.progress import progress_bar, show_progress
-from shadows.stream import chunked, write_subset
-from shadows.stream_write import write_anndata
+from shadows.stream.anndata_writer import write_anndata
+from shadows.stream.shadow import chunked, write_subset
 
 CELLS = np.array([0, 2, 3, 7, 8, 11, 20, 21, 22, 30, 38])
 GENES = np.array([1, 3, 4, 9, 12, 14])
@@ -320,7 +320,7 @@ def test_blocks_read_deferred_equal_blocks_read_ahead(tmp_path, sel):
     its own buffers, and the blocks equal those read ahead into shared buffers."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from shadows.blocks import iter_major, part_of
+    from shadows.stream.blocks import iter_major, part_of
 
     m = sp.random(200, 40, density=0.2, format="csr", random_state=5, dtype=np.float32)
     path = tmp_path / "m.h5ad"
@@ -344,7 +344,7 @@ def test_blocks_read_deferred_equal_blocks_read_ahead(tmp_path, sel):
 def test_span_cuts_of_ordered_spans_are_maximal(lengths, target):
     """Ranges of consecutive items (a matrix's rows): each range spans at most ``target`` or holds one item, and
     the next item would not have fitted."""
-    from shadows.blocks import span_cuts
+    from shadows.stream.blocks import span_cuts
 
     ip = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     lo, hi = ip[:-1], ip[1:]

@@ -23,7 +23,7 @@ sc = pytest.importorskip("scanpy")
 from compare import assert_same, tolerance  # noqa: E402
 from test_workflow_fidelity import assert_exact, make_counts, run_both  # noqa: E402
 
-from shadows.mudata import MuDataShadow  # noqa: E402
+from shadows.mudata.shadow import MuDataShadow  # noqa: E402
 
 
 def make_citeseq(n_obs: int = 240, n_genes: int = 150, n_prot: int = 14, seed: int = 0) -> md.MuData:

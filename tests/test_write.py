@@ -25,7 +25,7 @@ from oracle import STORE_FORMATS, assert_element_equal, quiet, read_oracle, stor
 
 import shadows
 from shadows import AnnDataShadow
-from shadows.storage import StorageError
+from shadows.io.storage import StorageError
 
 N_OBS, N_VARS = 30, 12
 
@@ -476,7 +476,7 @@ _HOLD = textwrap.dedent(
     s = AnnDataShadow(sys.argv[1], mode=sys.argv[2])
     s.X; s.obs
     if sys.argv[2] == "r+" and sys.argv[1].endswith(".zarr"):
-        from shadows.write_zarr import writer_lock
+        from shadows.writeback.zarr import writer_lock
         from pathlib import Path
         lock = writer_lock(Path(sys.argv[1])); lock.__enter__()  # a writer in the middle of its write
     print("ready", flush=True)

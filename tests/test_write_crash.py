@@ -3,7 +3,7 @@ earlier element intact and each element being written either absent or complete;
 
 Kill points are of two kinds: *in the data* (once a given fraction of the bytes that the same write puts down
 uninterrupted has reached the disk: the HDF5 file's size, the zarr staging directory's) and *at a step* (the child
-is paused right after a named step of ``shadows.write_h5`` / ``shadows.write_zarr`` and killed there).  Children are
+is paused right after a named step of ``shadows.write_h5`` / ``shadows.writeback.zarr`` and killed there).  Children are
 started ahead of time, so that their imports overlap with the checks of earlier kill points.
 """
 
@@ -26,7 +26,7 @@ import pytest
 import scipy.sparse as sp
 from oracle import assert_element_equal, read_oracle, store_path, write_adata
 
-import shadows.write_h5 as wh
+import shadows.writeback.hdf5 as wh
 from shadows import AnnDataShadow
 
 N_OBS = 2000
@@ -37,7 +37,7 @@ _CHILD = textwrap.dedent(
     import json, signal, sys, time
     import numpy as np
     import shadows.write_h5 as wh
-    import shadows.write_zarr as wz
+    import shadows.writeback.zarr as wz
     from shadows import AnnDataShadow, commit_guard
 
     print("ready", flush=True)
@@ -66,7 +66,7 @@ _CHILD = textwrap.dedent(
         setattr(module, name, wrapped)
 
     def at_point(name, nth=1):
-        # pause at the nth pass through the commit point `name` (shadows.commit_guard)
+        # pause at the nth pass through the commit point `name` (shadows.io.commit_guard)
         calls = [0]
         def hook(point):
             if point == name:
@@ -82,8 +82,8 @@ _CHILD = textwrap.dedent(
         kind, module, name, *nth = step
         (after if kind == "after" else before)(wh if module == "h5" else wz, name, *nth)
     exec(cfg.get("setup", ""))
-    if cfg.get("point"):  # pause at the first commit point (shadows.commit_guard) whose name starts so
-        import shadows.commit_guard as cg
+    if cfg.get("point"):  # pause at the first commit point (shadows.io.commit_guard) whose name starts so
+        import shadows.io.commit_guard as cg
         cg.set_hook(lambda name: name.startswith(cfg["point"]) and pause(f"paused at {name}"))
     exec(cfg["edits"])
     print("writing", flush=True)
@@ -302,7 +302,7 @@ H5_STEPS = [
     ("point", wh.COLUMNS_LINKED, 1),  # obs: the new column linked, column-order not yet updated
     ("point", wh.ORDER_SET, 1),  # obs: column-order updated, not yet reported done
 ]
-ZARR_POINTS = [  # commit points of shadows.write_zarr / shadows.zarr_journal (a prefix of the point's name)
+ZARR_POINTS = [  # commit points of shadows.writeback.zarr / shadows.io.zarr_journal (a prefix of the point's name)
     "zarr:2 ",  # journal written, consolidated metadata removed, nothing moved
     "zarr:3.0 ",  # the large element moved in, not yet consolidated
     "zarr:3.3 ",  # obs: the new column placed, column-order not yet updated

@@ -7,7 +7,7 @@ signals to land in it), a replaced obsm entry, a deleted layer, obs columns adde
 index, a var column, a nested uns dict (a changed leaf, a new key, a removed key), X and raw.  It is interrupted:
 
 - in-process, by an exception (``KeyboardInterrupt`` or a ``RuntimeError``) raised at every pass through every commit
-  point of :mod:`shadows.write_h5` (``shadows.commit_guard``);
+  point of :mod:`shadows.write_h5` (``shadows.io.commit_guard``);
 - in a child process, by ``SIGKILL`` at every commit point and at random moments;
 - in a child process, by a real ``SIGINT`` (``os.kill``) at random moments.
 
@@ -38,8 +38,9 @@ from oracle import assert_adata_equal, assert_element_equal, assert_raw_equal, q
 from test_operation_sequences import apply_op
 from test_write_crash import Children
 
-import shadows.write_h5 as wh
-from shadows import AnnDataShadow, MuDataShadow, commit_guard
+import shadows.writeback.hdf5 as wh
+from shadows import AnnDataShadow, MuDataShadow
+from shadows.io import commit_guard
 
 N_OBS, N_VARS = 400, 30
 MISSING = "<absent>"

@@ -3,7 +3,7 @@
 One write exercises every write path at once: X replaced, an obsm entry added and one replaced, a layer deleted,
 obs columns added, replaced and removed, a var column added, a nested uns entry replaced and one added, raw
 replaced.  The writer is a real subprocess (the harness of ``test_write_crash``) killed with SIGKILL at every commit
-point (:mod:`shadows.commit_guard`) and at random times, or sent a real SIGINT; ``KeyboardInterrupt`` and another
+point (:mod:`shadows.io.commit_guard`) and at random times, or sent a real SIGINT; ``KeyboardInterrupt`` and another
 exception are raised in-process at every commit point.  After each fault:
 
 * anndata reads the store; every element is its old value or its new value, complete (an added one may be absent,
@@ -42,9 +42,9 @@ import zarr
 from oracle import quiet, read_oracle, store_path, write_adata
 from test_write_crash import Children
 
-import shadows.commit_guard as commit_guard
+import shadows.io.commit_guard as commit_guard
 from shadows import AnnDataShadow
-from shadows.write_zarr import consolidated_kind
+from shadows.writeback.zarr import consolidated_kind
 
 N_OBS, N_VARS = 200, 20
 KINDS = [(2, True), (2, False), (3, True), (3, False)]
@@ -74,9 +74,9 @@ s.raw = ad.AnnData(X=np.full((n, 7), float(v)), obs=obs, var=pd.DataFrame(index=
 
 # In the child: report every commit point on stdout; pause (to be killed, or to receive SIGINT) at one of them.
 HOOK = """
-import shadows.commit_guard as cg
+import shadows.io.commit_guard as cg
 if not cfg.get("exchange", True):
-    import shadows.zarr_journal as zj
+    import shadows.io.zarr_journal as zj
     zj.use_exchange = False
 def _hook(name):
     print("point " + name, flush=True)
@@ -266,7 +266,7 @@ def befores(templates) -> dict:
 @pytest.fixture(scope="module")
 def points(templates, tmp_path_factory) -> dict:
     """The commit points of the write, per store kind (and with the two-rename fallback)."""
-    import shadows.zarr_journal as zj
+    import shadows.io.zarr_journal as zj
 
     d = tmp_path_factory.mktemp("points")
     out = {}
@@ -554,7 +554,7 @@ def test_leftover_column_directory_does_not_block_writes(tmp_path, templates, be
 
 
 def test_unreadable_journal_stops_writers_and_keeps_the_staging(tmp_path, templates):
-    from shadows.zarr_journal import JournalError
+    from shadows.io.zarr_journal import JournalError
 
     path = fresh(templates, (3, True), tmp_path)
     stage = tmp_path / f".{path.name}.shadows-write-dead"

@@ -1,4 +1,4 @@
-"""``shadows.zarrchunks``: zarr chunks decoded straight into a buffer equal what zarr reads, for every layout the
+"""``shadows.io.fast.zarr_chunks``: zarr chunks decoded straight into a buffer equal what zarr reads, for every layout the
 decoder accepts (v2 compressors, v3 codecs, shards with and without checksums, chunks never written); every other
 layout is left to zarr.  And a gene scan over such a store equals anndata's."""
 
@@ -12,7 +12,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, GzipCodec, ZstdCodec
 
 from shadows import AnnDataShadow
-from shadows.zarrchunks import decoder
+from shadows.io.fast.zarr_chunks import decoder
 
 N = 10_007  # not a multiple of any chunk length: the last chunk is partial
 

@@ -2,8 +2,8 @@
 
 An array backend turns the numpy/scipy value read from the file into the user's array type; a table backend
 turns a table into the user's table type.  Built-in backends may instead take the read's *source* (for arrays:
-a :class:`shadows.lazy.ElementSource`, so that dask can read lazily) or the table's columns
-(:class:`shadows.elements.FrameParts`, so that polars/arrow tables are built without pandas).  Third-party
+a :class:`shadows.spec.lazy_array.ElementSource`, so that dask can read lazily) or the table's columns
+(:class:`shadows.spec.FrameParts`, so that polars/arrow tables are built without pandas).  Third-party
 packages add backends by the entry-point groups ``shadows.array_backends`` and ``shadows.table_backends``, whose
 objects are ``convert`` callables (or :class:`ArrayBackend`/:class:`TableBackend` instances).
 """
@@ -30,7 +30,7 @@ class ArrayBackend:
         The name users pass as ``array_backend=``.
     convert
         ``convert(value)`` with a numpy array or scipy sparse matrix, or (when ``from_source``) ``convert(source)``
-        with an :class:`~shadows.lazy.ElementSource` that can read any part of the element.
+        with an :class:`~shadows.spec.lazy_array.ElementSource` that can read any part of the element.
     from_source
         Whether ``convert`` takes the source instead of the value read.
     release
@@ -51,7 +51,7 @@ class ArrayBackend:
 @dataclass(frozen=True)
 class TableBackend:
     """How tables are handed out: ``convert(df)`` with a pandas DataFrame, or ``convert(parts)`` with
-    :class:`~shadows.elements.FrameParts` when ``from_parts``."""
+    :class:`~shadows.spec.FrameParts` when ``from_parts``."""
 
     name: str
     convert: Callable[[Any], Any]
@@ -123,7 +123,7 @@ def register_table_backend(
         The name to pass as ``table_backend=``; registering an existing name replaces that backend.
     convert
         ``convert(df)`` with a pandas DataFrame (or, when ``from_parts``, with
-        :class:`~shadows.elements.FrameParts`), or a :class:`TableBackend`.
+        :class:`~shadows.spec.FrameParts`), or a :class:`TableBackend`.
     from_parts
         Whether ``convert`` takes the table's columns instead of a pandas DataFrame.
     """

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from . import ArrayBackend
+from shadows.backends import ArrayBackend
 
 _NUMERIC = "biufc"
 

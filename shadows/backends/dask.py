@@ -1,7 +1,7 @@
 """The ``"dask"`` array backend: dask arrays whose chunks read the file when computed.
 
 ``shadow.X`` (and every other array element) is a :class:`dask.array.Array` built from the element's
-:class:`~shadows.lazy.ElementSource`; nothing is read until it is computed, and each chunk task reads only its own
+:class:`~shadows.spec.lazy_array.ElementSource`; nothing is read until it is computed, and each chunk task reads only its own
 part (``source.read(sub)``).  A view's elements are dask arrays of the selected part only.
 
 Chunks
@@ -20,7 +20,7 @@ Sparse matrices
     ``X.compute()`` is a plain ``scipy.sparse.csr_matrix``/``csc_matrix`` (a chunk's ``copy()`` is one).
 
 Distributed
-    The graph carries the file's path, the element's key and its selection (an :class:`~shadows.lazy.ElementSource`),
+    The graph carries the file's path, the element's key and its selection (an :class:`~shadows.spec.lazy_array.ElementSource`),
     never an open handle: it pickles, and ``dask.distributed`` workers in other processes compute it, each opening
     the file read-only once per process and thread.
 """
@@ -39,9 +39,9 @@ from dask.array.dispatch import concatenate_lookup
 from dask.base import tokenize
 from dask.utils import parse_bytes
 
-from ..lazy import ElementSource, LazyArray
-from ..storage import Storage
-from . import ArrayBackend
+from shadows.backends import ArrayBackend
+from shadows.io.storage import Storage
+from shadows.spec.lazy_array import ElementSource, LazyArray
 
 #: Length of a chunk along the stored major axis (rows; columns for CSC), or ``None`` to aim at dask's
 #: ``array.chunk-size`` bytes per chunk.  Read each time an element is converted.

@@ -1,14 +1,14 @@
 """The ``"polars"`` and ``"pyarrow"`` table backends.
 
 Tables (``obs``, ``var``, dataframes in ``obsm``/``varm``/``uns``, ``raw.var``) are built column by column from the
-:class:`~shadows.elements.FrameParts` the shadow reads (for a view: only the selected rows), never through pandas.
+:class:`~shadows.spec.FrameParts` the shadow reads (for a view: only the selected rows), never through pandas.
 
 Index
     Neither library has a row index: the index becomes the *first column*.  Its name is the stored index name when
     the table has one (as ``DataFrame.reset_index()`` names it), else ``obs_names``/``var_names`` for tables whose
     rows are cells/genes (``obs``, ``var``, ``raw.var``, dataframes in ``obsm``/``varm``; ``FrameParts.axis_name``),
     else ``index``.  If a column already has that name, ``_`` is appended until it is free
-    (:func:`index_column`).  A pyarrow table records the name in its schema metadata (``b"shadows.index"``).
+    (:func:`index_column`).  A pyarrow table records the name in its schema metadata (``b"shadows.spec.selection"``).
 
 Columns
     * numbers and booleans: the arrays read, shared where the library can (numeric columns without missing values).
@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import TableBackend
+from shadows.backends import TableBackend
 
-INDEX_METADATA = b"shadows.index"
+INDEX_METADATA = b"shadows.spec.selection"
 
 
 def index_column(parts: Any) -> str:
@@ -135,7 +135,7 @@ def _polars_categorical(name: str, cat: pd.Categorical) -> Any:
 
 
 def to_polars(parts: Any) -> Any:
-    """A ``polars.DataFrame`` from :class:`~shadows.elements.FrameParts`: the index first, then every column."""
+    """A ``polars.DataFrame`` from :class:`~shadows.spec.FrameParts`: the index first, then every column."""
     import polars as pl
 
     return pl.DataFrame([_polars_series(name, values) for name, values in _columns(parts)])
@@ -164,7 +164,7 @@ def _arrow_array(values: Any) -> Any:
 
 
 def to_pyarrow(parts: Any) -> Any:
-    """A ``pyarrow.Table`` from :class:`~shadows.elements.FrameParts`: the index first, then every column."""
+    """A ``pyarrow.Table`` from :class:`~shadows.spec.FrameParts`: the index first, then every column."""
     import pyarrow as pa
 
     cols = _columns(parts)
@@ -173,8 +173,8 @@ def to_pyarrow(parts: Any) -> Any:
 
 
 def parts_from_pandas(df: pd.DataFrame) -> Any:
-    """:class:`~shadows.elements.FrameParts` of an in-memory pandas DataFrame (tables nested in ``uns`` dicts)."""
-    from ..elements import FrameParts
+    """:class:`~shadows.spec.FrameParts` of an in-memory pandas DataFrame (tables nested in ``uns`` dicts)."""
+    from shadows.spec import FrameParts
 
     columns = {str(c): _plain(df[c].array) for c in df.columns}
     return FrameParts(

@@ -1,0 +1,665 @@
+"""Many files as one shadow: :func:`concat` is ``anndata.concat`` over files, without reading them.
+
+``shadows.concat(["a.h5ad", "b.zarr", "more/*.h5ad"], join="outer", label="batch")`` opens each file lazily (its
+lengths and names only) and returns a :class:`CollectionShadow`: an :class:`anndata.AnnData` whose elements are
+what ``anndata.concat`` of the files read into memory would hold, read only when asked for.  A view
+(``coll[coll.obs.cell_type == "T cell", genes]``) reads only the rows (and files) it selects; ``write_h5ad``
+streams the collection (or a view) file by file into one new file in bounded memory.
+
+Reading is split in three modules: :mod:`shadows.collection.core` (the files, the join, what is read once),
+:mod:`shadows.collection.source` (reading rows of matrix elements across files) and
+:mod:`shadows.collection.write` (the streamed write).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import anndata
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from shadows.backends import check_backend_name, get_array_backend
+from shadows.collection.core import Core, expand_sources
+from shadows.collection.source import Stacked
+from shadows.core.anndata import _ANNDATA_013, _as_view_frame, _LazyNames, _take
+from shadows.core.compat import NOT_A_REFERENCE, accessor_get
+from shadows.core.mapping import ElementMapping, untrack
+from shadows.spec import selection as ix
+
+_MATRIX_GROUPS = ("layers", "obsm", "obsp")
+
+
+def concat(
+    sources: Any,
+    *,
+    axis: str | int = "obs",
+    join: str = "inner",
+    merge: Any = None,
+    uns_merge: Any = None,
+    label: str | None = None,
+    keys: Any = None,
+    index_unique: str | None = None,
+    fill_value: Any = None,
+    pairwise: bool = False,
+    format: str | None = None,
+    array_backend: str = "numpy",
+) -> CollectionShadow:
+    """Concatenate AnnData files along obs as one lazy shadow, as ``anndata.concat`` does in memory.
+
+    Parameters
+    ----------
+    sources
+        Paths (``.h5ad`` files, zarr stores, ``file.h5mu/mod/rna``), glob patterns (expanded in sorted order) and
+        :class:`~shadows.AnnDataShadow` objects (or views), mixed; or a mapping of key to source (its keys are the
+        ``keys``).
+    axis
+        Only ``"obs"`` (0) is supported.
+    join
+        ``"inner"``: the genes all files share; ``"outer"``: all genes, a file's missing ones filled (sparse
+        matrices with zeros, dense ones with NaN, unless ``fill_value``).
+    merge
+        How var, varm and varp are merged (anndata's strategies: ``None``, ``"same"``, ``"unique"``,
+        ``"first"``, ``"only"``); ``None`` keeps none (and reads none).
+    uns_merge
+        How ``uns`` is merged (same strategies); ``None`` keeps none.
+    label
+        Name of an obs column recording each cell's source (its key).
+    keys
+        Names of the sources (default ``"0"``, ``"1"``, ...).
+    index_unique
+        If given, cell names become ``"{name}{index_unique}{key}"``.
+    fill_value
+        Value of joined positions a file lacks (``join="outer"``).
+    pairwise
+        Keep ``obsp`` (block-diagonal, one block per file), as anndata's ``pairwise=True``.
+    format
+        Format of path sources (``"h5ad"``, ``"zarr"``...; default: detected per file).
+    array_backend
+        Type of the arrays handed out (``"numpy"``, ``"dask"``, ``"jax"``, ``"torch"``...).
+
+    Returns
+    -------
+    A :class:`CollectionShadow` (an :class:`anndata.AnnData`).
+
+    Examples
+    --------
+    >>> coll = shadows.concat(["a.h5ad", "b.zarr"], join="outer", label="batch")  # doctest: +SKIP
+    >>> t = coll[coll.obs["cell_type"] == "T cell"]  # reads one obs column per file  # doctest: +SKIP
+    >>> t.X  # the T cells' rows of each file, nothing else  # doctest: +SKIP
+    """
+    if axis not in ("obs", 0):
+        raise NotImplementedError(f"shadows.concat joins files along obs only (axis='obs'), got axis={axis!r}")
+    check_backend_name(array_backend, "array")
+    items, keys = expand_sources(sources, keys)
+    core = Core(
+        items,
+        join=join,
+        merge=merge,
+        uns_merge=uns_merge,
+        label=label,
+        keys=keys,
+        index_unique=index_unique,
+        fill_value=fill_value,
+        pairwise=pairwise,
+        format=format,
+    )
+    return CollectionShadow(core, array_backend=array_backend)
+
+
+class CollectionShadow(anndata.AnnData):
+    """Several AnnData files stacked along obs, read lazily; made by :func:`shadows.concat`.
+
+    Every element equals that of ``anndata.concat`` of the files read into memory (with the same arguments).
+    Assignments (``coll.obs["x"] = ...``, ``coll.obsm["X_new"] = ...``) are held in memory; ``write_h5ad`` and
+    ``write_zarr`` write them with the rest.
+    """
+
+    def __init__(
+        self,
+        core: Core,
+        *,
+        array_backend: str = "numpy",
+        _rows: ix.Sel = None,
+        _cols: ix.Sel = None,
+        _view: bool = False,
+    ):
+        # AnnData's constructor is not run: every element is answered by the properties below
+        self._core = core
+        self._array_backend = array_backend
+        self._rows, self._cols = _rows, _cols  # global selections: rows of the stacked files, joined var
+        self._is_view = _view
+        self._detached = False
+        self._frames: dict[str, pd.DataFrame] = {}
+        self._cache: dict[tuple[str, str], Any] = {}
+        self._pending: dict[tuple[str, str], Any] = {}
+        self._inherited: dict[tuple[str, str], Any] = {}
+        self._deleted: set[tuple[str, str]] = set()
+        self._base: CollectionShadow | None = None  # where a view takes its tables from
+        self._base_sel: tuple = (None, None)  # the view's selection relative to its base
+
+    # --- identity ---------------------------------------------------------------------------------------------------
+    @property
+    def sources(self) -> list[str]:
+        """The files of the collection, in order."""
+        return list(self._core.names)
+
+    @property
+    def keys(self) -> list[str]:
+        """The name of each source (the values of ``label``, the suffixes of ``index_unique``)."""
+        return list(self._core.keys)
+
+    @property
+    def parts(self) -> list[Any]:
+        """The lazy :class:`~shadows.AnnDataShadow` of each file (arrays come as :class:`~shadows.LazyArray`)."""
+        return list(self._core.parts)
+
+    @property
+    def isbacked(self) -> bool:
+        return False  # every value handed out is in memory: scanpy takes its in-memory code paths
+
+    @property
+    def filename(self) -> None:
+        return None
+
+    @property
+    def is_view(self) -> bool:
+        return self._is_view and not self._detached
+
+    @property
+    def isview(self) -> bool:
+        return self.is_view
+
+    @property
+    def n_obs(self) -> int:
+        return ix.length(self._rows, self._core.n_obs)
+
+    @property
+    def n_vars(self) -> int:
+        return ix.length(self._cols, len(self._core.var_names))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n_obs, self.n_vars
+
+    def __len__(self) -> int:
+        return self.n_obs
+
+    def close(self) -> None:
+        """Close every file of the collection (views share them)."""
+        self._core.close()
+
+    def __enter__(self) -> CollectionShadow:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- tables -----------------------------------------------------------------------------------------------------
+    def _frame(self, name: str) -> pd.DataFrame:
+        if name in self._frames:
+            return self._frames[name]
+        if self._base is None:
+            df = self._core.obs() if name == "obs" else self._core.var()
+            df = df.copy()  # assignments change this collection's table, not the shared one
+        else:
+            sel = self._base_sel[0 if name == "obs" else 1]
+            src = self._base._frame(name)
+            df = src.iloc[ix.positions(sel, len(src))] if sel is not None else src.copy()
+            if anndata.settings.remove_unused_categories:  # as anndata's views do
+                df = _without_unused_categories(df)
+            df = _as_view_frame(df, True)
+        self._frames[name] = df
+        return df
+
+    @property
+    def obs(self) -> pd.DataFrame:
+        """The concatenated cell annotations (for a view: its rows); read from every file on first access."""
+        return self._frame("obs")
+
+    @obs.setter
+    def obs(self, value: pd.DataFrame) -> None:
+        self._set_frame("obs", value)
+
+    @property
+    def var(self) -> pd.DataFrame:
+        """The joined genes (columns as ``merge`` keeps them: none by default)."""
+        return self._frame("var")
+
+    @var.setter
+    def var(self, value: pd.DataFrame) -> None:
+        self._set_frame("var", value)
+
+    def _set_frame(self, name: str, value: pd.DataFrame) -> None:
+        n = self.n_obs if name == "obs" else self.n_vars
+        if len(value) != n:
+            raise ValueError(f"{name} must have {n} rows, got {len(value)}")
+        self._check_not_view(name)
+        self._frames[name] = value
+
+    def _names(self, name: str) -> pd.Index:
+        if name in self._frames:
+            return self._frames[name].index
+        if self._base is not None and name in self._base._frames:
+            idx = self._base._frames[name].index
+            sel = self._base_sel[0 if name == "obs" else 1]
+            return idx[ix.positions(sel, len(idx))] if sel is not None else idx
+        full = self._core.obs_names() if name == "obs" else self._core.var_names
+        sel = self._rows if name == "obs" else self._cols
+        return full[ix.positions(sel, len(full))] if sel is not None else full
+
+    @property
+    def obs_names(self) -> pd.Index:
+        return self._names("obs")
+
+    @obs_names.setter
+    def obs_names(self, names: Any) -> None:
+        obs = self.obs.copy()
+        obs.index = pd.Index(names)
+        self.obs = obs
+
+    @property
+    def var_names(self) -> pd.Index:
+        return self._names("var")
+
+    @var_names.setter
+    def var_names(self, names: Any) -> None:
+        var = self.var.copy()
+        var.index = pd.Index(names)
+        self.var = var
+
+    def obs_keys(self) -> list[str]:
+        if "obs" in self._frames or (self._base is not None and "obs" in self._base._frames):
+            return [str(c) for c in self.obs.columns]
+        return list(self._core.obs_keys())
+
+    def var_keys(self) -> list[str]:
+        return [str(c) for c in self.var.columns]
+
+    def obsm_keys(self) -> list[str]:
+        return list(self.obsm.keys())
+
+    def varm_keys(self) -> list[str]:
+        return list(self.varm.keys())
+
+    def uns_keys(self) -> list[str]:
+        return list(self.uns.keys())
+
+    # --- mappings (the protocol of shadows.core.mapping.ElementMapping) --------------------------------------------------
+    def _disk_keys(self, group: str) -> list[str]:
+        if group in _MATRIX_GROUPS:
+            return self._core.keys_of(group)
+        if group == "uns":
+            return [str(k) for k in self._core.uns().keys()]
+        return [str(k) for k in self._core.var_mapping(group).keys()]
+
+    def _mapping(self, group: str) -> ElementMapping:
+        return ElementMapping(self, group)
+
+    @property
+    def layers(self) -> ElementMapping:
+        return self._mapping("layers")
+
+    @property
+    def obsm(self) -> ElementMapping:
+        return self._mapping("obsm")
+
+    @property
+    def obsp(self) -> ElementMapping:
+        return self._mapping("obsp")
+
+    @property
+    def varm(self) -> ElementMapping:
+        return self._mapping("varm")
+
+    @property
+    def varp(self) -> ElementMapping:
+        return self._mapping("varp")
+
+    @property
+    def uns(self) -> ElementMapping:
+        return self._mapping("uns")
+
+    @uns.setter
+    def uns(self, value: dict) -> None:
+        for k in list(self.uns.keys()):
+            del self.uns[k]
+        for k, v in value.items():
+            self.uns[k] = v
+
+    def _get(self, group: str, key: str) -> Any:
+        k = (group, key)
+        for store in (self._pending, self._inherited, self._cache):
+            if k in store:
+                return store[k]
+        if k in self._deleted:
+            raise KeyError(f"{key!r} was deleted from {group}")
+        if key not in self._disk_keys(group):
+            raise KeyError(f"{group} of the collection has no key {key!r}; keys: {self._disk_keys(group)}")
+        if group == "uns":
+            value = self._core.uns()[key]
+        elif group in ("varm", "varp"):
+            value = _take(self._core.var_mapping(group)[key], (self._cols,) * (1 if group == "varm" else 2))
+        else:
+            value = self._read(f"{group}/{key}")
+        self._cache[k] = value
+        return value
+
+    def _set(self, group: str, key: str, value: Any) -> None:
+        self._check_not_view(f"{group}[{key!r}]")
+        axes = {"layers": (0, 1), "obsm": (0,), "varm": (1,), "obsp": (0, 0), "varp": (1, 1)}.get(group, ())
+        want = tuple(self.shape[a] for a in axes)
+        shape = tuple(getattr(value, "shape", (len(value),) if hasattr(value, "__len__") else ()))
+        if axes and shape[: len(want)] != want:
+            raise ValueError(f"Value for {group}[{key!r}] has shape {shape}; expected {want} (this collection's)")
+        self._pending[(group, key)] = value
+        self._cache.pop((group, key), None)
+        self._deleted.discard((group, key))
+
+    def _delete(self, group: str, key: str) -> None:
+        k = (group, key)
+        known = key in self._disk_keys(group)
+        if k not in self._pending and k not in self._inherited and not known:
+            raise KeyError(f"{group} of the collection has no key {key!r}")
+        self._check_not_view(f"{group}[{key!r}]")
+        for store in (self._pending, self._inherited, self._cache):
+            store.pop(k, None)
+        if known:
+            self._deleted.add(k)
+
+    def _check_not_view(self, what: str) -> None:
+        if self.is_view:
+            raise ValueError(
+                f"Cannot assign {what} on a view of a collection; assign on the collection, or call .to_memory()"
+            )
+
+    # --- matrices ---------------------------------------------------------------------------------------------------
+    def stacked(self, path: str) -> Stacked | Any:
+        """The :class:`~shadows.collection.source.Stacked` source of a matrix element of this collection (or view):
+        ``X``, ``layers/<key>``, ``obsm/<key>``, ``obsp/<key>``.  (Elements that are no stored arrays come whole.)"""
+        whole = self._core.element(path)
+        if not isinstance(whole, Stacked):
+            return _take_rows(whole, self._rows, self.is_view)
+        if whole.pairwise:
+            return whole.with_rows(self._rows, n_cols=self.n_obs)
+        if path == "X" or path.startswith("layers/"):
+            if self._cols is None:
+                return whole.with_rows(self._rows)
+            columns = tuple(self._core.columns_for(f, self._cols)[0] for f in range(len(self._core.parts)))
+            return whole.with_rows(self._rows, columns=columns, n_cols=self.n_vars)
+        return whole.with_rows(self._rows)
+
+    def _read(self, path: str) -> Any:
+        src = self.stacked(path)
+        if not isinstance(src, Stacked):
+            return src
+        name = self._array_backend
+        if name == "numpy":
+            return src.read()
+        backend = get_array_backend(name)
+        if backend.from_source:
+            if name.startswith("dask"):
+                from shadows.collection.write import dask_array
+
+                return dask_array(src)
+            value = src.read()
+            return backend.convert_value(value) if backend.convert_value is not None else value
+        return backend.convert(src.read())
+
+    @property
+    def X(self) -> Any:
+        """The data matrix of the concatenation (for a view: its rows and genes), read on first access."""
+        k = ("X", "")
+        for store in (self._pending, self._inherited, self._cache):
+            if k in store:
+                return store[k]
+        if not self._has_x():
+            return None
+        self._cache[k] = self._read("X")
+        return self._cache[k]
+
+    def _has_x(self) -> bool:
+        """Whether the collection has an X (in memory, or in its files), without reading it."""
+        k = ("X", "")
+        for store in (self._pending, self._inherited):
+            if k in store:
+                return store[k] is not None
+        return self._core.parts[0].X is not None  # a lazy shadow's X: a LazyArray, nothing read
+
+    @X.setter
+    def X(self, value: Any) -> None:
+        if value is not None and tuple(getattr(value, "shape", ())[:2]) != self.shape:
+            raise ValueError(f"X must have shape {self.shape}, got {getattr(value, 'shape', None)}")
+        self._check_not_view("X")
+        self._pending[("X", "")] = value
+        self._cache.pop(("X", ""), None)
+
+    @property
+    def raw(self) -> None:
+        """Not joined: a collection has no ``raw`` (read each file's ``raw`` through :attr:`parts`)."""
+        return None
+
+    # --- vectors ----------------------------------------------------------------------------------------------------
+    def obs_vector(self, k: str, *, layer: str | None = None) -> Any:
+        """Values of obs column ``k`` (that column alone is read from each file), or of gene ``k`` across cells."""
+        if k in self.obs_keys():
+            if "obs" in self._frames or self._base is not None:
+                col = self.obs[k]
+            else:
+                col = self._core.obs_column(k)
+            return col.array if _ANNDATA_013 else col.values
+        names = self.var_names
+        if k not in names:
+            raise KeyError(f"{k!r} is neither an obs column nor a var name of the collection")
+        j = int(names.get_loc(k))
+        m = self._matrix_numpy(layer, (slice(None), slice(j, j + 1)))
+        return np.ravel(m.toarray() if sp.issparse(m) else np.asarray(m))
+
+    def var_vector(self, k: str, *, layer: str | None = None) -> Any:
+        """Values of var column ``k``, or of cell ``k`` across genes (that row alone is read)."""
+        if k in self.var_keys():
+            col = self.var[k]
+            return col.array if _ANNDATA_013 else col.values
+        names = self.obs_names
+        if k not in names:
+            raise KeyError(f"{k!r} is neither a var column nor an obs name of the collection")
+        i = int(names.get_loc(k))
+        m = self._matrix_numpy(layer, (slice(i, i + 1), slice(None)))
+        return np.ravel(m.toarray() if sp.issparse(m) else np.asarray(m))
+
+    def _matrix_numpy(self, layer: str | None, index: tuple) -> Any:
+        """Part of X (or a layer) as numpy/scipy: in-memory values sliced, stored ones read for that part only."""
+        k = ("layers", layer) if layer is not None else ("X", "")
+        for store in (self._pending, self._inherited):
+            if k in store:
+                return store[k][index]
+        view = self[index]
+        return view.stacked(f"layers/{layer}" if layer is not None else "X").read()
+
+    def to_df(self, layer: str | None = None) -> pd.DataFrame:
+        m = self.layers[layer] if layer is not None else self.X
+        m = m.toarray() if sp.issparse(m) else np.asarray(m)
+        return pd.DataFrame(m, index=self.obs_names, columns=self.var_names)
+
+    def chunked_X(self, chunk_size: int | None = None, *, layer: str | None = None) -> Iterator[tuple[Any, int, int]]:
+        """Yield ``(block, start, end)`` over the rows of X (or ``layer``), as ``AnnData.chunked_X`` does; each
+        block reads only its rows, from the files holding them."""
+        chunk_size = 6000 if chunk_size is None else int(chunk_size)
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
+        path = f"layers/{layer}" if layer is not None else "X"
+        k = ("layers", layer) if layer is not None else ("X", "")
+        value = self._pending.get(k, self._inherited.get(k))
+        src = self.stacked(path) if value is None else None
+        n = self.n_obs
+        for start in range(0, n, chunk_size):
+            end = min(n, start + chunk_size)
+            yield (value[start:end] if value is not None else src.read(slice(start, end, 1))), start, end
+
+    # --- views ------------------------------------------------------------------------------------------------------
+    def __getitem__(self, index: Any) -> CollectionShadow:
+        """A view: reads only the rows (of the files) and genes it selects."""
+        if (ref := accessor_get(self, index)) is not NOT_A_REFERENCE:
+            return ref
+        oidx, vidx = ix.split_index(index)
+        o = ix.normalize(oidx, _LazyNames(self, "obs"), self.n_obs, 0)
+        v = ix.normalize(vidx, _LazyNames(self, "var"), self.n_vars, 1)
+        view = CollectionShadow(
+            self._core,
+            array_backend=self._array_backend,
+            _rows=ix.compose(self._rows, o, self._core.n_obs),
+            _cols=ix.compose(self._cols, v, len(self._core.var_names)),
+            _view=True,
+        )
+        if self.is_view:  # a view of a view takes its tables from the same base
+            view._base = self._base
+            view._base_sel = (
+                ix.compose(self._base_sel[0], o, self._base_n(0)),
+                ix.compose(self._base_sel[1], v, self._base_n(1)),
+            )
+        else:
+            view._base, view._base_sel = self, (o, v)
+        view._deleted = set(self._deleted)
+        for (group, key), value in {**self._inherited, **self._pending}.items():
+            if value is None:
+                view._inherited[(group, key)] = None
+                continue
+            axes = {"X": (0, 1), "layers": (0, 1), "obsm": (0,), "varm": (1,), "obsp": (0, 0), "varp": (1, 1)}
+            view._inherited[(group, key)] = _take(value, tuple((o, v)[a] for a in axes.get(group, ())))
+        return view
+
+    def _base_n(self, axis: int) -> int:
+        return self._base.n_obs if axis == 0 else self._base.n_vars
+
+    # --- what anndata and scanpy call to change an AnnData in place -------------------------------------------------
+    def _init_as_actual(self, *args: Any, **kwargs: Any) -> None:
+        self._detach()
+
+    def _detach(self) -> None:
+        """A view becomes a collection of its own (anndata's copy-on-write), still reading only its rows."""
+        if not self.is_view:
+            return
+        self._frames = {name: pd.DataFrame(self._frame(name)).copy() for name in ("obs", "var")}
+        self._detached = True
+        self._base, self._base_sel = None, (None, None)
+
+    def _inplace_subset_obs(self, index: Any) -> None:
+        self._subset_in_place(self[index, :], index, 0)
+
+    def _inplace_subset_var(self, index: Any) -> None:
+        self._subset_in_place(self[:, index], index, 1)
+
+    def _subset_in_place(self, view: CollectionShadow, index: Any, axis: int) -> None:
+        if ix.is_identity(
+            ix.normalize(index, self.obs_names if axis == 0 else self.var_names, self.shape[axis], axis),
+            self.shape[axis],
+        ):
+            return
+        view._detach()
+        self.__dict__.update(view.__dict__)
+
+    # --- whole-object conversions -----------------------------------------------------------------------------------
+    def to_memory(self) -> anndata.AnnData:
+        """An in-memory :class:`anndata.AnnData` with every element (of the view) read."""
+        numpy = self._as_numpy()
+        kwargs: dict[str, Any] = {
+            "X": numpy.X,
+            "obs": pd.DataFrame(self.obs).copy(),
+            "var": pd.DataFrame(self.var).copy(),
+            "uns": untrack(dict(self.uns.items())),
+        }
+        for g in ("obsm", "varm", "obsp", "varp", "layers"):
+            kwargs[g] = {k: numpy._get(g, k) for k in numpy._mapping(g).keys() if k is not None}
+        return anndata.AnnData(**kwargs)
+
+    def copy(self, filename: os.PathLike | None = None) -> anndata.AnnData:
+        """An in-memory copy (``to_memory()``); with ``filename``, streamed into that new h5ad file instead."""
+        if filename is not None:
+            self.write_h5ad(filename)
+            return anndata.read_h5ad(filename)
+        return self.to_memory()
+
+    def _as_numpy(self) -> CollectionShadow:
+        if self._array_backend == "numpy":
+            return self
+        twin = CollectionShadow.__new__(CollectionShadow)
+        twin.__dict__.update(self.__dict__)
+        twin._array_backend = "numpy"
+        twin._cache = {}
+        return twin
+
+    def write_h5ad(self, filename: os.PathLike | str, **kwargs: Any) -> None:
+        """Stream the collection (or view) into one new ``.h5ad`` file, file by file, in bounded memory.
+
+        An existing ``filename`` is refused (never replaced).  Keyword arguments: ``compression``,
+        ``compression_opts``, ``chunk_size`` (rows per block), ``convert_strings_to_categoricals``, ``progress``.
+        """
+        from shadows.collection.write import write_collection
+
+        write_collection(self, filename, "h5ad", **kwargs)
+
+    def write_zarr(self, store: os.PathLike | str, **kwargs: Any) -> None:
+        """Stream the collection (or view) into one new zarr store (see :meth:`write_h5ad`)."""
+        from shadows.collection.write import write_collection
+
+        write_collection(self, store, "zarr", **kwargs)
+
+    def write(self, filename: os.PathLike | str | None = None, **kwargs: Any) -> None:
+        if filename is None:
+            raise ValueError("A collection has no file of its own: give a filename (write_h5ad(path))")
+        self.write_h5ad(filename, **kwargs)
+
+    # --- repr -------------------------------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        core = self._core
+        head = "View of " if self.is_view else ""
+        lines = [
+            f"{head}CollectionShadow of {len(core.parts)} files ({core.join} join) with n_obs × n_vars = "
+            f"{self.n_obs} × {self.n_vars}"
+        ]
+        shown = core.names if len(core.names) <= 8 else core.names[:4] + ["..."] + core.names[-3:]
+        lengths = np.diff(core.offsets)
+        for name in shown:
+            if name == "...":
+                lines.append("        ...")
+                continue
+            f = core.names.index(name)
+            lines.append(f"        {core.keys[f]}: {name} ({int(lengths[f])} cells)")
+        lines.insert(1, "    sources:")
+        obs_cols = self.obs_keys()
+        if obs_cols:
+            lines.append("    obs: " + ", ".join(f"'{c}'" for c in obs_cols))
+        var_cols = self.var_keys() if "var" in self._frames or core.merge_given else []
+        if var_cols:
+            lines.append("    var: " + ", ".join(f"'{c}'" for c in var_cols))
+        for group in ("uns", "obsm", "varm", "layers", "obsp", "varp"):
+            keys = [k for k in getattr(self, group).keys() if k is not None]
+            if keys:
+                lines.append(f"    {group}: " + ", ".join(f"'{k}'" for k in keys))
+        return "\n".join(lines)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    __hash__ = object.__hash__
+
+
+def _take_rows(value: Any, rows: ix.Sel, is_view: bool) -> Any:
+    """Rows of a whole element (a table in obsm...); a view's tables drop unused categories, as anndata's do."""
+    if rows is None and not is_view:
+        return value
+    if isinstance(value, pd.DataFrame):
+        out = value.iloc[ix.positions(rows, len(value))] if rows is not None else value.copy()
+        return _as_view_frame(_without_unused_categories(out), True) if is_view else out
+    return _take(value, (rows,))
+
+
+def _without_unused_categories(df: pd.DataFrame) -> pd.DataFrame:
+    df = pd.DataFrame(df).copy()
+    for c in df.columns:
+        if isinstance(df[c].dtype, pd.CategoricalDtype):
+            df[c] = df[c].cat.remove_unused_categories()
+    return df

@@ -1,0 +1,1590 @@
+"""``AnnDataShadow``: an AnnData whose elements stay in the file until first asked for.
+
+The class is a thin façade: :mod:`shadows.io.storage` opens the file, :mod:`shadows.spec.selection` turns indexers into
+positions, :mod:`shadows.spec` reads the selected part of each element, :mod:`shadows.backends` converts it,
+and the result is cached here.  It subclasses :class:`anndata.AnnData` (without running its constructor) so that
+scanpy and friends accept it; every element a shadow hands out is an ordinary in-memory object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import threading
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import anndata
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from shadows.backends import check_backend_name, get_array_backend, get_table_backend
+from shadows.core.compat import (
+    NOT_A_REFERENCE,
+    SlicedMatrix,
+    accessor_get,
+    check_attached,
+    detach,
+    matrix_is_only_sliced,
+    subset_in_place,
+)
+from shadows.core.connection import ConnectionMixin
+from shadows.core.keys import check_value
+from shadows.core.lazy_dict import LazyDict
+from shadows.core.mapping import ALIGNMENT, ElementMapping, TrackedDict, untrack
+from shadows.core.raw import RawShadow, RawSnapshot
+from shadows.core.repr import html_repr, text_repr
+from shadows.io.storage import Storage, attr, is_array, is_group
+from shadows.spec import ReadContext, encoding_of, read_element, read_frame_parts
+from shadows.spec import selection as ix
+from shadows.spec.frames import inferred_strings
+from shadows.spec.lazy_array import ElementSource, LazyArray
+from shadows.spec.legacy import categories_from_uns, legacy_uns_keys
+
+_ARRAY_ENCODINGS = {"array", "csr_matrix", "csc_matrix", "legacy-array", "legacy-csr", "legacy-csc"}
+_TABLE_ENCODINGS = {"dataframe", "legacy-dataframe", "legacy-compound"}
+_LEGACY_NEIGHBORS = ("distances", "connectivities")
+# tables in these groups have cells (genes) as rows: the index column's name for polars/pyarrow tables
+_TABLE_AXIS_NAMES = {"obsm": "obs_names", "varm": "var_names"}
+# rows per block of AnnData.chunked_X when no chunk size is given (anndata's own default)
+_ANNDATA_CHUNK = 6000
+# X's generations: a new one whenever a shadow's X is replaced or subset (see shadows.core.raw._XLink)
+_X_GENERATIONS = itertools.count()
+# connections of views, by file: a writer's reopen("r+") closes them (they reopen on their next read)
+_VIEW_STORAGES: weakref.WeakSet = weakref.WeakSet()
+
+
+def axis_length(root: Any, name: str, where: str) -> int:
+    """Length of the obs or var axis, from the index dataset's shape alone (no data is read)."""
+    if name not in root:
+        raise ValueError(f"'{where}' holds no AnnData: there is no '{name}' element (found {sorted(root.keys())[:10]})")
+    g = root[name]
+    if is_array(g):  # anndata < 0.7: a compound dataset
+        return int(g.shape[0])
+    key = attr(g, "_index")
+    if key is None or key not in g:
+        raise ValueError(f"'{where}': '{name}' has no index (attribute '_index' naming a column is missing)")
+    idx = g[key]
+    if is_group(idx):  # anndata >= 0.13 with pandas 3: a nullable-string-array group
+        return int(idx["values"].shape[0])
+    return int(idx.shape[0])
+
+
+def fingerprint(values: Any) -> int:
+    """A cheap hash of a column, to notice later whether it was changed in memory."""
+    try:
+        return int(pd.util.hash_pandas_object(pd.Series(values), index=False).sum())
+    except TypeError:
+        return id(values)
+
+
+class AnnDataShadow(ConnectionMixin, anndata.AnnData):
+    """A lazy, low-memory stand-in for an AnnData file (``.h5ad`` or ``.zarr``).
+
+    Parameters
+    ----------
+    path
+        An ``.h5ad`` file, a ``.zarr`` store (format v2 or v3), or a path inside a file naming a nested AnnData
+        (``file.h5mu/mod/rna`` or ``file.h5mu/rna``).
+    mode
+        ``"r"`` (default) or ``"r+"`` (needed for :meth:`write`).
+    format
+        Override format detection: ``"h5ad"``, ``"h5mu"``, ``"hdf5"``, ``"h5"`` or ``"zarr"``.
+    array_backend
+        Type of the arrays handed out: ``"numpy"`` (numpy/scipy), ``"jax"``, ``"torch"``, ``"dask"``, or a
+        registered name.
+    table_backend
+        Type of the tables handed out: ``"pandas"``, ``"polars"``, ``"pyarrow"``, or a registered name.
+    lazy
+        Hand out :class:`~shadows.spec.lazy_array.LazyArray` objects that read only what they are sliced with.
+
+    Examples
+    --------
+    >>> s = AnnDataShadow("atlas.h5ad")  # doctest: +SKIP
+    >>> s.obsm["X_umap"]  # read now, cached  # doctest: +SKIP
+    >>> s[:, "CD3E"].X  # one gene, read without the rest of the matrix  # doctest: +SKIP
+    """
+
+    # True for the internal shadow over a MuData's root group (its global obs/var/obsm/...; see shadows.mudata.shadow)
+    _mudata_root = False
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        mode: str = "r",
+        format: str | None = None,
+        array_backend: str = "numpy",
+        table_backend: str = "pandas",
+        lazy: bool = False,
+        _view: tuple | None = None,
+        _storage: Storage | None = None,
+        _axes: tuple[int, int] | None = None,
+    ):
+        check_backend_name(array_backend, "array")
+        check_backend_name(table_backend, "table")
+        self._storage = _storage if _storage is not None else Storage(path, mode=mode, format=format)
+        # a modality of a MuDataShadow shares its parent's file handle and must not close it when collected
+        self._owns_storage = type(self._storage) is Storage
+        self._resolve_nested()
+        self._array_backend = array_backend
+        self._table_backend = table_backend
+        self._lazy = bool(lazy)
+        self._cache: dict[tuple[str, str], Any] = {}
+        self._pending: dict[tuple[str, str], Any] = {}
+        self._deleted: set[tuple[str, str]] = set()
+        self._inherited: dict[tuple[str, str], Any] = {}
+        self._frame_fp: dict[str, dict[str, int]] = {}
+        # obs_names/var_names as read (the same object: no copy, no hash): a renamed axis is a pending change.  A hash
+        # of the names, as the columns have, cost the UMAP-by-gene memory test 8 MB of pyarrow buffers on pandas 3
+        self._index_fp: dict[str, pd.Index] = {}
+        root = self._storage.root
+        where = self._storage.describe()
+        if _axes is not None:
+            # a view of a shadow already checked: the file's axis lengths come from the parent (each attribute
+            # read costs tens of microseconds; a view is often made for one small read)
+            self._n_obs_file, self._n_vars_file = _axes
+        elif (
+            not self._mudata_root
+            and "mod" in root
+            and "obs" in root
+            and "X" not in root
+            and attr(root, "encoding-type") == "MuData"
+        ):
+            raise ValueError(
+                f"'{where}' is a MuData file: open it with MuDataShadow, or one modality as '{where}/mod/<name>'"
+            )
+        if _axes is None:
+            self._n_obs_file = axis_length(root, "obs", where)
+            self._n_vars_file = axis_length(root, "var", where)
+        o, v = _view if _view is not None else (None, None)
+        # a selection of everything, in order (a modality of a MuData view that keeps all its features), reads as
+        # no selection: whole-axis fast paths (copies as stored, major-axis reads) then apply
+        self._oidx = None if ix.is_identity(o, self._n_obs_file) else o
+        self._vidx = None if ix.is_identity(v, self._n_vars_file) else v
+        self._is_view = _view is not None  # shadow[:] is a view too (as in anndata), though it selects everything
+        self._x_gen = next(_X_GENERATIONS)
+        # whether each axis is selected by positions (numpy's fancy indexing) rather than a slice: anndata's views
+        # take X[rows, cols] with numpy, whose result layout follows from that (see _view_layout)
+        self._fancy = (isinstance(o, np.ndarray), isinstance(v, np.ndarray))
+
+    def _resolve_nested(self) -> None:
+        st = self._storage
+        if st.inner and st.inner not in st.file and f"mod/{st.inner}" in st.file:
+            st.inner = f"mod/{st.inner}"  # file.h5mu/rna means the modality rna
+        if st.inner and st.inner not in st.file:
+            mods = list(st.file["mod"].keys()) if "mod" in st.file else []
+            raise KeyError(f"'{st.filename}' has no group '{st.inner}'" + (f"; modalities: {mods}" if mods else ""))
+
+    # --- identity -------------------------------------------------------------------------------------------------
+    @property
+    def file(self) -> Any:
+        """The open h5py File or zarr Group."""
+        return self._storage.file
+
+    @property
+    def filename(self) -> os.PathLike:
+        """Path of the file or zarr store the shadow reads (for a nested AnnData, the file that holds it).
+
+        Unlike a backed AnnData's ``filename``, it cannot be set: a shadow always reads its file, and assigning
+        another name would not copy anything.
+        """
+        return self._storage.filename
+
+    @property
+    def mode(self) -> str:
+        """Mode the file is open with, ``"r"`` or ``"r+"`` (:meth:`reopen` changes it)."""
+        return self._storage.mode
+
+    @property
+    def isbacked(self) -> bool:
+        """Always ``False``, although the shadow reads from a file.
+
+        ``True`` would send anndata and scanpy down their backed-mode code paths, which expect h5py datasets in
+        ``X``; every value a shadow hands out is an in-memory object, so the in-memory paths are the right ones.
+        """
+        # False on purpose: every value handed out is in memory, so scanpy takes its in-memory code paths
+        return False
+
+    @property
+    def is_view(self) -> bool:
+        # a view that anndata/scanpy turned into an object of its own is no view any more (see shadows.core.compat)
+        return self.__dict__.get("_is_view", False) and not self.__dict__.get("_detached", False)
+
+    @property
+    def isview(self) -> bool:
+        return self.is_view
+
+    @property
+    def n_obs(self) -> int:
+        return ix.length(self._oidx, self._n_obs_file)
+
+    @property
+    def n_vars(self) -> int:
+        return ix.length(self._vidx, self._n_vars_file)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n_obs, self.n_vars
+
+    def __len__(self) -> int:
+        return self.n_obs
+
+    def _root(self) -> Any:
+        st = getattr(self._storage, "parent", self._storage)  # a modality reads through its MuData's connection
+        if st.file is None and getattr(st, "reattach", False):
+            st.reattach = False  # closed for a writer of the same file (see suspend_views): open again, read-only
+            st.open("r")
+        if not self._storage.is_open:
+            raise ValueError(f"'{self._storage.describe()}' is closed; call .reopen() to read from it again")
+        return self._storage.root
+
+    def _ctx(self) -> ReadContext:
+        return ReadContext(indptr_cache=self._storage.indptr_cache)
+
+    # --- selection ------------------------------------------------------------------------------------------------
+    def _sel_for(self, group: str) -> tuple:
+        axes = ALIGNMENT.get(group, (0, 1))
+        sels = (self._oidx, self._vidx)
+        return tuple(sels[a] for a in axes)
+
+    # --- generic element access -----------------------------------------------------------------------------------
+    def _elem_path(self, group: str, key: str | None) -> str:
+        if key is None:
+            return group
+        if group == "obsp" and key in _LEGACY_NEIGHBORS and f"obsp/{key}" not in self._root():
+            legacy = f"uns/neighbors/{key}"
+            if legacy in self._root():
+                return legacy  # anndata moves these to obsp when reading
+        return f"{group}/{key}"
+
+    def _disk_keys(self, group: str) -> list[str]:
+        root = self._root()
+        out = [str(k) for k in root[group].keys()] if group in root and is_group(root[group]) else []
+        if group in ("obsm", "varm") and group in root and is_array(root[group]):
+            out = list(root[group].dtype.names or [])  # anndata < 0.7: one compound dataset
+        if group == "uns":
+            hidden = legacy_uns_keys(root) | (self._view_dropped_colors(out) if self.is_view else set())
+            out = [k for k in out if k not in hidden]
+        if group == "obsp" and "uns/neighbors" in root:
+            nb = root["uns/neighbors"]
+            out += [k for k in _LEGACY_NEIGHBORS if k in nb and k not in out]
+        if group == "layers" and group in root and not is_group(root[group]):
+            out = []
+        return out
+
+    def _view_dropped_colors(self, keys: list[str]) -> set[str]:
+        """``<col>_colors`` that anndata drops from a view's uns: their length does not match the categories."""
+        out = set()
+        for key in keys:
+            if not key.endswith("_colors"):
+                continue
+            n_cats = self._n_categories(key[: -len("_colors")])
+            if n_cats is not None:
+                shape = self._root()[f"uns/{key}"].shape
+                if len(shape) == 1 and shape[0] != n_cats:
+                    out.add(key)
+        return out
+
+    def _n_categories(self, col: str) -> int | None:
+        """Number of categories of categorical column ``col`` of obs (or var), from shapes alone; None if none."""
+        root = self._root()
+        for frame in ("obs", "var"):
+            g = root[frame]
+            if not is_group(g) or col not in g:
+                continue
+            c = g[col]
+            if is_group(c) and encoding_of(c)[0] == "categorical":
+                return int(c["categories"].shape[0])
+            if not is_group(c) and "categories" in c.attrs:  # anndata 0.7: categories behind a reference
+                from shadows.spec.legacy import read_referenced_categorical
+
+                return len(read_referenced_categorical(g, c, (np.zeros(0, np.int64),), self._ctx()).categories)
+        return None
+
+    def _get(self, group: str, key: str) -> Any:
+        k = (group, key)
+        if k in self._pending:
+            return self._pending[k]
+        if k in self._deleted:
+            raise KeyError(f"{key!r} was deleted from {group} (pending write)")
+        if k in self._inherited:
+            return self._inherited[k]
+        # one lookup, never `in` then `[]`: clear_cache() in another thread may drop the entry in between
+        if (cached := self._cache.get(k, _MISSING)) is not _MISSING:
+            return cached
+        path = self._elem_path(group, key)
+        root = self._root()
+        if group in ("obsm", "varm") and group in root and is_array(root[group]) and key in self._disk_keys(group):
+            from shadows.spec.dense import read_dense
+
+            value = self._cache[k] = np.asarray(read_dense(root[group], self._sel_for(group))[key])
+            return value
+        if path not in root or (group != "uns" and key not in self._disk_keys(group)):
+            raise KeyError(
+                f"{group} of '{self._storage.describe()}' has no key {key!r}; keys: {self._disk_keys(group)}"
+            )
+        if group == "uns" and is_group(elem := root[path]) and encoding_of(elem)[0] == "dict":
+            value = self._lazy_uns(key, path)  # a nested dict: each value read when asked for
+        else:
+            value = self._read(path, self._sel_for(group), group)
+            if group == "uns":
+                value = self._uns_value(key, value)
+        self._cache[k] = value
+        return value
+
+    def _lazy_uns(self, key: str, path: str) -> LazyDict:
+        """``uns[key]`` of a dict group, as a dict that reads each of its values (at any depth) on first access."""
+        hidden: frozenset[str] = frozenset()
+        if key == "neighbors" and "obsp" not in self._root():
+            # anndata moves 2-D distances/connectivities of old files from uns["neighbors"] to obsp
+            group = self._root()[path]
+            hidden = frozenset(k for k in _LEGACY_NEIGHBORS if k in group and _is_2d(group[k]))
+        convert = (
+            None if self._array_backend == "numpy" and self._table_backend == "pandas" else self._convert_uns_arrays
+        )
+        return LazyDict(self._open_element, path, lambda: self._mark_uns_changed(key), convert, hidden)
+
+    @contextlib.contextmanager
+    def _open_element(self, path: str) -> Iterator[Any]:
+        """The element at ``path``; through a connection of its own for the time of the read if this one is closed
+        (values cached before ``close()`` stay usable, and a lazy ``uns`` dict is such a value)."""
+        if self._storage.is_open:
+            yield self._root()[path]
+            return
+        st = Storage(self._storage.describe(), mode="r", format=self._storage.format)
+        try:
+            yield st.root[path]
+        finally:
+            st.close()
+
+    def _read(self, path: str, sel: tuple, group: str = "") -> Any:
+        """Read the element at ``path`` restricted to ``sel`` and convert it with the backends."""
+        elem = self._root()[path]
+        encoding = encoding_of(elem)
+        enc = encoding[0]
+        if enc in _ARRAY_ENCODINGS:
+            backend = get_array_backend(self._array_backend)
+            if self._lazy or backend.from_source:
+                source = ElementSource.from_storage(self._storage, path, sel)
+                return LazyArray(source) if self._lazy else backend.convert(source)
+            value = read_element(elem, sel, self._ctx(), encoding)
+            if path == "X" or path.startswith("layers/"):
+                value = _view_layout(value, self._fancy)
+            return backend.convert(value)
+        if enc in _TABLE_ENCODINGS:
+            parts = read_frame_parts(elem, sel[:1], self._ctx())
+            parts.axis_name = _TABLE_AXIS_NAMES.get(path.rsplit("/", 2)[-2] if "/" in path else "")
+            if group == "uns":
+                return self._table(parts)
+            if self.is_view:  # anndata's views drop unused categories of aligned tables too
+                _drop_unused_categories(parts)
+            return _as_view_frame(self._table(parts), self.is_view)
+        value = read_element(elem, sel, self._ctx(), encoding)
+        if group == "uns":
+            value = self._convert_uns_arrays(value)
+        return value
+
+    def _convert_uns_arrays(self, value: Any) -> Any:
+        """Arrays (and tables) nested in a ``uns`` dict, read with it, converted with the backends."""
+        if self._array_backend == "numpy" and self._table_backend == "pandas":
+            return value
+        if isinstance(value, dict):
+            return {k: self._convert_uns_arrays(v) for k, v in value.items()}
+        if isinstance(value, np.ndarray) and value.dtype.kind in "biufc" and self._array_backend != "numpy":
+            backend = get_array_backend(self._array_backend)
+            # a from_source backend converts values already in memory with convert_value (if it has one)
+            convert = backend.convert_value if backend.from_source else backend.convert
+            return convert(value) if convert is not None else value
+        if isinstance(value, pd.DataFrame) and self._table_backend != "pandas":
+            from shadows.backends.tables import parts_from_pandas
+
+            return self._table(parts_from_pandas(value))
+        return value
+
+    def _table(self, parts: Any) -> Any:
+        backend = get_table_backend(self._table_backend)
+        return backend.convert(parts) if backend.from_parts else backend.convert(parts.to_pandas())
+
+    def _uns_value(self, key: str, value: Any) -> Any:
+        if key == "neighbors" and isinstance(value, dict) and "obsp" not in self._root():
+            value = {k: v for k, v in value.items() if not (k in _LEGACY_NEIGHBORS and getattr(v, "ndim", 0) == 2)}
+        if self.is_view and key.endswith("_colors"):
+            value = self._view_colors(key, value)
+        if isinstance(value, dict):
+            return TrackedDict(value, lambda: self._mark_uns_changed(key))
+        return value
+
+    def _mark_uns_changed(self, key: str) -> None:
+        if ("uns", key) not in self._pending and (value := self._cache.pop(("uns", key), _MISSING)) is not _MISSING:
+            self._pending[("uns", key)] = value
+
+    def _view_colors(self, key: str, colors: Any) -> Any:
+        """anndata trims ``<col>_colors`` of a view to the categories still used; so do we."""
+        col = key[: -len("_colors")]
+        for frame, sel in (("obs", self._oidx), ("var", self._vidx)):
+            g = self._root()[frame]
+            if not is_group(g) or col not in g or encoding_of(g[col])[0] != "categorical":
+                continue
+            n_cats = int(g[col]["categories"].shape[0])
+            colors = np.asarray(colors)
+            if colors.ndim == 0:
+                return colors[None]
+            if len(colors) != n_cats:
+                return colors  # anndata drops mismatched colors from a view; keep the file's value visible
+            codes = read_element(g[col]["codes"], (sel,), self._ctx())
+            used = np.unique(codes[codes >= 0])
+            return colors[used]
+        return colors
+
+    def _set(self, group: str, key: str, value: Any) -> None:
+        if self.is_view:
+            raise ValueError(
+                f"Cannot assign {group}[{key!r}] on a view of '{self._storage.describe()}'; "
+                "assign on the full shadow, or call .to_memory() for an in-memory copy"
+            )
+        self._check_shape(group, key, value)
+        k = (group, key)
+        if group == "uns" and isinstance(value, dict):
+            value = TrackedDict(untrack(value), lambda: None)
+        self._pending[k] = value
+        self._cache.pop(k, None)
+        self._deleted.discard(k)
+
+    def _delete(self, group: str, key: str) -> None:
+        k = (group, key)
+        on_disk = key in self._disk_keys(group)
+        # an in-place subset (sc.pp.filter_genes) carries the pending values it cut among the inherited ones
+        if k not in self._pending and k not in self._inherited and not on_disk:
+            raise KeyError(f"{group} of '{self._storage.describe()}' has no key {key!r}")
+        self._pending.pop(k, None)
+        self._inherited.pop(k, None)
+        self._cache.pop(k, None)
+        if on_disk:
+            self._deleted.add(k)
+
+    def _check_shape(self, group: str, key: str, value: Any) -> None:
+        axes = ALIGNMENT.get(group, ())
+        if not axes:
+            return
+        shape = getattr(value, "shape", None)
+        if shape is None:
+            value_len = len(value) if hasattr(value, "__len__") else None
+            shape = (value_len,) if value_len is not None else None
+        want = tuple(self.shape[a] for a in axes)
+        if shape is None or len(shape) < len(want) or tuple(shape[: len(want)]) != want:
+            what = "×".join(str(w) for w in want) + (" × ..." if group in ("obsm", "varm") else "")
+            raise ValueError(
+                f"Value for {group}[{key!r}] has shape {tuple(shape) if shape is not None else None}; "
+                f"expected {what} (the {' × '.join(ix.AXIS_NAMES[a] for a in axes)} of this AnnData)"
+            )
+
+    # --- elements -------------------------------------------------------------------------------------------------
+    @property
+    def X(self) -> Any:
+        """The data matrix, read on first access and cached (for a view, only its selected part is read)."""
+        if (before := self._edit_before()) is not None:
+            return before.X  # muon's filter subsets X of before itself (see _axis_edit)
+        k = ("X", "")
+        if k in self._pending:
+            return self._pending[k]
+        if k in self._inherited:
+            return self._inherited[k]
+        if (value := self._cache.get(k, _MISSING)) is _MISSING:
+            if "X" not in self._root():
+                return None
+            if matrix_is_only_sliced():  # sc.get.obs_df & co. slice a few genes out of it: read only those
+                return SlicedMatrix(self, "X", (self._oidx, self._vidx))
+            return self._x_now()
+        return value
+
+    def _x_in_memory(self) -> bool:
+        k = ("X", "")
+        return k in self._pending or k in self._inherited or k in self._cache
+
+    def _x_now(self) -> Any:
+        """X as the getter hands it out, read into the cache if it is not in memory (never a SlicedMatrix)."""
+        k = ("X", "")
+        for store in (self._pending, self._inherited, self._cache):
+            if (value := store.get(k, _MISSING)) is not _MISSING:  # one lookup: clear_cache() may run meanwhile
+                return value
+        if "X" not in self._root():
+            return None
+        value = self._cache[k] = self._read("X", (self._oidx, self._vidx))
+        return value
+
+    def _new_x_generation(self) -> None:
+        """X is about to be replaced or subset: a raw linked to the X of now keeps it (see shadows.core.raw._XLink)."""
+        for store in (self._pending, self._inherited):
+            raw = store.get(("raw", ""))
+            if isinstance(raw, RawSnapshot):
+                raw.release(self)
+        self._x_gen = next(_X_GENERATIONS)
+
+    @X.setter
+    def X(self, value: Any) -> None:
+        if value is not None:
+            shape = getattr(value, "shape", None)
+            if shape is None or tuple(shape[:2]) != self.shape:
+                raise ValueError(f"X must have shape {self.shape}, got {shape}")
+        check_value(self, "X", "", value, assigning=True)
+        if self.is_view:
+            raise ValueError("Cannot assign X on a view; assign on the full shadow")
+        self._new_x_generation()
+        self._pending[("X", "")] = value
+        self._edit_x_put()
+        self._cache.pop(("X", ""), None)
+
+    @X.deleter
+    def X(self) -> None:
+        self.X = None
+
+    def _frame(self, name: str) -> Any:
+        k = (name, "")
+        if k in self._pending:
+            return self._pending[k]
+        if k in self._inherited:
+            return self._inherited[k]
+        if (value := self._cache.get(k, _MISSING)) is _MISSING:
+            sel = self._oidx if name == "obs" else self._vidx
+            parts = read_frame_parts(self._root()[name], (sel,), self._ctx())
+            parts.axis_name = f"{name}_names"  # how table backends without an index name the index column
+            parts.index = self._str_names(name, parts.index, parts.index_name)
+            self._fix_categories(name, parts, sel)
+            value = _as_view_frame(empty_columns_as_str(self._table(parts)), self.is_view)
+            fps = None
+            if isinstance(value, pd.DataFrame):
+                fps = {c: fingerprint(value[c]) for c in value.columns}, value.index
+            # the table and its fingerprints go in together: clear_cache() in another thread must not drop the
+            # fingerprints of a table it keeps (a column changed later would then not be written)
+            with self._cache_lock:
+                if fps is not None:
+                    self._frame_fp[name], self._index_fp[name] = fps
+                self._cache[k] = value
+        return value
+
+    def _fix_categories(self, name: str, parts: Any, sel: ix.Sel) -> None:
+        root = self._root()
+        if not is_group(root[name]) and "uns" in root:  # anndata < 0.7: categories kept in uns
+            df = pd.DataFrame(parts.columns)
+            df, _ = categories_from_uns(root["uns"], df)
+            parts.columns = {
+                c: df[c].to_numpy() if not isinstance(df[c].dtype, pd.CategoricalDtype) else df[c].array
+                for c in df.columns
+            }
+        # anndata drops unused categories of obs and var in every view, whichever axes it slices
+        if self.is_view and anndata.settings.remove_unused_categories:
+            _drop_unused_categories(parts)
+
+    @property
+    def obs(self) -> Any:
+        """Cell annotations (the selected rows for a view)."""
+        return self._frame("obs")
+
+    @obs.setter
+    def obs(self, value: pd.DataFrame) -> None:
+        self._set_frame("obs", value)
+
+    @property
+    def var(self) -> Any:
+        """Feature annotations (the selected rows for a view)."""
+        return self._frame("var")
+
+    @var.setter
+    def var(self, value: pd.DataFrame) -> None:
+        self._set_frame("var", value)
+
+    def _set_frame(self, name: str, value: pd.DataFrame) -> None:
+        n = self.n_obs if name == "obs" else self.n_vars
+        if len(value) != n:
+            raise ValueError(f"{name} must have {n} rows, got {len(value)}")
+        check_value(self, name, "", value, assigning=True)
+        if self.is_view:
+            raise ValueError(f"Cannot assign {name} on a view; assign on the full shadow")
+        if name not in self._frame_fp:
+            self._frame(name)  # remember what was on disk, to tell changed columns from unchanged ones
+        self._inherited.pop((name, ""), None)  # the table an in-place subset left is replaced too
+        self._cache[(name, "")] = value
+
+    # --- muon's in-place filters (mu.pp.filter_obs/filter_var/intersect_obs) -----------------------------------------
+    # muon filters an AnnData by assigning its private tables and then each element, subset by itself:
+    #   data._obs = obs[subset]; data.obsm = {...}; data.obsp = {...}; data.layers = {...}
+    #   data.X = data.X[subset, :]; data.raw._X = data.raw.X[subset, :]      (X and raw read *after* _obs is set)
+    # A shadow takes `_obs = table` as an in-place subset to the table's rows (every element sliced, nothing read),
+    # and until muon has put X (and raw's X) back, hands out the X and raw of before, which muon subsets itself.
+    @property
+    def _obs(self) -> Any:
+        return self.obs
+
+    @_obs.setter
+    def _obs(self, value: pd.DataFrame) -> None:
+        self._axis_edit(0, value)
+
+    @property
+    def _var(self) -> Any:
+        return self.var
+
+    @_var.setter
+    def _var(self, value: pd.DataFrame) -> None:
+        self._axis_edit(1, value)
+
+    def _axis_edit(self, axis: int, table: pd.DataFrame) -> None:
+        name = ix.AXIS_NAMES[axis]
+        names = self.obs_names if axis == 0 else self.var_names
+        pos = names.get_indexer(table.index) if names.is_unique else np.full(len(table), -1)
+        if (pos < 0).any():
+            raise ValueError(
+                f"Cannot set {name} of '{self._storage.describe()}' to a table whose rows are not among its "
+                f"{name}_names (only a subset of the rows, as muon's filters assign, is supported)"
+            )
+        before = AnnDataShadow.__new__(type(self))
+        before.__dict__.update(self.__dict__)
+        before._owns_storage = False
+        self._subset_in_place(pos, axis)
+        self._set_frame(name, table)
+        has_raw = axis == 0 and self.raw is not None
+        self.__dict__["_muon_edit"] = (before, has_raw)
+
+    def _edit_before(self) -> AnnDataShadow | None:
+        edit = self.__dict__.get("_muon_edit")
+        return edit[0] if edit is not None else None
+
+    def _edit_x_put(self) -> None:
+        edit = self.__dict__.get("_muon_edit")
+        if edit is not None and not edit[1]:
+            del self.__dict__["_muon_edit"]
+
+    def _names(self, name: str) -> pd.Index:
+        frame_key = (name, "")
+        for store in (self._pending, self._inherited, self._cache):
+            if isinstance(frame := store.get(frame_key), pd.DataFrame):
+                return frame.index
+        k = (f"{name}_names", "")
+        if (cached := self._cache.get(k, _MISSING)) is _MISSING:
+            g = self._root()[name]
+            sel = self._oidx if name == "obs" else self._vidx
+            if is_group(g):
+                idx_key = attr(g, "_index")
+                values = inferred_strings(read_element(g[idx_key], (sel,), self._ctx()), g[idx_key])
+                names = self._str_names(name, values, None if idx_key == "_index" else idx_key)
+            else:
+                names = self._str_names(name, read_frame_parts(g, (sel,), self._ctx()).index, None)
+            self._cache[k] = names
+            return names
+        return cached
+
+    def _str_names(self, name: str, values: Any, index_name: str | None) -> pd.Index:
+        """The stored index of ``obs``/``var`` as anndata reads it (integers become strings)."""
+        return ix.as_anndata_names(pd.Index(values, name=index_name), f"{name} of '{self._storage.describe()}'")
+
+    @property
+    def obs_names(self) -> pd.Index:
+        return self._names("obs")
+
+    @obs_names.setter
+    def obs_names(self, names: Any) -> None:
+        obs = self.obs.copy()
+        obs.index = _prep_names(names, "obs", self.n_obs)
+        self.obs = obs
+
+    @property
+    def var_names(self) -> pd.Index:
+        return self._names("var")
+
+    @var_names.setter
+    def var_names(self, names: Any) -> None:
+        var = self.var.copy()
+        var.index = _prep_names(names, "var", self.n_vars)
+        self.var = var
+
+    def _mapping(self, group: str) -> ElementMapping:
+        return ElementMapping(self, group)
+
+    def _replace_mapping(self, group: str, value: Any) -> None:
+        """``adata.obsm = {...}`` (and varm, obsp, varp, layers): the mapping becomes ``value``, as in anndata.
+
+        Every value is checked against the shape before anything changes; keys not in ``value`` are deleted
+        (pending, like every change).
+        """
+        if self.is_view:
+            raise ValueError(
+                f"Cannot assign {group} on a view of '{self._storage.describe()}'; assign on the full shadow, or "
+                "call .to_memory() for an in-memory copy"
+            )
+        items = dict(value.items()) if value is not None else {}  # read now: it may be this very mapping
+        if group == "layers":
+            items.pop(None, None)  # anndata >= 0.13 lists X as layers[None]
+        for key, v in items.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{group} keys must be strings, got {type(key).__name__} ({key!r})")
+            self._check_shape(group, key, v)
+        mapping = self._mapping(group)
+        for key in list(mapping.keys()):
+            if key is not None and key not in items:
+                del mapping[key]
+        for key, v in items.items():
+            self._set(group, key, v)
+
+    @property
+    def layers(self) -> ElementMapping:
+        return self._mapping("layers")
+
+    @layers.setter
+    def layers(self, value: Any) -> None:
+        self._replace_mapping("layers", value)
+
+    @property
+    def obsm(self) -> ElementMapping:
+        return self._mapping("obsm")
+
+    @obsm.setter
+    def obsm(self, value: Any) -> None:
+        self._replace_mapping("obsm", value)
+
+    @property
+    def varm(self) -> ElementMapping:
+        return self._mapping("varm")
+
+    @varm.setter
+    def varm(self, value: Any) -> None:
+        self._replace_mapping("varm", value)
+
+    @property
+    def obsp(self) -> ElementMapping:
+        return self._mapping("obsp")
+
+    @obsp.setter
+    def obsp(self, value: Any) -> None:
+        self._replace_mapping("obsp", value)
+
+    @property
+    def varp(self) -> ElementMapping:
+        return self._mapping("varp")
+
+    @varp.setter
+    def varp(self, value: Any) -> None:
+        self._replace_mapping("varp", value)
+
+    @property
+    def uns(self) -> ElementMapping:
+        return self._mapping("uns")
+
+    @uns.setter
+    def uns(self, value: dict) -> None:
+        for k in list(self.uns.keys()):
+            del self.uns[k]
+        for k, v in value.items():
+            self.uns[k] = v
+
+    @property
+    def raw(self) -> RawShadow | None:
+        """The raw AnnData (``raw.X``, ``raw.var``, ``raw.varm``), or ``None`` when the file has none.
+
+        After ``shadow.raw = adata`` it is a :class:`~shadows.core.raw.RawSnapshot` of that moment, as anndata keeps it.
+        """
+        if (before := self._edit_before()) is not None and self.__dict__["_muon_edit"][1]:
+            return _RawOfEdit(self, before.raw)
+        if ("raw", "") in self._pending:
+            return self._pending[("raw", "")]
+        root = self._root()
+        if ("raw" in root and is_group(root["raw"]) and "var" in root["raw"]) or "raw.X" in root:
+            return RawShadow(self)
+        return None
+
+    @raw.setter
+    def raw(self, value: Any) -> None:
+        if self.is_view:
+            raise ValueError("Cannot assign raw on a view")
+        if value is None:
+            del self.raw
+            return
+        if isinstance(value, anndata.Raw | RawShadow):  # not what anndata takes, but written as given
+            self._pending[("raw", "")] = value
+            return
+        # anndata's setter: Raw(self, X=value.X, var=value.var, varm=value.varm), at this moment
+        self._pending[("raw", "")] = RawSnapshot.of(self, value)
+
+    @raw.deleter
+    def raw(self) -> None:
+        self._pending[("raw", "")] = None
+
+    # --- vectors --------------------------------------------------------------------------------------------------
+    def _check_layer(self, layer: str | None) -> None:
+        """A KeyError naming a missing layer and those there are (anndata raises KeyError too), before any read."""
+        if layer is not None and layer not in self.layers:
+            raise KeyError(
+                f"layers of '{self._storage.describe()}' has no key {layer!r}; layers: {list(self.layers.keys())}"
+            )
+
+    def _columns_of(self, js: np.ndarray, layer: str | None) -> np.ndarray:
+        """Columns ``js`` of X (or ``layer``), raveled row by row as anndata's ``obs_vector`` does."""
+        self._check_layer(layer)
+        key = ("layers", layer) if layer is not None else ("X", "")
+        path = f"layers/{layer}" if layer is not None else "X"
+        # a view holds its parent's assigned matrices, already subset, as inherited: the file is not its X
+        m = self._pending.get(key, self._inherited.get(key))
+        if m is None:
+            m = self._cache.get(("layers", layer) if layer else ("X", ""))
+            if m is not None and not (isinstance(m, np.ndarray) or sp.issparse(m)):
+                m = None  # a jax/torch/dask value: read the column from the file as numpy instead
+        if m is not None and not isinstance(m, LazyArray):
+            col = m[:, js]
+        else:
+            sel = (self._oidx, ix.compose(self._vidx, js, self._n_vars_file))
+            col = read_element(self._root()[path], sel, self._ctx())
+        col = col.toarray() if sp.issparse(col) else np.asarray(col)
+        return np.ravel(col)
+
+    def _vector_source(self, k: str, frame: str, names_of: str) -> tuple[Any, np.ndarray | None]:
+        """Where ``obs_vector``/``var_vector`` take ``k`` from: a column of ``frame`` or positions along ``names_of``.
+
+        anndata refuses a key that is both a column and a name, and hands out every position of a repeated name.
+        """
+        cached = any((frame, "") in store for store in (self._cache, self._pending, self._inherited))
+        in_col = k in (self._frame(frame).columns if cached else self._frame_columns(frame))
+        names = self._names(names_of)
+        in_idx = k in names
+        if in_col and in_idx:
+            raise ValueError(f"Key {k} could be found in both .{names_of}_names and .{frame}.columns")
+        if not (in_col or in_idx):
+            raise KeyError(
+                f"Could not find key {k} in .{names_of}_names or .{frame}.columns of '{self._storage.describe()}'."
+            )
+        if in_col:
+            return self._frame(frame)[k], None
+        return None, ix.locate(k, names, names_of)
+
+    def obs_vector(self, k: str, *, layer: str | None = None) -> np.ndarray:
+        """Values of obs column ``k``, or of gene ``k`` across cells (one column read, not the matrix)."""
+        layer = _x_layer(self, layer)
+        col, pos = self._vector_source(k, "obs", "var")
+        return _column_vector(col) if pos is None else self._columns_of(pos, layer)
+
+    def var_vector(self, k: str, *, layer: str | None = None) -> np.ndarray:
+        """Values of var column ``k``, or of cell ``k`` across genes (one row read)."""
+        layer = _x_layer(self, layer)
+        col, pos = self._vector_source(k, "var", "obs")
+        if pos is None:
+            return _column_vector(col)
+        view = self[pos]
+        m = view._numpy_matrix(layer)
+        m = m.toarray() if sp.issparse(m) else np.asarray(m)
+        view.close()
+        return np.ravel(m)
+
+    def _numpy_matrix(self, layer: str | None = None) -> Any:
+        """X (or ``layer``) as numpy/scipy whatever the array backend: anndata's methods that return numpy use it."""
+        self._check_layer(layer)
+        k = ("layers", layer) if layer is not None else ("X", "")
+        if self._array_backend == "numpy" or k in self._pending or k in self._inherited:
+            return self.layers[layer] if layer is not None else self.X
+        return read_element(
+            self._root()[f"layers/{layer}" if layer is not None else "X"], self._sel_for("X"), self._ctx()
+        )
+
+    def _frame_in_memory(self, name: str) -> bool:
+        # an in-place subset (sc.pp.filter_cells) leaves its table among the inherited elements
+        k = (name, "")
+        return k in self._cache or k in self._pending or k in self._inherited
+
+    def obs_keys(self) -> list[str]:
+        """Names of the columns of ``obs`` (from the file's metadata until ``obs`` is read)."""
+        # a polars/pyarrow table holds the index as a column: the stored column names are the keys then
+        if self._frame_in_memory("obs") and isinstance(self.obs, pd.DataFrame):
+            return list(self.obs.columns)
+        return self._frame_columns("obs")
+
+    def var_keys(self) -> list[str]:
+        """Names of the columns of ``var`` (from the file's metadata until ``var`` is read)."""
+        # a polars/pyarrow table holds the index as a column: the stored column names are the keys then
+        if self._frame_in_memory("var") and isinstance(self.var, pd.DataFrame):
+            return list(self.var.columns)
+        return self._frame_columns("var")
+
+    def _frame_columns(self, name: str) -> list[str]:
+        g = self._root()[name]
+        if is_group(g):
+            return [str(c) for c in (attr(g, "column-order") or [])]
+        return list(g.dtype.names[1:])
+
+    def obsm_keys(self) -> list[str]:
+        """Keys of ``obsm``, stored and added in memory (nothing is read)."""
+        return list(self.obsm.keys())
+
+    def varm_keys(self) -> list[str]:
+        """Keys of ``varm``, stored and added in memory (nothing is read)."""
+        return list(self.varm.keys())
+
+    def uns_keys(self) -> list[str]:
+        """Keys of ``uns``, stored and added in memory (nothing is read)."""
+        return list(self.uns.keys())
+
+    def layers_keys(self) -> list[str]:
+        """Keys of ``layers``, stored and added in memory (nothing is read).
+
+        anndata has no ``layers_keys``; this completes ``obsm_keys``, ``varm_keys``... for the shadow's layers.
+        """
+        return list(self.layers.keys())
+
+    # --- views ----------------------------------------------------------------------------------------------------
+    def __getitem__(self, index: Any) -> AnnDataShadow:
+        """A view: a new shadow on its own connection that reads only the selected part of each element."""
+        if (ref := accessor_get(self, index)) is not NOT_A_REFERENCE:  # adata[A.obs["x"]] (anndata >= 0.13)
+            return ref
+        oidx, vidx = ix.split_index(index)
+        o = ix.normalize(oidx, _LazyNames(self, "obs"), self.n_obs, 0)
+        v = ix.normalize(vidx, _LazyNames(self, "var"), self.n_vars, 1)
+        file_o = ix.compose(self._oidx, o, self._n_obs_file)
+        file_v = ix.compose(self._vidx, v, self._n_vars_file)
+        st = Storage(self._storage.describe(), mode="r", format=self._storage.format)
+        view = type(self)(
+            st.describe(),
+            array_backend=self._array_backend,
+            table_backend=self._table_backend,
+            lazy=self._lazy,
+            _view=(file_o, file_v),
+            _storage=st,
+            _axes=(self._n_obs_file, self._n_vars_file),
+        )
+        view._inherit(self, o, v)
+        return view
+
+    def _inherit(self, parent: AnnDataShadow, o: ix.Sel, v: ix.Sel) -> None:
+        """In-memory additions of the parent are seen, sliced, by its views (as anndata's views see them)."""
+        sels = (o, v)
+        self._deleted |= parent._deleted  # and so are its pending deletions
+        self._fancy = (
+            parent._fancy[0] or isinstance(o, np.ndarray),
+            parent._fancy[1] or isinstance(v, np.ndarray),
+        )
+        if parent._storage.kind == "h5" and self._owns_storage:
+            _VIEW_STORAGES.add(self._storage)
+        sources = {**parent._inherited, **parent._pending}
+        if ("raw", "") in sources:
+            # anndata's view: `adata_ref.raw[oidx]` (its cells, every raw gene); held as pending so that a stream
+            # write of the view (or of an in-place subset) writes it
+            raw = sources.pop(("raw", ""))
+            if isinstance(raw, RawSnapshot):
+                raw = raw._subset(self, o, None)
+            self._pending[("raw", "")] = raw
+        for k in ("obs", "var"):
+            frame = parent._cache.get((k, ""))
+            # no fingerprint: the table was assigned, not read
+            if isinstance(frame, pd.DataFrame) and (parent._frame_changed(k) or k not in parent._frame_fp):
+                sources[(k, "")] = frame
+        for (group, key), value in sources.items():
+            if value is None or (group, key) in parent._deleted:
+                continue
+            if group in ("obs", "var"):
+                s = sels[0 if group == "obs" else 1]
+                sub = value.iloc[ix.positions(s, len(value))] if s is not None else value
+                sub = sub.copy()
+                for c in sub.columns:
+                    if isinstance(sub[c].dtype, pd.CategoricalDtype):
+                        sub[c] = sub[c].cat.remove_unused_categories()
+                self._inherited[(group, key)] = sub
+            elif group in ("X", "layers"):
+                self._inherited[(group, key)] = _view_layout(_take(value, (o, v)), self._fancy)
+            elif group in ALIGNMENT and ALIGNMENT[group]:
+                self._inherited[(group, key)] = _take(value, tuple(sels[a] for a in ALIGNMENT[group]))
+            elif group == "uns":
+                self._inherited[(group, key)] = value
+
+    @property
+    def _cache_lock(self) -> threading.RLock:
+        """Held while a table and its fingerprints are stored or dropped together (never during a read)."""
+        lock = self.__dict__.get("_lock")
+        if lock is None:
+            lock = self.__dict__.setdefault("_lock", threading.RLock())  # setdefault: one lock even if raced
+        return lock
+
+    def _frame_changed(self, name: str) -> bool:
+        df = self._cache.get((name, ""))
+        fp = self._frame_fp.get(name)
+        if not isinstance(df, pd.DataFrame) or fp is None:
+            return False
+        if list(df.columns) != list(fp):
+            return True
+        as_read = self.__dict__.get("_index_fp", {}).get(name)
+        if as_read is not None and df.index is not as_read and not df.index.equals(as_read):
+            return True  # renamed obs_names/var_names
+        return any(fingerprint(df[c]) != fp[c] for c in df.columns)
+
+    def frame_changes(self, name: str) -> dict[str, list[str]]:
+        """Columns of ``obs``/``var`` added, changed or removed in memory (not yet written)."""
+        df = self._cache.get((name, ""))
+        fp = self._frame_fp.get(name, {})
+        if not isinstance(df, pd.DataFrame):
+            return {"added": [], "changed": [], "removed": []}
+        disk = set(self._frame_columns(name))
+        added = [c for c in df.columns if c not in disk]
+        changed = [c for c in df.columns if c in disk and c in fp and fingerprint(df[c]) != fp[c]]
+        removed = [c for c in disk if c not in df.columns]
+        return {"added": added, "changed": changed, "removed": removed}
+
+    # --- cache, connection ----------------------------------------------------------------------------------------
+    def clear_cache(self) -> AnnDataShadow:
+        """Free every cached element.  In-memory additions not yet written stay (the repr marks them ▲)."""
+        backend = get_array_backend(self._array_backend) if self._array_backend in _loaded_backends() else None
+        # safe while other threads read: every step takes a snapshot or pops with a default (a reader may store or
+        # drop entries meanwhile), and readers never look an entry up twice (see _get)
+        dropped = []
+        with self._cache_lock:
+            for key in list(self._cache):
+                if key in (("obs", ""), ("var", "")) and self._frame_changed(key[0]):
+                    continue  # changed tables (columns or names) are pending changes, not a cache
+                dropped.append(self._cache.pop(key, None))
+            for fps in (self._frame_fp, self.__dict__.get("_index_fp", {})):
+                for name in list(fps):
+                    if (name, "") not in self._cache:
+                        fps.pop(name, None)
+        if backend is not None and backend.release is not None:
+            for value in dropped:
+                if value is not None:
+                    backend.release(value)
+        self._storage.indptr_cache.clear()
+        return self
+
+    def close(self) -> None:
+        """Close the connection to the file (cached elements stay usable)."""
+        self._storage.close()
+
+    def reopen(self, mode: str = "r") -> AnnDataShadow:
+        """Open the file again, with ``mode`` ``"r"`` or ``"r+"``; returns the shadow so that calls chain."""
+        if self.is_view and mode != "r":
+            raise ValueError("A view cannot be reopened for writing; reopen the full shadow")
+        if mode != "r":
+            suspend_views(self._storage)
+        self._storage.open(mode)
+        return self
+
+    def __reduce__(self):
+        st = self._storage
+        # a detached view (changed in place, or an in-place subset) is no view any more, but still a selection
+        selected = self.__dict__.get("_is_view", False)
+        return (
+            _restore,
+            (
+                st.describe(),
+                st.mode,
+                st.format,
+                self._array_backend,
+                self._table_backend,
+                self._lazy,
+                (self._oidx, self._vidx) if selected else None,
+                self._pickled_state(),
+            ),
+        )
+
+    def _pickled_state(self) -> dict[str, Any]:
+        """What a pickle carries besides the file: every change not written yet (as anndata's pickles keep them).
+
+        Pending values, deletions, a view's inherited changes, changed ``obs``/``var`` tables (with the
+        fingerprints that tell their changed columns and names), and whether the shadow is a detached subset.
+        """
+        frames = {}
+        for name in ("obs", "var"):
+            df = self._cache.get((name, ""))
+            if isinstance(df, pd.DataFrame) and self._frame_changed(name):
+                frames[name] = (df, self._frame_fp.get(name), self.__dict__.get("_index_fp", {}).get(name))
+        state = {
+            "pending": {k: untrack(v) for k, v in self._pending.items()},
+            "deleted": set(self._deleted),
+            "inherited": dict(self._inherited),
+            "frames": frames,
+            "detached": bool(self.__dict__.get("_detached", False)),
+        }
+        _check_picklable(state, self._storage.describe())
+        return state
+
+    # --- writing and streaming (implemented in shadows.writeback.plan, shadows.stream.shadow, shadows.ops.column_index) ---------------
+    def write(self, filename: os.PathLike | None = None, *, overwrite: bool = False, clear_cache: bool = False):
+        """Push every pending in-memory change into the file this shadow is open on (mode ``"r+"``).
+
+        With ``filename`` (anndata's ``AnnData.write(filename)``), stream the shadow into a new h5ad file instead.
+        Returns the shadow, so that ``s.reopen("r+").write().reopen("r")`` chains.
+        """
+        if filename is not None:
+            return self.write_h5ad(filename, overwrite=overwrite)
+        check_attached(self)
+        from shadows.writeback.plan import write_pending
+
+        return write_pending(self, overwrite=overwrite, clear_cache=clear_cache)
+
+    def write_h5ad(self, filename: os.PathLike, **kwargs: Any) -> None:
+        """Stream this shadow (or view) into a new ``.h5ad`` file without loading any whole matrix."""
+        from shadows.stream.shadow import write_subset
+
+        write_subset(self, filename, file_format="h5ad", **kwargs)
+
+    def write_zarr(self, store: os.PathLike, **kwargs: Any) -> None:
+        """Stream this shadow (or view) into a new zarr store without loading any whole matrix."""
+        from shadows.stream.shadow import write_subset
+
+        write_subset(self, store, file_format="zarr", **kwargs)
+
+    def chunked_X(
+        self,
+        chunk_size: int | None = None,
+        *,
+        layer: str | None = None,
+        axis: int = 0,
+        progress: bool | None = None,
+    ) -> Iterator[tuple[Any, int, int]]:
+        """Iterate over the rows of X (or its columns, or a layer's), reading one block at a time.
+
+        As :meth:`anndata.AnnData.chunked_X`, it yields ``(block, start, end)`` with ``block`` equal to
+        ``X[start:end]`` (``X[:, start:end]`` for ``axis=1``), so that code written for anndata runs unchanged;
+        only one block is in memory at a time.
+
+        Parameters
+        ----------
+        chunk_size
+            Rows (columns) per block; ``None`` means 6000, anndata's default.
+        layer
+            Iterate over this layer instead of ``X``.
+        axis
+            ``0`` for blocks of rows, ``1`` for blocks of columns (read through one regrouping pass when the
+            matrix is stored the other way, not a scan per block).
+        progress
+            Show a progress bar (``None``: follow ``shadows.settings``).
+
+        Yields
+        ------
+        tuple
+            ``(block, start, end)``: the block in the stored format (CSR, CSC or a numpy array), converted to the
+            shadow's array backend, and its position along ``axis``.
+        """
+        from shadows.stream.shadow import chunked
+
+        blocks = chunked(
+            self,
+            chunk_size=_ANNDATA_CHUNK if chunk_size is None else chunk_size,
+            element=f"layers/{layer}" if layer else "X",
+            axis=axis,
+            progress=progress,
+        )
+        return ((block, start, end) for start, end, block in blocks)
+
+    def add_column_index(self, element: str = "X") -> AnnDataShadow:
+        """Store a column-major copy of a CSR ``element`` (row-major of CSC) in the file, for fast gene reads."""
+        from shadows.ops.column_index import add_column_index
+
+        add_column_index(self, element)
+        return self
+
+    def drop_column_index(self, element: str = "X") -> AnnDataShadow:
+        """Remove the copy made by :meth:`add_column_index`."""
+        from shadows.ops.column_index import drop_column_index
+
+        drop_column_index(self, element)
+        return self
+
+    # --- what anndata and scanpy call to change an AnnData's shape in place (see shadows.core.compat) ----------------------
+    def _init_as_actual(self, *args: Any, **kwargs: Any) -> None:
+        was_view = self.is_view
+        detach(self)
+        if was_view:
+            self._as_copied()  # anndata makes a view actual with `adata._init_as_actual(adata.copy())`
+
+    def _inplace_subset_obs(self, index: Any) -> None:
+        self._subset_in_place(index, axis=0)
+
+    def _inplace_subset_var(self, index: Any) -> None:
+        self._subset_in_place(index, axis=1)
+
+    def _subset_in_place(self, index: Any, axis: int) -> None:
+        """anndata's ``_inplace_subset_obs/var``: ``self._init_as_actual(self[index].copy())``.
+
+        The shadow becomes a detached shadow of the subset (shadows.core.compat); raw keeps every raw gene and takes the
+        subset's cells, copied (anndata's ``copy()`` of the view), and arrays are laid out as that copy lays them.
+        """
+        n = self.n_obs if axis == 0 else self.n_vars
+        names = self.obs_names if axis == 0 else self.var_names
+        if ix.is_identity(ix.normalize(index, names, n, axis), n):
+            return  # anndata copies, but nothing changes
+        self._new_x_generation()
+        subset_in_place(self, index, axis=axis)
+        self._as_copied()
+
+    def _as_copied(self) -> None:
+        """What anndata's ``copy()`` hands on: C-ordered arrays (``ndarray.copy()``) and raw copied."""
+        self._fancy = (False, False)
+        for store in (self._cache, self._inherited, self._pending):
+            for k, v in list(store.items()):
+                if k[0] in ("X", "layers") and isinstance(v, np.ndarray) and not v.flags.c_contiguous:
+                    store[k] = np.ascontiguousarray(v)
+        raw = self._pending.get(("raw", ""))
+        if isinstance(raw, RawSnapshot):
+            self._pending[("raw", "")] = raw._subset(self, None, None, copy=True)
+        self._x_gen = next(_X_GENERATIONS)
+
+    # --- whole-object conversions -----------------------------------------------------------------------------------
+    def to_memory(self) -> anndata.AnnData:
+        """A real in-memory :class:`anndata.AnnData` with every element (of the view) read, pending changes included."""
+        numpy = AnnDataShadow.__new__(type(self))
+        numpy.__dict__.update(self.__dict__)
+        numpy._owns_storage = False
+        numpy._array_backend, numpy._table_backend, numpy._lazy = "numpy", "pandas", False
+        numpy._cache = {}
+        numpy._frame_fp, numpy._index_fp = {}, {}
+        for name in ("obs", "var"):
+            if isinstance(frame := self._cache.get((name, "")), pd.DataFrame):
+                numpy._cache[(name, "")] = frame
+        kwargs: dict[str, Any] = {
+            "X": numpy.X,
+            "obs": numpy.obs.copy(),
+            "var": numpy.var.copy(),
+            "uns": untrack(dict(numpy.uns.items())),
+        }
+        for g in ("obsm", "varm", "obsp", "varp", "layers"):
+            kwargs[g] = {k: numpy._get(g, k) for k in numpy._mapping(g).keys() if k is not None}
+        raw = numpy.raw
+        if raw is not None:
+            kwargs["raw"] = raw.to_dict() if isinstance(raw, RawShadow) else raw
+        return anndata.AnnData(**kwargs)
+
+    @property
+    def T(self) -> anndata.AnnData:
+        """The transpose, as :meth:`transpose` returns it (an in-memory :class:`anndata.AnnData`, not a shadow)."""
+        return self.transpose()
+
+    def transpose(self) -> anndata.AnnData:
+        """Transpose the whole object into an in-memory :class:`anndata.AnnData`, as ``AnnData.transpose`` does.
+
+        X and the layers are transposed, obs and var swap places, and so do obsm/varm and obsp/varp; ``uns`` and
+        pending in-memory changes come along, ``raw`` is left out (as anndata leaves it out, so it is not read).
+        Every other element is read into memory: the result is not a shadow.  As in anndata, a view cannot be
+        transposed (``ValueError``): call ``.copy()`` (or ``.to_memory()``) first.
+        """
+        if self.is_view:
+            # anndata's own message and type for the same request
+            raise ValueError(
+                "You’re trying to transpose a view of an `AnnData`, "
+                "which is currently not implemented. Call `.copy()` before transposing."
+            )
+        return self._twin(without_raw=True).to_memory().transpose()
+
+    def _twin(self, *, without_raw: bool = False, numpy: bool = False) -> AnnDataShadow:
+        """A second shadow object on this one's connection (not owning it).
+
+        ``without_raw`` hides ``raw``; ``numpy`` makes it hand out numpy/scipy/pandas values whatever this
+        shadow's backends (it then starts with an empty cache: the cached values are of the other backends).
+        """
+        twin = AnnDataShadow.__new__(type(self))
+        twin.__dict__.update(self.__dict__)
+        twin._owns_storage = False
+        twin._pending = dict(self._pending)
+        if numpy and (self._array_backend, self._table_backend, self._lazy) != ("numpy", "pandas", False):
+            twin._array_backend, twin._table_backend, twin._lazy = "numpy", "pandas", False
+            twin._cache, twin._frame_fp = {}, {}
+        if without_raw:
+            twin._pending[("raw", "")] = None  # reads as "no raw": to_memory() then skips reading it
+        return twin
+
+    def write_csvs(self, dirname: os.PathLike | str, *, skip_data: bool = True, sep: str = ",") -> None:
+        """Write the annotations (and, with ``skip_data=False``, X) to ``.csv`` files, as ``AnnData.write_csvs``.
+
+        The files are those anndata writes for the same object (``obs.csv``, ``var.csv``, ``obsm.csv``,
+        ``varm.csv``, ``uns/<key>.csv``, and ``X.csv``), but X is written in blocks of rows, never whole.
+
+        Parameters
+        ----------
+        dirname
+            Directory to write into (created if needed; a ``.csv`` suffix is dropped, as anndata drops it).
+        skip_data
+            Skip the data matrix X (the default, as in anndata).
+        sep
+            Field separator.
+        """
+        from shadows.ops.export import write_csvs
+
+        write_csvs(self, dirname, skip_data=skip_data, sep=sep)
+
+    def __sizeof__(self, *, show_stratified: bool = False, with_disk: bool = False) -> int:
+        """Bytes this shadow holds in memory (what ``sys.getsizeof`` reports), without reading anything.
+
+        Counted: every element read into the cache and every in-memory change not yet written (pending or, for a
+        view, inherited from its parent), per group as ``AnnData.__sizeof__`` counts them (sparse matrices by
+        their ``data``, ``indices`` and ``indptr``).  Elements still only in the file count nothing, unless
+        ``with_disk=True``: then their uncompressed size (shape × item size, from the file's metadata; a view
+        counts its share of each) is added.
+
+        Parameters
+        ----------
+        show_stratified
+            Print the size of each part (X, obs, var, uns, obsm, ...), as anndata prints it.
+        with_disk
+            Add the uncompressed size of the elements not in memory.
+        """
+        from shadows.ops.export import sizes
+
+        parts = sizes(self, with_disk=with_disk)
+        if show_stratified:
+            from tqdm import tqdm
+
+            for name, size in parts.items():
+                if size > 0:  # anndata's format: "Size of X      : 1.2MB", "Size of .obs   : ..."
+                    label = name if name == "X" else f".{name}"
+                    print(f"Size of {label:<7}: {tqdm.format_sizeof(size, 'B')}")
+        return sum(parts.values())
+
+    def copy(self, filename: os.PathLike | None = None) -> anndata.AnnData:
+        """An in-memory AnnData copy (or, with ``filename``, a copy written to that file)."""
+        adata = self.to_memory()
+        if filename is not None:
+            adata.write_h5ad(filename)
+        return adata
+
+    def to_df(self, layer: str | None = None) -> pd.DataFrame:
+        m = self._numpy_matrix(layer)
+        m = m.toarray() if sp.issparse(m) else np.asarray(m)
+        return pd.DataFrame(m, index=self.obs_names, columns=self.var_names)
+
+    # --- repr -----------------------------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return text_repr(self)
+
+    def _repr_html_(self) -> str:
+        return html_repr(self)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    __hash__ = object.__hash__
+
+
+_MISSING = object()  # a cache lookup's default: None is a value an element can have
+
+
+class _LazyNames:
+    """Names along an axis, read only if an indexer needs them (positional indexers never do); of a shadow or of a
+    collection (:mod:`shadows.collection.shadow`), through its ``_names``."""
+
+    def __init__(self, shadow: Any, name: str):
+        self._shadow, self._name = shadow, name
+        self._idx: pd.Index | None = None
+
+    def _get(self) -> pd.Index:
+        if self._idx is None:
+            self._idx = self._shadow._names(self._name)
+        return self._idx
+
+    def __getattr__(self, item: str) -> Any:
+        return getattr(self._get(), item)
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
+class _RawOfEdit:
+    """raw while muon filters cells (see ``AnnDataShadow._axis_edit``): the raw of before, until muon puts back
+    ``raw._X``, its X subset to the kept cells, which becomes the shadow's raw X."""
+
+    def __init__(self, shadow: AnnDataShadow, before: Any):
+        self.__dict__.update(_shadow=shadow, _before=before)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_before"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name != "_X":
+            raise AttributeError(f"Cannot set raw.{name} of '{self._shadow._storage.describe()}' during a filter")
+        shadow = self.__dict__["_shadow"]
+        del shadow.__dict__["_muon_edit"]
+        now = shadow.raw
+        shadow._pending[("raw", "")] = RawSnapshot(shadow, value, now.var, dict(now.varm))
+
+
+def _view_layout(value: Any, fancy: tuple[bool, bool]) -> Any:
+    """A dense matrix of a view laid out as anndata's view hands it out.
+
+    anndata's view takes ``X[rows, cols]`` with numpy: a slice of rows and positions of columns (``adata[:, mask]``,
+    which scanpy's ``pca(mask_var=...)`` takes) gives an F-ordered array; any other selection a C-ordered one.  BLAS
+    sums in another order on another layout, so results (PCA, then neighbors, leiden) differ in the last bits if a
+    shadow hands out another layout than anndata would.
+    """
+    if isinstance(value, np.ndarray) and value.ndim == 2 and fancy[1] and not fancy[0]:
+        return value if value.flags.f_contiguous else np.asfortranarray(value)
+    return value
+
+
+def suspend_views(storage: Storage) -> None:
+    """Close the connections of views of ``storage``'s file, which would keep a writer out (HDF5 refuses to open
+    a file for writing that this process holds open read-only); each view reopens it on its next read."""
+    if storage.kind != "h5":
+        return
+    for st in list(_VIEW_STORAGES):
+        if st is not storage and st.filename == storage.filename and st.file is not None:
+            st.close()
+            st.reattach = True
+
+
+def _take(value: Any, sels: tuple) -> Any:
+    """An in-memory value restricted to a selection per axis (a sparse value keeps its format)."""
+    for axis, s in enumerate(sels):
+        if s is None:
+            continue
+        pos = ix.positions(s, value.shape[axis])
+        if isinstance(value, pd.DataFrame):
+            value = value.iloc[pos] if axis == 0 else value.iloc[:, pos]
+        elif sp.issparse(value):
+            value = value[pos] if axis == 0 else value[:, pos]
+        else:
+            value = np.take(np.asarray(value), pos, axis=axis)
+    return value
+
+
+def empty_columns_as_str(value: Any) -> Any:
+    """An obs/var without columns gets string-typed empty columns, as AnnData's constructor leaves them."""
+    if isinstance(value, pd.DataFrame) and len(value.columns) == 0:
+        value.columns = value.columns.astype(str)
+    return value
+
+
+def _drop_unused_categories(parts: Any) -> None:
+    for c, v in parts.columns.items():
+        if isinstance(v, pd.Categorical):
+            parts.columns[c] = v.remove_unused_categories()
+
+
+def _as_view_frame(value: Any, is_view: bool) -> Any:
+    """A view's tables are anndata's ``DataFrameView`` (as in anndata), without its copy-on-write link."""
+    if not is_view or type(value) is not pd.DataFrame:
+        return value
+    try:
+        from anndata._core.views import DataFrameView  # the class anndata's views hand out
+    except ImportError:
+        return value
+    return DataFrameView(value, view_args=None)
+
+
+def _version_tuple(dist: str) -> tuple[int, ...]:
+    # importlib.metadata, not ``anndata.__version__``: that attribute is deprecated and warns on access
+    from importlib.metadata import version
+
+    return tuple(int(p) for p in version(dist).split(".")[:2] if p.isdigit())
+
+
+_ANNDATA_013 = _version_tuple("anndata") >= (0, 13)
+
+
+def _column_vector(col: pd.Series) -> Any:
+    """A table column as ``obs_vector``/``var_vector`` hand it out: ``.array`` since anndata 0.13, ``.values`` before."""
+    return col.array if _ANNDATA_013 else col.values
+
+
+def _prep_names(value: Any, name: str, n: int) -> pd.Index:
+    """New obs/var names as anndata's ``_prep_dim_index`` takes them: anything but a ``pd.Index`` becomes strings."""
+    if len(value) != n:
+        raise ValueError(f"Length of passed value for {name}_names is {len(value)}, but this AnnData has {n} {name}")
+    if isinstance(value, pd.Index):
+        if not isinstance(value.name, str | type(None)):
+            raise ValueError(
+                f"AnnData expects .{name}.index.name to be a string or None, "
+                f"but you passed a name of type {type(value.name).__name__!r}"
+            )
+        if len(value) and not isinstance(value, pd.RangeIndex):
+            kind = pd.api.types.infer_dtype(value)
+            if kind not in ("string", "bytes"):  # anndata keeps such an index, with this warning
+                import warnings
+
+                warnings.warn(
+                    f"AnnData expects .{name}.index to contain strings, but got values like: "
+                    f"{list(value[:5])} (inferred to be: {kind})",
+                    stacklevel=3,
+                )
+        return value
+    try:
+        from anndata.compat import pandas_as_str
+    except ImportError:  # another anndata: pandas 2's way
+        return pd.Index(value).astype(str)
+    return pandas_as_str(pd.Index(value))
+
+
+def _is_2d(elem: Any) -> bool:
+    """Whether a stored element is a matrix (a sparse group or a 2-D array), from its metadata alone."""
+    if is_group(elem):
+        return encoding_of(elem)[0] in ("csr_matrix", "csc_matrix", "legacy-csr", "legacy-csc")
+    return len(elem.shape) == 2
+
+
+def _x_layer(adata: AnnDataShadow, layer: str | None) -> str | None:
+    """``layer="X"`` means X, with anndata's FutureWarning, unless there is a layer named "X"."""
+    if layer == "X" and "X" not in adata.layers:
+        import warnings
+
+        warnings.warn(
+            "In a future version of AnnData, access to `.X` by passing `layer='X'` will be removed. "
+            "Instead pass `layer=None`.",
+            FutureWarning,
+            stacklevel=3,
+        )
+        return None
+    return layer
+
+
+def _loaded_backends() -> set[str]:
+    from shadows.backends import _ARRAY
+
+    return set(_ARRAY)
+
+
+def _restore(path, mode, format, array_backend, table_backend, lazy, view, state=None) -> AnnDataShadow:
+    shadow = AnnDataShadow(
+        path, mode=mode, format=format, array_backend=array_backend, table_backend=table_backend, lazy=lazy, _view=view
+    )
+    if state:
+        for (group, key), value in state["pending"].items():
+            if group == "uns" and isinstance(value, dict):  # as _set holds it: changes inside it are seen
+                value = TrackedDict(value, lambda: None)
+            shadow._pending[(group, key)] = value
+        shadow._deleted |= state["deleted"]
+        shadow._inherited.update(state["inherited"])
+        for name, (df, fp, index_fp) in state["frames"].items():
+            shadow._cache[(name, "")] = df
+            if fp is not None:
+                shadow._frame_fp[name] = fp
+            if index_fp is not None:
+                shadow._index_fp[name] = index_fp
+        if state["detached"]:
+            shadow._detached = True
+    return shadow
+
+
+# values that always pickle (checked by type, without pickling them twice)
+_PICKLABLE = (np.ndarray, np.generic, pd.DataFrame, pd.Series, pd.Index, pd.Categorical, str, bytes, int, float)
+
+
+def _check_picklable(state: dict[str, Any], where: str) -> None:
+    """Refuse clearly, naming the element, a change that cannot be pickled (pickle's own error names none)."""
+    import pickle
+
+    for store in ("pending", "inherited"):
+        for (group, key), value in state[store].items():
+            try:
+                _try_pickle(value)
+            except Exception as e:
+                raise pickle.PicklingError(
+                    f"Cannot pickle the shadow of '{where}': its change to {group}[{key!r}] (a "
+                    f"{type(value).__name__}) cannot be pickled ({type(e).__name__}: {e}); write it to the file "
+                    "first (.write()) or remove it"
+                ) from e
+
+
+def _try_pickle(value: Any) -> None:
+    """Pickle ``value`` unless its type always pickles (a large array is not pickled twice)."""
+    import pickle
+
+    if value is None or sp.issparse(value):
+        return
+    if isinstance(value, _PICKLABLE) and not (isinstance(value, np.ndarray) and value.dtype == object):
+        return
+    if isinstance(value, dict):
+        for v in value.values():
+            _try_pickle(v)
+        return
+    pickle.dumps(value)

@@ -1,0 +1,194 @@
+"""Readers of tables and their columns (``dataframe``, ``categorical``, ``nullable-*``) and of ``dict``.
+
+A whole element goes through ``anndata.io.read_elem``, so values and dtypes are anndata's by construction.
+A row selection is read column by column with the same construction as anndata's readers applied to the selected
+rows only (codes, values and masks are read partially; categories whole), so only the selected rows ever sit in
+memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import anndata
+import numpy as np
+import pandas as pd
+
+from shadows.io.storage import attr, is_group
+from shadows.spec.dense import read_dense
+from shadows.spec.registry import ReadContext, read_element, register_reader, sel_at
+
+
+def _whole(sel: tuple) -> bool:
+    return all(s is None for s in sel)
+
+
+@register_reader("categorical", "0.2.0")
+def read_categorical(elem: Any, sel: tuple, ctx: ReadContext) -> pd.Categorical:
+    if _whole(sel):
+        return anndata.io.read_elem(elem)
+    return pd.Categorical.from_codes(
+        codes=read_dense(elem["codes"], sel[:1]),
+        categories=anndata.io.read_elem(elem["categories"]),
+        ordered=bool(attr(elem, "ordered", False)),
+    )
+
+
+@register_reader("nullable-integer", "0.1.0")
+@register_reader("nullable-boolean", "0.1.0")
+def read_nullable(elem: Any, sel: tuple, ctx: ReadContext) -> Any:
+    if _whole(sel):
+        return anndata.io.read_elem(elem)
+    cls = pd.arrays.IntegerArray if attr(elem, "encoding-type") == "nullable-integer" else pd.arrays.BooleanArray
+    values = read_dense(elem["values"], sel[:1])
+    mask = read_dense(elem["mask"], sel[:1]).astype(bool)
+    if cls is pd.arrays.IntegerArray and values.dtype.kind not in "iu":
+        values = values.astype(np.int64)
+    return cls(values, mask=mask)
+
+
+@register_reader("nullable-string-array", "0.1.0")
+def read_nullable_string(elem: Any, sel: tuple, ctx: ReadContext) -> Any:
+    if _whole(sel):
+        return anndata.io.read_elem(elem)
+    return read_via_anndata(elem, sel[:1])
+
+
+def read_via_anndata(elem: Any, sel: tuple) -> Any:
+    """Read the selected rows of every child of ``elem`` into a small in-memory HDF5 group and let anndata build
+    the value from it: anndata's construction (which differs between its versions) on only the selected rows."""
+    import io
+
+    import h5py
+
+    from shadows.io.storage import decode_strings
+
+    buf = h5py.File(io.BytesIO(), "w")
+    try:
+        g = buf.create_group("e")
+        for k, v in elem.attrs.items():
+            g.attrs[k] = v
+        for name in elem.keys():
+            child = elem[name]
+            values = read_dense(child, sel)
+            if values.dtype.kind in "OUT":
+                g.create_dataset(name, data=decode_strings(values).astype(object), dtype=h5py.string_dtype())
+            else:
+                g.create_dataset(name, data=values)
+            for k, v in child.attrs.items():
+                g[name].attrs[k] = v
+        return anndata.io.read_elem(g)
+    finally:
+        buf.close()
+
+
+@register_reader("awkward-array", "0.1.0")
+def read_whole_then_take(elem: Any, sel: tuple, ctx: ReadContext) -> Any:
+    # rare encodings whose construction differs between anndata versions: anndata builds them, we take the rows
+    value = anndata.io.read_elem(elem)
+    s = sel_at(sel, 0)
+    if s is None:
+        return value
+    return value[s] if not isinstance(s, np.ndarray) else value[np.asarray(s)]
+
+
+# the dtype pandas infers for strings: object in pandas 2, "str" in pandas 3
+_STRINGS = pd.Index(np.array(["a"], dtype=object)).dtype
+
+
+def inferred_strings(values: Any, stored: Any) -> Any:
+    """An empty array of strings read from a non-empty stored one (an empty selection) as the dtype pandas infers
+    for strings: pandas 3 infers "str" from strings but leaves an empty object array object, while anndata's views
+    (slices of the whole table) keep "str".  An empty stored array stays as anndata reads it (object)."""
+    if (
+        _STRINGS != np.dtype(object)
+        and isinstance(values, np.ndarray)
+        and values.dtype.kind in "OUT"
+        and len(values) == 0
+        and _stored_length(stored) > 0
+    ):
+        return pd.array(values.astype(object), dtype=_STRINGS)
+    return values
+
+
+def _stored_length(elem: Any) -> int:
+    if is_group(elem):  # nullable-string-array and the like: their values array
+        elem = elem["values"] if "values" in elem else None
+    shape = getattr(elem, "shape", None)
+    return int(shape[0]) if shape else 0
+
+
+@dataclass
+class FrameParts:
+    """A table read column by column: what every table backend is built from.
+
+    ``axis_name`` says what the rows are (``"obs_names"``, ``"var_names"``), set by the shadow for tables aligned to
+    an axis; table backends without a pandas index use it to name the index column (see
+    :func:`shadows.backends.tables.index_column`).
+    """
+
+    index: Any
+    index_name: str | None
+    columns: dict[str, Any] = field(default_factory=dict)
+    column_order: list[str] = field(default_factory=list)
+    axis_name: str | None = None
+
+    def to_pandas(self) -> pd.DataFrame:
+        df = pd.DataFrame(
+            {k: self.columns[k] for k in self.column_order},
+            index=self.index,
+            columns=self.column_order if self.column_order else None,
+        )
+        if self.index_name is not None:
+            df.index.name = self.index_name
+        return df
+
+
+def read_frame_parts(
+    elem: Any, sel: tuple = (), ctx: ReadContext | None = None, columns: list | None = None
+) -> FrameParts:
+    """Read a ``dataframe`` group (current or 0.1.0 layout) into :class:`FrameParts`, rows restricted by ``sel``."""
+    ctx = ctx or ReadContext()
+    if not is_group(elem):  # legacy compound dataset
+        from shadows.spec.legacy import read_compound_parts
+
+        return read_compound_parts(elem, sel, ctx)
+    order = [str(c) for c in (attr(elem, "column-order") or [])]
+    if columns is not None:
+        order = [c for c in order if c in columns]
+    idx_key = attr(elem, "_index")
+    version = str(attr(elem, "encoding-version", ""))
+    row = sel[:1]
+    cols = {}
+    for k in order:
+        cols[k] = inferred_strings(_read_column(elem, k, row, ctx, version), elem[k])
+    index = inferred_strings(_read_column(elem, idx_key, row, ctx, version), elem[idx_key])
+    return FrameParts(
+        index=index, index_name=None if idx_key == "_index" else idx_key, columns=cols, column_order=order
+    )
+
+
+def _read_column(elem: Any, key: str, row: tuple, ctx: ReadContext, version: str) -> Any:
+    col = elem[key]
+    if version != "0.2.0" and not is_group(col) and "categories" in col.attrs:
+        from shadows.spec.legacy import read_referenced_categorical
+
+        return read_referenced_categorical(elem, col, row, ctx)
+    return read_element(col, row, ctx)
+
+
+@register_reader("dataframe", "0.2.0")
+@register_reader("dataframe", "0.1.0")
+@register_reader("legacy-dataframe")
+def read_dataframe(elem: Any, sel: tuple, ctx: ReadContext) -> pd.DataFrame:
+    if _whole(sel) and attr(elem, "encoding-type") == "dataframe":
+        return anndata.io.read_elem(elem)
+    return read_frame_parts(elem, sel, ctx).to_pandas()
+
+
+@register_reader("dict")  # any version: pre-0.8 groups carry none
+def read_dict(elem: Any, sel: tuple, ctx: ReadContext) -> dict:
+    if not is_group(elem):
+        return read_element(elem, sel, ctx)
+    return {k: read_element(elem[k], (), ctx) for k in elem.keys()}
