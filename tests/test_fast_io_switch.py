@@ -34,7 +34,7 @@ from shadows.io.fast import pread as rawread
 from shadows.io.fast import pwrite as rawwrite
 from shadows.io.fast import zarr_chunks as zarrchunks
 
-stats_module = importlib.import_module("shadows.stats")  # ``shadows.stats`` is the function
+stats_module = importlib.import_module("shadows.ops.stats")
 
 # ~1 million stored values (4 MB per array): anndata stores them in 128 chunks, and a scan earns back looking
 # up where 128 chunks lie (rawread.worth_finding) from about 2 MB on
