@@ -24,6 +24,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from shadows.core.state import state_of
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 # groups laid out by encoding: described as one element each, not as the arrays inside them
@@ -144,7 +146,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     try:
         print(repr(shadow))
         print()
-        print(format_table(list(element_rows(shadow._storage.root))))
+        print(format_table(list(element_rows(state_of(shadow).storage.root))))
     finally:
         shadow.close()
     return EXIT_OK

@@ -127,9 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     X = np.log1p(X.toarray() if hasattr(X, "toarray") else np.asarray(X))
     X -= X.mean(axis=0)
     u, s, _ = np.linalg.svd(X, full_matrices=False)
+    overwrite = "X_demo_pca" in shadow.obsm  # in the file already (a second run): it is replaced
     shadow.obsm["X_demo_pca"] = (u[:, :10] * s[:10]).astype(np.float32)
     print(shadow)
-    overwrite = "X_demo_pca" in shadow.obsm._disk_keys()
     shadow.reopen("r+").write(overwrite=overwrite).reopen("r")
     print("\nAfter write(): the embedding lives in the file")
     print(shadow)

@@ -158,7 +158,7 @@ def changed_elements(after: Any, before: Any) -> set[tuple[str, str]]:
 
 def pending_elements(shadow: Any) -> set[tuple[str, str]]:
     """What a shadow holds in memory, not yet written: pending elements and changed obs/var columns."""
-    out = {(g, k) for (g, k) in shadow._pending if g not in ("obs", "var")}
+    out = {(g, k) for (g, k) in shadow._state.pending if g not in ("obs", "var")}
     for name in ("obs", "var"):
         ch = shadow.frame_changes(name)
         out |= {(name, c) for c in ch["added"] + ch["changed"]}

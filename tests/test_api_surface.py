@@ -65,7 +65,7 @@ def test_transpose_equals_anndata(source):
     with AnnDataShadow(path) as s:
         t = s.T
         assert type(t) is ad.AnnData and t.raw is None
-        assert ("raw", "X") not in s._cache and not any(k[0] == "raw" for k in s._cache), "raw was read"
+        assert ("raw", "X") not in s._state.cache and not any(k[0] == "raw" for k in s._state.cache), "raw was read"
         assert_adata_equal(t, ref.T, "shadow.T", vectors=False, to_memory=False)
         assert_adata_equal(s.transpose(), ref.transpose(), "transpose()", vectors=False, to_memory=False)
         s.obsm["new"] = np.ones((s.n_obs, 2))  # pending changes come along
@@ -107,7 +107,7 @@ def test_write_csvs_streams_x_in_blocks(tmp_path):
     path = write_source(a, tmp_path, "h5ad", None)
     with shadows.settings.override(memory_budget=2**16), AnnDataShadow(path) as s:
         s.write_csvs(tmp_path / "ours", skip_data=False)
-        assert ("X", "") not in s._cache, "X was read whole"
+        assert ("X", "") not in s._state.cache, "X was read whole"
     ad.read_h5ad(path).write_csvs(tmp_path / "theirs", skip_data=False)
     assert (tmp_path / "ours/X.csv").read_bytes() == (tmp_path / "theirs/X.csv").read_bytes()
 
@@ -116,9 +116,9 @@ def test_sizeof_counts_memory_without_reading(source, capsys):
     path, ref = source
     with AnnDataShadow(path) as s:
         empty = s.__sizeof__()
-        assert isinstance(sys.getsizeof(s), int) and not s._cache, "asking the size read something"
+        assert isinstance(sys.getsizeof(s), int) and not s._state.cache, "asking the size read something"
         disk = s.__sizeof__(with_disk=True)
-        assert not s._cache
+        assert not s._state.cache
         x = s.X
         x_bytes = sum(m.nbytes for m in (x.data, x.indices, x.indptr)) if sp.issparse(x) else x.nbytes
         assert s.__sizeof__() >= empty + x_bytes

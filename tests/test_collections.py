@@ -281,7 +281,7 @@ def test_open_reads_no_matrix_and_repr_lists_sources(three):
     coll = shadows.concat(three, join="inner", label="batch")
     assert coll._cache == {}
     for p in coll.parts:  # each file: names and lazy handles, no value of any matrix or table
-        assert all(isinstance(v, shadows.LazyArray | pd.Index) for v in p._cache.values()), p._cache.keys()
+        assert all(isinstance(v, shadows.LazyArray | pd.Index) for v in p._state.cache.values()), p._state.cache.keys()
     text = repr(coll)
     for path in three:
         assert path in text

@@ -101,13 +101,13 @@ def test_drop_and_crash_safety(tmp_path, fmt, zf, monkeypatch):
         with pytest.raises(RuntimeError, match="disk full"):
             s.add_column_index()
         monkeypatch.undo()
-        assert COLUMN_INDEX not in s._root()["X"]  # nothing half-built became visible
+        assert COLUMN_INDEX not in s._state.root()["X"]  # nothing half-built became visible
         if fmt == "zarr":
             assert not (tmp_path / path.split("/")[-1] / "X" / ci.STAGING).exists()
         s.add_column_index()
-        assert COLUMN_INDEX in s._root()["X"]
+        assert COLUMN_INDEX in s._state.root()["X"]
         s.drop_column_index()
-        assert COLUMN_INDEX not in s._root()["X"]
+        assert COLUMN_INDEX not in s._state.root()["X"]
         s.drop_column_index()  # nothing to drop: no error
         np.testing.assert_array_equal(dense_of(s[:, [1, 2]].X), dense_of(a.X)[:, [1, 2]])
     assert_adata_equal(read_oracle(path), read_oracle(path), "after drop", vectors=False, to_memory=False)

@@ -156,7 +156,8 @@ def assert_mudata_equal(got, want, what: str, *, stored: dict, vectors: bool = F
     assert_element_equal(got.var_names, want.var_names, f"{what}.var_names")
     for name in ("obs", "var"):
         mine, table = getattr(got, name), stored[name]
-        rows = ix.positions(got._oidx if name == "obs" else got._vidx, len(table))
+        o, v = (got._state.oidx, got._state.vidx) if isinstance(got, AnnDataShadow) else (got._oidx, got._vidx)
+        rows = ix.positions(o if name == "obs" else v, len(table))
         assert_element_equal(pd.DataFrame(mine), table.iloc[rows], f"{what}.{name}")
         assert_element_equal(as_mudata_reads(table).iloc[rows], getattr(want, name), f"{what}.{name} (mudata's)")
     for group in ("obsm", "varm", "obsp", "varp", "uns", "obsmap", "varmap"):
@@ -252,8 +253,8 @@ def composed(ref, view_of_ref, idx2):
         return np.arange(n)[sel]
 
     o2, v2 = _normalize_indices(idx2, view_of_ref.obs_names, view_of_ref.var_names)
-    p_o = _pos(view_of_ref._oidx, ref.n_obs)[_pos(o2, view_of_ref.n_obs)]
-    p_v = _pos(view_of_ref._vidx, ref.n_vars)[_pos(v2, view_of_ref.n_vars)]
+    p_o = _pos(view_of_ref._state.oidx, ref.n_obs)[_pos(o2, view_of_ref.n_obs)]
+    p_v = _pos(view_of_ref._state.vidx, ref.n_vars)[_pos(v2, view_of_ref.n_vars)]
     with quiet():
         return ref[p_o, p_v]
 
@@ -368,13 +369,13 @@ def test_views_equal_mudata_views(stored):
 def test_modalities_share_one_connection(stored):
     path, _, _ = stored
     sh = MuDataShadow(path)
-    files = {id(a._storage.file) for a in sh.mod.values()} | {id(sh._global._storage.file)}
+    files = {id(a._state.storage.file) for a in sh.mod.values()} | {id(sh._global._state.storage.file)}
     assert files == {id(sh._storage.file)}
     assert sh.mod["rna"] is sh["rna"] is sh.mod["rna"], "each modality is made once and kept (its own cache)"
-    assert sh.mod["rna"]._cache is not sh.mod["prot"]._cache
+    assert sh.mod["rna"]._state.cache is not sh.mod["prot"]._state.cache
     sh.close()
     if path.endswith(".h5mu"):  # (a zarr group has nothing to close)
-        assert not any(a._storage.is_open for a in sh.mod.values()), "closing the MuData closes every modality"
+        assert not any(a._state.storage.is_open for a in sh.mod.values()), "closing the MuData closes every modality"
     sh.reopen()
     assert sh.mod["prot"].X is not None
 
@@ -455,9 +456,9 @@ def test_repr_marks_cached_and_new(h5mu):
 def test_clear_cache_close_reopen_reach_every_modality(h5mu):
     sh = MuDataShadow(h5mu)
     _ = sh.obs, sh.obsm["X_joint"], [a.X for a in sh.mod.values()]
-    assert sh._global._cache and all(a._cache for a in sh.mod.values())
+    assert sh._global._state.cache and all(a._state.cache for a in sh.mod.values())
     assert sh.clear_cache() is sh
-    assert not sh._global._cache and not any(a._cache for a in sh.mod.values())
+    assert not sh._global._state.cache and not any(a._state.cache for a in sh.mod.values())
     sh.close()
     for get in (lambda: sh.obsm["X_joint"], lambda: sh.mod["rna"].X):
         with pytest.raises(ValueError, match="closed"):
@@ -566,6 +567,6 @@ def test_write_pushes_global_and_modality_changes(tmp_path, fmt):
         sh.write()
     assert "X_more" not in read_mudata_oracle(path)["prot"].obsm, "a refused write writes nothing, in no modality"
     sh.write(overwrite=True, clear_cache=True)
-    assert not sh._global._cache
+    assert not sh._global._state.cache
     sh.close()
     assert_element_equal(read_mudata_oracle(path).obsm["X_new"], joint * 2, "overwritten")

@@ -99,5 +99,5 @@ def test_embedding_by_gene_reads_one_column(files):
     m = MuDataShadow(files["h5mu"])
     _draw(CALLS["embedding(gene, category)"], m)
     rna = m["rna"]
-    whole = [k for k in rna._cache if k[0] == "X" or (k[0] == "raw" and k[1].startswith("X"))]
+    whole = [k for k in rna._state.cache if k[0] == "X" or (k[0] == "raw" and k[1].startswith("X"))]
     assert whole == [], f"mu.pl.embedding(color='rna:CD79A') read a whole matrix: {whole}"

@@ -31,7 +31,7 @@ from test_write_crash import Children
 import shadows
 from shadows import AnnDataShadow
 from shadows.io import commit_guard
-from shadows.stream.shadow import sink
+from shadows.stream import sink
 
 FORMATS = [("h5ad", None), ("zarr", 2), ("zarr", 3)]
 FORMAT_IDS = ["h5ad", "zarr2", "zarr3"]

@@ -218,7 +218,7 @@ def render_table(table: dict) -> str:
 
 # --- one gene is read through the bounded path -------------------------------------------------------------------
 def _matrix_cache(shadow) -> list:
-    return [k for k in shadow._cache if k[0] == "X" or (k[0] == "raw" and k[1].startswith("X"))]
+    return [k for k in shadow._state.cache if k[0] == "X" or (k[0] == "raw" and k[1].startswith("X"))]
 
 
 @pytest.mark.parametrize("use_raw", [False, True])
@@ -243,7 +243,7 @@ def test_whole_matrix_is_read_once(data):
     x1 = s.X
     sc.pp.pca(s, n_comps=5)
     assert s.X is x1
-    assert ("X", "") in s._cache and ("X", "") not in s._pending
+    assert ("X", "") in s._state.cache and ("X", "") not in s._state.pending
 
 
 def test_scanpy_leaves_no_file_open(data, tmp_path):

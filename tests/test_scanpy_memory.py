@@ -107,7 +107,7 @@ CHILD = RSS_HELPERS + textwrap.dedent(
     ax.figure.canvas.draw()
     peak = kib("VmHWM")
     values = np.asarray(ax.collections[0].get_array(), dtype=np.float64)
-    whole = [k for k in s._cache if k[0] == "X"]
+    whole = [k for k in s._state.cache if k[0] == "X"]
     print(json.dumps({"peak_bytes": (peak - base) * 1024, "n": int(values.size), "sum": float(values.sum()),
                       "whole_matrix_cached": bool(whole)}))
     """

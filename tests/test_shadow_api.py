@@ -68,9 +68,9 @@ def test_cache_and_clear(path):
     s = AnnDataShadow(path)
     pca = s.obsm["X_pca"]
     assert s.obsm["X_pca"] is pca
-    assert ("obsm", "X_pca") in s._cache
+    assert ("obsm", "X_pca") in s._state.cache
     s.clear_cache()
-    assert ("obsm", "X_pca") not in s._cache
+    assert ("obsm", "X_pca") not in s._state.cache
     again = s.obsm["X_pca"]
     assert again is not pca and np.array_equal(again, pca)
 
@@ -79,7 +79,7 @@ def test_mapping_keys_read_nothing(path):
     s = AnnDataShadow(path)
     assert list(s.obsm.keys()) == ["X_pca"] and "X_pca" in s.obsm and len(s.obsm) == 1
     assert set(s.uns.keys()) == {"params", "group_colors"}
-    assert s._cache == {}, "keys(), in and len must not read values"
+    assert s._state.cache == {}, "keys(), in and len must not read values"
 
 
 def test_missing_key_names_group(path):
@@ -134,7 +134,7 @@ def test_close_reopen_context(path):
     assert s.obsm["X_pca"].shape == (40, 4)
     with AnnDataShadow(path) as t:
         assert t.n_obs == 40
-    assert not t._storage.is_open
+    assert not t._state.storage.is_open
 
 
 def test_pickle_carries_path_and_view_not_cache(path):
@@ -143,7 +143,7 @@ def test_pickle_carries_path_and_view_not_cache(path):
     v.X  # noqa: B018
     w = pickle.loads(pickle.dumps(v))
     assert isinstance(w, AnnDataShadow) and w.is_view and w.shape == (15, 2)
-    assert w._cache == {}
+    assert w._state.cache == {}
     assert (w.X != v.X).nnz == 0
 
 

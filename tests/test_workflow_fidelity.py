@@ -246,12 +246,12 @@ def test_raw_of_an_unread_x_is_read_lazily(tmp_path):
     mem, shadow = read_memory(path), AnnDataShadow(path)
     shadow.raw = shadow
     mem.raw = mem
-    assert ("X", "") not in shadow._cache
+    assert ("X", "") not in shadow._state.cache
     df = sc.get.obs_df(shadow, ["G7", "G9"], use_raw=True)
-    assert ("X", "") not in shadow._cache, "obs_df(use_raw=True) read the whole matrix"
+    assert ("X", "") not in shadow._state.cache, "obs_df(use_raw=True) read the whole matrix"
     pd.testing.assert_frame_equal(df, sc.get.obs_df(mem, ["G7", "G9"], use_raw=True))
     np.testing.assert_array_equal(shadow.raw.obs_vector("G9"), mem.raw.obs_vector("G9"))
-    assert ("X", "") not in shadow._cache
+    assert ("X", "") not in shadow._state.cache
     shadow.X = shadow.X * 2  # the old X is the raw one
     mem.X = mem.X * 2
     assert_exact(shadow, mem, "X replaced")

@@ -118,7 +118,7 @@ def test_round_trip_every_kind(path):
     assert "▲" in repr(s)
     out = s.reopen("r+").write(overwrite=True)
     assert out is s
-    assert "▲" not in repr(s) and not s._pending
+    assert "▲" not in repr(s) and not s._state.pending
     after = read_oracle(path)
     for (group, key), value in new.items():
         got = getattr(after, group)[key]
@@ -129,7 +129,7 @@ def test_round_trip_every_kind(path):
         else:
             assert_element_equal(got, value, f"{group}/{key}")
         # the shadow now reads the element from the file, not from memory
-        assert (group, key) not in s._cache
+        assert (group, key) not in s._state.cache
         assert_element_equal(getattr(s, group)[key], got, f"shadow {group}/{key} after write")
     for name, value in cols.items():
         got = after.obs[name]
@@ -200,7 +200,7 @@ def test_read_only_refuses_and_leaves_bytes(path):
         with pytest.raises(OSError, match=r"read-only; reopen with \.reopen\('r\+'\) to write"):
             s.write(**kw)
     assert digest(path) == d0
-    assert ("obsm", "new") in s._pending, "a refused write keeps the pending changes"
+    assert ("obsm", "new") in s._state.pending, "a refused write keeps the pending changes"
 
 
 def test_view_cannot_write(path):
@@ -247,7 +247,7 @@ def test_shape_checked_at_assignment(path):
         s.varp["w"] = np.zeros((N_VARS, N_VARS + 1))
     with pytest.raises(ValueError, match="X"):
         s.X = np.zeros((N_OBS, N_VARS + 1))
-    assert not s._pending
+    assert not s._state.pending
     s.write()  # nothing pending: nothing written
     s.close()
     assert digest(path) == d0
@@ -266,7 +266,7 @@ def test_assigned_value_wins_then_file_after_write(path):
     assert (s.obsp["graph"] != old).nnz > 0
     s.write(overwrite=True)
     again = s.obsp["graph"]
-    assert again is not g and ("obsp", "graph") in s._cache  # read from the file, cached afresh
+    assert again is not g and ("obsp", "graph") in s._state.cache  # read from the file, cached afresh
     assert_element_equal(again, g, "graph from disk")
     assert_element_equal(read_oracle(path).obsp["graph"], g, "graph by anndata")
 
@@ -276,7 +276,7 @@ def test_chaining_and_clear_cache(path):
     _ = s.obsm["X_pca"], s.obs
     s.obsm["umap"] = np.ones((N_OBS, 2))
     out = s.reopen("r+").write(clear_cache=True).reopen("r")
-    assert out is s and s.mode == "r" and not s._cache and "▲" not in repr(s)
+    assert out is s and s.mode == "r" and not s._state.cache and "▲" not in repr(s)
     assert_element_equal(s.obsm["umap"], np.ones((N_OBS, 2)), "umap")
 
 
@@ -338,7 +338,7 @@ def test_unchanged_uns_writes_nothing(path):
     s.close()
     d0 = digest(path)
     s.reopen("r+").write()
-    assert not s._pending
+    assert not s._state.pending
     s.close()
     assert digest(path) == d0
 
@@ -383,7 +383,7 @@ def test_failed_encoding_links_nothing(path):
         s.write()
     after = read_oracle(path)
     assert "good" not in after.obsm and "bad" not in after.uns
-    assert ("obsm", "good") in s._pending and ("uns", "bad") in s._pending
+    assert ("obsm", "good") in s._state.pending and ("uns", "bad") in s._state.pending
     if path.is_dir():
         assert not list(path.parent.glob(f".{path.name}.shadows-write-*")), "staging left behind"
     del s.uns["bad"]

@@ -468,10 +468,12 @@ def raise_at_points(tmp_path, templates, befores, kind, names, exc: type[BaseExc
             commit_guard.set_hook(previous)
         if name.startswith("zarr:0"):  # before the journal: rolled back, not a byte changed
             assert _digest(path) == untouched, f"{name}: the store changed"
-            assert ("obsm", "X_pca") in s._pending
+            assert ("obsm", "X_pca") in s._state.pending
         else:  # rolled forward before the exception propagated; the shadow knows its changes are on disk
             check_store(path, before, 5, final=True)
-            assert not s._pending and not s._deleted, f"{name}: pending entries left {list(s._pending)}"
+            assert not s._state.pending and not s._state.deleted, (
+                f"{name}: pending entries left {list(s._state.pending)}"
+            )
             np.testing.assert_array_equal(s.obsm["X_pca"], np.full((N_OBS, 4), 5.0, dtype=np.float32))
         check_clean(path, kind[1])
         s.close()

@@ -198,7 +198,7 @@ def test_values_checked_as_anndata_checks_them(path, case):
 def test_refused_value_leaves_the_streamed_output_absent(tmp_path):
     src = Path(write_adata(small_adata(), tmp_path / "src.h5ad"))
     s = AnnDataShadow(src)
-    s._pending[("obsm", "df")] = pd.DataFrame({"q": np.arange(s.n_obs)})  # slipped past the assignment check
+    s._state.pending[("obsm", "df")] = pd.DataFrame({"q": np.arange(s.n_obs)})  # slipped past the assignment check
     for method, dst in (("write_h5ad", tmp_path / "o.h5ad"), ("write_zarr", tmp_path / "o.zarr")):
         with pytest.raises(ValueError, match="obs names"):
             getattr(s, method)(dst)

@@ -22,6 +22,7 @@ from anndata._core import merge as admerge
 
 from shadows.collection.source import Columns, Stacked, concat_kind, pairwise_dtype, source_of, standin
 from shadows.core.anndata import AnnDataShadow
+from shadows.core.state import state_of
 from shadows.spec.lazy_array import LazyArray
 
 _GLOB_CHARS = set("*?[")
@@ -56,16 +57,16 @@ def open_part(src: Any, fmt: str | None) -> AnnDataShadow:
     """A lazy shadow of one source: its arrays come as :class:`LazyArray` (a picklable source, nothing read)."""
     if isinstance(src, AnnDataShadow):
         # read-only use of a shadow's private state: where it reads from, and which part of it a view selects
-        if src._pending or src._deleted or src._inherited:
+        if state_of(src).pending or state_of(src).deleted or state_of(src).inherited:
             raise ValueError(
-                f"'{src._storage.describe()}' has changes held in memory; write them (.write()) or pass "
+                f"'{state_of(src).storage.describe()}' has changes held in memory; write them (.write()) or pass "
                 "shadow.to_memory() to anndata.concat instead"
             )
-        lazy = AnnDataShadow(src._storage.describe(), format=src._storage.format, lazy=True)
+        lazy = AnnDataShadow(state_of(src).storage.describe(), format=state_of(src).storage.format, lazy=True)
         if src.is_view:
             lazy = lazy[
-                src._oidx if src._oidx is not None else slice(None),
-                src._vidx if src._vidx is not None else slice(None),
+                state_of(src).oidx if state_of(src).oidx is not None else slice(None),
+                state_of(src).vidx if state_of(src).vidx is not None else slice(None),
             ]
         return lazy
     if not isinstance(src, str | os.PathLike):
@@ -117,7 +118,7 @@ class Core:
         except Exception:
             self.close()
             raise
-        self.names = [p._storage.describe() for p in self.parts]
+        self.names = [state_of(p).storage.describe() for p in self.parts]
         self.keys = [str(k) for k in keys] if keys is not None else [str(i) for i in range(len(self.parts))]
         if len(set(self.keys)) != len(self.keys):
             raise ValueError(f"keys must be unique, got {self.keys}")
@@ -412,7 +413,7 @@ def _one_column(part: AnnDataShadow, key: str) -> pd.DataFrame:
     if key not in part.obs_keys():
         return pd.DataFrame(index=pd.RangeIndex(n))
     # read-only use of the shadow's private root group: the AnnData's group inside the file (h5mu modalities too)
-    root = part._root()
+    root = state_of(part).root()
     g = root["obs"]
     if part.is_view or not hasattr(g, "keys") or key not in g:
         return pd.DataFrame({key: part.obs[key]}).reset_index(drop=True)

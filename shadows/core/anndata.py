@@ -37,8 +37,9 @@ from shadows.core.lazy_dict import LazyDict
 from shadows.core.mapping import ALIGNMENT, ElementMapping, TrackedDict, untrack
 from shadows.core.raw import RawShadow, RawSnapshot
 from shadows.core.repr import html_repr, text_repr
+from shadows.core.state import ShadowState
 from shadows.io.storage import Storage, attr, is_array, is_group
-from shadows.spec import ReadContext, encoding_of, read_element, read_frame_parts
+from shadows.spec import encoding_of, read_element, read_frame_parts
 from shadows.spec import selection as ix
 from shadows.spec.frames import inferred_strings
 from shadows.spec.lazy_array import ElementSource, LazyArray
@@ -126,27 +127,22 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
     ):
         check_backend_name(array_backend, "array")
         check_backend_name(table_backend, "table")
-        self._storage = _storage if _storage is not None else Storage(path, mode=mode, format=format)
+        storage = _storage if _storage is not None else Storage(path, mode=mode, format=format)
         # a modality of a MuDataShadow shares its parent's file handle and must not close it when collected
-        self._owns_storage = type(self._storage) is Storage
+        self._state = ShadowState(
+            storage,
+            owns_storage=type(storage) is Storage,
+            array_backend=array_backend,
+            table_backend=table_backend,
+            lazy=bool(lazy),
+        ).bind(self)
         self._resolve_nested()
-        self._array_backend = array_backend
-        self._table_backend = table_backend
-        self._lazy = bool(lazy)
-        self._cache: dict[tuple[str, str], Any] = {}
-        self._pending: dict[tuple[str, str], Any] = {}
-        self._deleted: set[tuple[str, str]] = set()
-        self._inherited: dict[tuple[str, str], Any] = {}
-        self._frame_fp: dict[str, dict[str, int]] = {}
-        # obs_names/var_names as read (the same object: no copy, no hash): a renamed axis is a pending change.  A hash
-        # of the names, as the columns have, cost the UMAP-by-gene memory test 8 MB of pyarrow buffers on pandas 3
-        self._index_fp: dict[str, pd.Index] = {}
-        root = self._storage.root
-        where = self._storage.describe()
+        root = self._state.storage.root
+        where = self._state.storage.describe()
         if _axes is not None:
             # a view of a shadow already checked: the file's axis lengths come from the parent (each attribute
             # read costs tens of microseconds; a view is often made for one small read)
-            self._n_obs_file, self._n_vars_file = _axes
+            self._state.n_obs_file, self._state.n_vars_file = _axes
         elif (
             not self._mudata_root
             and "mod" in root
@@ -158,13 +154,13 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
                 f"'{where}' is a MuData file: open it with MuDataShadow, or one modality as '{where}/mod/<name>'"
             )
         if _axes is None:
-            self._n_obs_file = axis_length(root, "obs", where)
-            self._n_vars_file = axis_length(root, "var", where)
+            self._state.n_obs_file = axis_length(root, "obs", where)
+            self._state.n_vars_file = axis_length(root, "var", where)
         o, v = _view if _view is not None else (None, None)
         # a selection of everything, in order (a modality of a MuData view that keeps all its features), reads as
         # no selection: whole-axis fast paths (copies as stored, major-axis reads) then apply
-        self._oidx = None if ix.is_identity(o, self._n_obs_file) else o
-        self._vidx = None if ix.is_identity(v, self._n_vars_file) else v
+        self._state.oidx = None if ix.is_identity(o, self._state.n_obs_file) else o
+        self._state.vidx = None if ix.is_identity(v, self._state.n_vars_file) else v
         self._is_view = _view is not None  # shadow[:] is a view too (as in anndata), though it selects everything
         self._x_gen = next(_X_GENERATIONS)
         # whether each axis is selected by positions (numpy's fancy indexing) rather than a slice: anndata's views
@@ -172,7 +168,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         self._fancy = (isinstance(o, np.ndarray), isinstance(v, np.ndarray))
 
     def _resolve_nested(self) -> None:
-        st = self._storage
+        st = self._state.storage
         if st.inner and st.inner not in st.file and f"mod/{st.inner}" in st.file:
             st.inner = f"mod/{st.inner}"  # file.h5mu/rna means the modality rna
         if st.inner and st.inner not in st.file:
@@ -183,7 +179,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
     @property
     def file(self) -> Any:
         """The open h5py File or zarr Group."""
-        return self._storage.file
+        return self._state.storage.file
 
     @property
     def filename(self) -> os.PathLike:
@@ -192,12 +188,12 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         Unlike a backed AnnData's ``filename``, it cannot be set: a shadow always reads its file, and assigning
         another name would not copy anything.
         """
-        return self._storage.filename
+        return self._state.storage.filename
 
     @property
     def mode(self) -> str:
         """Mode the file is open with, ``"r"`` or ``"r+"`` (:meth:`reopen` changes it)."""
-        return self._storage.mode
+        return self._state.storage.mode
 
     @property
     def isbacked(self) -> bool:
@@ -220,11 +216,11 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
 
     @property
     def n_obs(self) -> int:
-        return ix.length(self._oidx, self._n_obs_file)
+        return ix.length(self._state.oidx, self._state.n_obs_file)
 
     @property
     def n_vars(self) -> int:
-        return ix.length(self._vidx, self._n_vars_file)
+        return ix.length(self._state.vidx, self._state.n_vars_file)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -233,36 +229,22 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
     def __len__(self) -> int:
         return self.n_obs
 
-    def _root(self) -> Any:
-        st = getattr(self._storage, "parent", self._storage)  # a modality reads through its MuData's connection
-        if st.file is None and getattr(st, "reattach", False):
-            st.reattach = False  # closed for a writer of the same file (see suspend_views): open again, read-only
-            st.open("r")
-        if not self._storage.is_open:
-            raise ValueError(f"'{self._storage.describe()}' is closed; call .reopen() to read from it again")
-        return self._storage.root
-
-    def _ctx(self) -> ReadContext:
-        return ReadContext(indptr_cache=self._storage.indptr_cache)
-
-    # --- selection ------------------------------------------------------------------------------------------------
-    def _sel_for(self, group: str) -> tuple:
-        axes = ALIGNMENT.get(group, (0, 1))
-        sels = (self._oidx, self._vidx)
-        return tuple(sels[a] for a in axes)
+    def _owned_connection(self) -> Storage | None:
+        state = self.__dict__.get("_state")  # None when __init__ failed before the state was made
+        return state.storage if state is not None and state.owns_storage else None
 
     # --- generic element access -----------------------------------------------------------------------------------
     def _elem_path(self, group: str, key: str | None) -> str:
         if key is None:
             return group
-        if group == "obsp" and key in _LEGACY_NEIGHBORS and f"obsp/{key}" not in self._root():
+        if group == "obsp" and key in _LEGACY_NEIGHBORS and f"obsp/{key}" not in self._state.root():
             legacy = f"uns/neighbors/{key}"
-            if legacy in self._root():
+            if legacy in self._state.root():
                 return legacy  # anndata moves these to obsp when reading
         return f"{group}/{key}"
 
     def _disk_keys(self, group: str) -> list[str]:
-        root = self._root()
+        root = self._state.root()
         out = [str(k) for k in root[group].keys()] if group in root and is_group(root[group]) else []
         if group in ("obsm", "varm") and group in root and is_array(root[group]):
             out = list(root[group].dtype.names or [])  # anndata < 0.7: one compound dataset
@@ -284,14 +266,14 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
                 continue
             n_cats = self._n_categories(key[: -len("_colors")])
             if n_cats is not None:
-                shape = self._root()[f"uns/{key}"].shape
+                shape = self._state.root()[f"uns/{key}"].shape
                 if len(shape) == 1 and shape[0] != n_cats:
                     out.add(key)
         return out
 
     def _n_categories(self, col: str) -> int | None:
         """Number of categories of categorical column ``col`` of obs (or var), from shapes alone; None if none."""
-        root = self._root()
+        root = self._state.root()
         for frame in ("obs", "var"):
             g = root[frame]
             if not is_group(g) or col not in g:
@@ -302,49 +284,51 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             if not is_group(c) and "categories" in c.attrs:  # anndata 0.7: categories behind a reference
                 from shadows.spec.legacy import read_referenced_categorical
 
-                return len(read_referenced_categorical(g, c, (np.zeros(0, np.int64),), self._ctx()).categories)
+                return len(read_referenced_categorical(g, c, (np.zeros(0, np.int64),), self._state.ctx()).categories)
         return None
 
     def _get(self, group: str, key: str) -> Any:
         k = (group, key)
-        if k in self._pending:
-            return self._pending[k]
-        if k in self._deleted:
+        if k in self._state.pending:
+            return self._state.pending[k]
+        if k in self._state.deleted:
             raise KeyError(f"{key!r} was deleted from {group} (pending write)")
-        if k in self._inherited:
-            return self._inherited[k]
+        if k in self._state.inherited:
+            return self._state.inherited[k]
         # one lookup, never `in` then `[]`: clear_cache() in another thread may drop the entry in between
-        if (cached := self._cache.get(k, _MISSING)) is not _MISSING:
+        if (cached := self._state.cache.get(k, _MISSING)) is not _MISSING:
             return cached
         path = self._elem_path(group, key)
-        root = self._root()
+        root = self._state.root()
         if group in ("obsm", "varm") and group in root and is_array(root[group]) and key in self._disk_keys(group):
             from shadows.spec.dense import read_dense
 
-            value = self._cache[k] = np.asarray(read_dense(root[group], self._sel_for(group))[key])
+            value = self._state.cache[k] = np.asarray(read_dense(root[group], self._state.sels(group))[key])
             return value
         if path not in root or (group != "uns" and key not in self._disk_keys(group)):
             raise KeyError(
-                f"{group} of '{self._storage.describe()}' has no key {key!r}; keys: {self._disk_keys(group)}"
+                f"{group} of '{self._state.storage.describe()}' has no key {key!r}; keys: {self._disk_keys(group)}"
             )
         if group == "uns" and is_group(elem := root[path]) and encoding_of(elem)[0] == "dict":
             value = self._lazy_uns(key, path)  # a nested dict: each value read when asked for
         else:
-            value = self._read(path, self._sel_for(group), group)
+            value = self._read(path, self._state.sels(group), group)
             if group == "uns":
                 value = self._uns_value(key, value)
-        self._cache[k] = value
+        self._state.cache[k] = value
         return value
 
     def _lazy_uns(self, key: str, path: str) -> LazyDict:
         """``uns[key]`` of a dict group, as a dict that reads each of its values (at any depth) on first access."""
         hidden: frozenset[str] = frozenset()
-        if key == "neighbors" and "obsp" not in self._root():
+        if key == "neighbors" and "obsp" not in self._state.root():
             # anndata moves 2-D distances/connectivities of old files from uns["neighbors"] to obsp
-            group = self._root()[path]
+            group = self._state.root()[path]
             hidden = frozenset(k for k in _LEGACY_NEIGHBORS if k in group and _is_2d(group[k]))
         convert = (
-            None if self._array_backend == "numpy" and self._table_backend == "pandas" else self._convert_uns_arrays
+            None
+            if self._state.array_backend == "numpy" and self._state.table_backend == "pandas"
+            else self._convert_uns_arrays
         )
         return LazyDict(self._open_element, path, lambda: self._mark_uns_changed(key), convert, hidden)
 
@@ -352,10 +336,10 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
     def _open_element(self, path: str) -> Iterator[Any]:
         """The element at ``path``; through a connection of its own for the time of the read if this one is closed
         (values cached before ``close()`` stay usable, and a lazy ``uns`` dict is such a value)."""
-        if self._storage.is_open:
-            yield self._root()[path]
+        if self._state.storage.is_open:
+            yield self._state.root()[path]
             return
-        st = Storage(self._storage.describe(), mode="r", format=self._storage.format)
+        st = Storage(self._state.storage.describe(), mode="r", format=self._state.storage.format)
         try:
             yield st.root[path]
         finally:
@@ -363,54 +347,54 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
 
     def _read(self, path: str, sel: tuple, group: str = "") -> Any:
         """Read the element at ``path`` restricted to ``sel`` and convert it with the backends."""
-        elem = self._root()[path]
+        elem = self._state.root()[path]
         encoding = encoding_of(elem)
         enc = encoding[0]
         if enc in _ARRAY_ENCODINGS:
-            backend = get_array_backend(self._array_backend)
-            if self._lazy or backend.from_source:
-                source = ElementSource.from_storage(self._storage, path, sel)
-                return LazyArray(source) if self._lazy else backend.convert(source)
-            value = read_element(elem, sel, self._ctx(), encoding)
+            backend = get_array_backend(self._state.array_backend)
+            if self._state.lazy or backend.from_source:
+                source = ElementSource.from_storage(self._state.storage, path, sel)
+                return LazyArray(source) if self._state.lazy else backend.convert(source)
+            value = read_element(elem, sel, self._state.ctx(), encoding)
             if path == "X" or path.startswith("layers/"):
                 value = _view_layout(value, self._fancy)
             return backend.convert(value)
         if enc in _TABLE_ENCODINGS:
-            parts = read_frame_parts(elem, sel[:1], self._ctx())
+            parts = read_frame_parts(elem, sel[:1], self._state.ctx())
             parts.axis_name = _TABLE_AXIS_NAMES.get(path.rsplit("/", 2)[-2] if "/" in path else "")
             if group == "uns":
                 return self._table(parts)
             if self.is_view:  # anndata's views drop unused categories of aligned tables too
                 _drop_unused_categories(parts)
             return _as_view_frame(self._table(parts), self.is_view)
-        value = read_element(elem, sel, self._ctx(), encoding)
+        value = read_element(elem, sel, self._state.ctx(), encoding)
         if group == "uns":
             value = self._convert_uns_arrays(value)
         return value
 
     def _convert_uns_arrays(self, value: Any) -> Any:
         """Arrays (and tables) nested in a ``uns`` dict, read with it, converted with the backends."""
-        if self._array_backend == "numpy" and self._table_backend == "pandas":
+        if self._state.array_backend == "numpy" and self._state.table_backend == "pandas":
             return value
         if isinstance(value, dict):
             return {k: self._convert_uns_arrays(v) for k, v in value.items()}
-        if isinstance(value, np.ndarray) and value.dtype.kind in "biufc" and self._array_backend != "numpy":
-            backend = get_array_backend(self._array_backend)
+        if isinstance(value, np.ndarray) and value.dtype.kind in "biufc" and self._state.array_backend != "numpy":
+            backend = get_array_backend(self._state.array_backend)
             # a from_source backend converts values already in memory with convert_value (if it has one)
             convert = backend.convert_value if backend.from_source else backend.convert
             return convert(value) if convert is not None else value
-        if isinstance(value, pd.DataFrame) and self._table_backend != "pandas":
+        if isinstance(value, pd.DataFrame) and self._state.table_backend != "pandas":
             from shadows.backends.tables import parts_from_pandas
 
             return self._table(parts_from_pandas(value))
         return value
 
     def _table(self, parts: Any) -> Any:
-        backend = get_table_backend(self._table_backend)
+        backend = get_table_backend(self._state.table_backend)
         return backend.convert(parts) if backend.from_parts else backend.convert(parts.to_pandas())
 
     def _uns_value(self, key: str, value: Any) -> Any:
-        if key == "neighbors" and isinstance(value, dict) and "obsp" not in self._root():
+        if key == "neighbors" and isinstance(value, dict) and "obsp" not in self._state.root():
             value = {k: v for k, v in value.items() if not (k in _LEGACY_NEIGHBORS and getattr(v, "ndim", 0) == 2)}
         if self.is_view and key.endswith("_colors"):
             value = self._view_colors(key, value)
@@ -419,14 +403,16 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         return value
 
     def _mark_uns_changed(self, key: str) -> None:
-        if ("uns", key) not in self._pending and (value := self._cache.pop(("uns", key), _MISSING)) is not _MISSING:
-            self._pending[("uns", key)] = value
+        if ("uns", key) not in self._state.pending and (
+            value := self._state.cache.pop(("uns", key), _MISSING)
+        ) is not _MISSING:
+            self._state.pending[("uns", key)] = value
 
     def _view_colors(self, key: str, colors: Any) -> Any:
         """anndata trims ``<col>_colors`` of a view to the categories still used; so do we."""
         col = key[: -len("_colors")]
-        for frame, sel in (("obs", self._oidx), ("var", self._vidx)):
-            g = self._root()[frame]
+        for frame, sel in (("obs", self._state.oidx), ("var", self._state.vidx)):
+            g = self._state.root()[frame]
             if not is_group(g) or col not in g or encoding_of(g[col])[0] != "categorical":
                 continue
             n_cats = int(g[col]["categories"].shape[0])
@@ -435,7 +421,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
                 return colors[None]
             if len(colors) != n_cats:
                 return colors  # anndata drops mismatched colors from a view; keep the file's value visible
-            codes = read_element(g[col]["codes"], (sel,), self._ctx())
+            codes = read_element(g[col]["codes"], (sel,), self._state.ctx())
             used = np.unique(codes[codes >= 0])
             return colors[used]
         return colors
@@ -443,28 +429,28 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
     def _set(self, group: str, key: str, value: Any) -> None:
         if self.is_view:
             raise ValueError(
-                f"Cannot assign {group}[{key!r}] on a view of '{self._storage.describe()}'; "
+                f"Cannot assign {group}[{key!r}] on a view of '{self._state.storage.describe()}'; "
                 "assign on the full shadow, or call .to_memory() for an in-memory copy"
             )
         self._check_shape(group, key, value)
         k = (group, key)
         if group == "uns" and isinstance(value, dict):
             value = TrackedDict(untrack(value), lambda: None)
-        self._pending[k] = value
-        self._cache.pop(k, None)
-        self._deleted.discard(k)
+        self._state.pending[k] = value
+        self._state.cache.pop(k, None)
+        self._state.deleted.discard(k)
 
     def _delete(self, group: str, key: str) -> None:
         k = (group, key)
         on_disk = key in self._disk_keys(group)
         # an in-place subset (sc.pp.filter_genes) carries the pending values it cut among the inherited ones
-        if k not in self._pending and k not in self._inherited and not on_disk:
-            raise KeyError(f"{group} of '{self._storage.describe()}' has no key {key!r}")
-        self._pending.pop(k, None)
-        self._inherited.pop(k, None)
-        self._cache.pop(k, None)
+        if k not in self._state.pending and k not in self._state.inherited and not on_disk:
+            raise KeyError(f"{group} of '{self._state.storage.describe()}' has no key {key!r}")
+        self._state.pending.pop(k, None)
+        self._state.inherited.pop(k, None)
+        self._state.cache.pop(k, None)
         if on_disk:
-            self._deleted.add(k)
+            self._state.deleted.add(k)
 
     def _check_shape(self, group: str, key: str, value: Any) -> None:
         axes = ALIGNMENT.get(group, ())
@@ -489,36 +475,36 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         if (before := self._edit_before()) is not None:
             return before.X  # muon's filter subsets X of before itself (see _axis_edit)
         k = ("X", "")
-        if k in self._pending:
-            return self._pending[k]
-        if k in self._inherited:
-            return self._inherited[k]
-        if (value := self._cache.get(k, _MISSING)) is _MISSING:
-            if "X" not in self._root():
+        if k in self._state.pending:
+            return self._state.pending[k]
+        if k in self._state.inherited:
+            return self._state.inherited[k]
+        if (value := self._state.cache.get(k, _MISSING)) is _MISSING:
+            if "X" not in self._state.root():
                 return None
             if matrix_is_only_sliced():  # sc.get.obs_df & co. slice a few genes out of it: read only those
-                return SlicedMatrix(self, "X", (self._oidx, self._vidx))
+                return SlicedMatrix(self, "X", (self._state.oidx, self._state.vidx))
             return self._x_now()
         return value
 
     def _x_in_memory(self) -> bool:
         k = ("X", "")
-        return k in self._pending or k in self._inherited or k in self._cache
+        return k in self._state.pending or k in self._state.inherited or k in self._state.cache
 
     def _x_now(self) -> Any:
         """X as the getter hands it out, read into the cache if it is not in memory (never a SlicedMatrix)."""
         k = ("X", "")
-        for store in (self._pending, self._inherited, self._cache):
+        for store in (self._state.pending, self._state.inherited, self._state.cache):
             if (value := store.get(k, _MISSING)) is not _MISSING:  # one lookup: clear_cache() may run meanwhile
                 return value
-        if "X" not in self._root():
+        if "X" not in self._state.root():
             return None
-        value = self._cache[k] = self._read("X", (self._oidx, self._vidx))
+        value = self._state.cache[k] = self._read("X", (self._state.oidx, self._state.vidx))
         return value
 
     def _new_x_generation(self) -> None:
         """X is about to be replaced or subset: a raw linked to the X of now keeps it (see shadows.core.raw._XLink)."""
-        for store in (self._pending, self._inherited):
+        for store in (self._state.pending, self._state.inherited):
             raw = store.get(("raw", ""))
             if isinstance(raw, RawSnapshot):
                 raw.release(self)
@@ -534,9 +520,9 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         if self.is_view:
             raise ValueError("Cannot assign X on a view; assign on the full shadow")
         self._new_x_generation()
-        self._pending[("X", "")] = value
+        self._state.pending[("X", "")] = value
         self._edit_x_put()
-        self._cache.pop(("X", ""), None)
+        self._state.cache.pop(("X", ""), None)
 
     @X.deleter
     def X(self) -> None:
@@ -544,13 +530,13 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
 
     def _frame(self, name: str) -> Any:
         k = (name, "")
-        if k in self._pending:
-            return self._pending[k]
-        if k in self._inherited:
-            return self._inherited[k]
-        if (value := self._cache.get(k, _MISSING)) is _MISSING:
-            sel = self._oidx if name == "obs" else self._vidx
-            parts = read_frame_parts(self._root()[name], (sel,), self._ctx())
+        if k in self._state.pending:
+            return self._state.pending[k]
+        if k in self._state.inherited:
+            return self._state.inherited[k]
+        if (value := self._state.cache.get(k, _MISSING)) is _MISSING:
+            sel = self._state.oidx if name == "obs" else self._state.vidx
+            parts = read_frame_parts(self._state.root()[name], (sel,), self._state.ctx())
             parts.axis_name = f"{name}_names"  # how table backends without an index name the index column
             parts.index = self._str_names(name, parts.index, parts.index_name)
             self._fix_categories(name, parts, sel)
@@ -562,12 +548,12 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             # fingerprints of a table it keeps (a column changed later would then not be written)
             with self._cache_lock:
                 if fps is not None:
-                    self._frame_fp[name], self._index_fp[name] = fps
-                self._cache[k] = value
+                    self._state.frame_fp[name], self._state.index_fp[name] = fps
+                self._state.cache[k] = value
         return value
 
     def _fix_categories(self, name: str, parts: Any, sel: ix.Sel) -> None:
-        root = self._root()
+        root = self._state.root()
         if not is_group(root[name]) and "uns" in root:  # anndata < 0.7: categories kept in uns
             df = pd.DataFrame(parts.columns)
             df, _ = categories_from_uns(root["uns"], df)
@@ -604,10 +590,10 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         check_value(self, name, "", value, assigning=True)
         if self.is_view:
             raise ValueError(f"Cannot assign {name} on a view; assign on the full shadow")
-        if name not in self._frame_fp:
+        if name not in self._state.frame_fp:
             self._frame(name)  # remember what was on disk, to tell changed columns from unchanged ones
-        self._inherited.pop((name, ""), None)  # the table an in-place subset left is replaced too
-        self._cache[(name, "")] = value
+        self._state.inherited.pop((name, ""), None)  # the table an in-place subset left is replaced too
+        self._state.cache[(name, "")] = value
 
     # --- muon's in-place filters (mu.pp.filter_obs/filter_var/intersect_obs) -----------------------------------------
     # muon filters an AnnData by assigning its private tables and then each element, subset by itself:
@@ -637,12 +623,13 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         pos = names.get_indexer(table.index) if names.is_unique else np.full(len(table), -1)
         if (pos < 0).any():
             raise ValueError(
-                f"Cannot set {name} of '{self._storage.describe()}' to a table whose rows are not among its "
+                f"Cannot set {name} of '{self._state.storage.describe()}' to a table whose rows are not among its "
                 f"{name}_names (only a subset of the rows, as muon's filters assign, is supported)"
             )
         before = AnnDataShadow.__new__(type(self))
         before.__dict__.update(self.__dict__)
-        before._owns_storage = False
+        before._state = self._state.copy().bind(before)
+        before._state.owns_storage = False
         self._subset_in_place(pos, axis)
         self._set_frame(name, table)
         has_raw = axis == 0 and self.raw is not None
@@ -659,26 +646,26 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
 
     def _names(self, name: str) -> pd.Index:
         frame_key = (name, "")
-        for store in (self._pending, self._inherited, self._cache):
+        for store in (self._state.pending, self._state.inherited, self._state.cache):
             if isinstance(frame := store.get(frame_key), pd.DataFrame):
                 return frame.index
         k = (f"{name}_names", "")
-        if (cached := self._cache.get(k, _MISSING)) is _MISSING:
-            g = self._root()[name]
-            sel = self._oidx if name == "obs" else self._vidx
+        if (cached := self._state.cache.get(k, _MISSING)) is _MISSING:
+            g = self._state.root()[name]
+            sel = self._state.oidx if name == "obs" else self._state.vidx
             if is_group(g):
                 idx_key = attr(g, "_index")
-                values = inferred_strings(read_element(g[idx_key], (sel,), self._ctx()), g[idx_key])
+                values = inferred_strings(read_element(g[idx_key], (sel,), self._state.ctx()), g[idx_key])
                 names = self._str_names(name, values, None if idx_key == "_index" else idx_key)
             else:
-                names = self._str_names(name, read_frame_parts(g, (sel,), self._ctx()).index, None)
-            self._cache[k] = names
+                names = self._str_names(name, read_frame_parts(g, (sel,), self._state.ctx()).index, None)
+            self._state.cache[k] = names
             return names
         return cached
 
     def _str_names(self, name: str, values: Any, index_name: str | None) -> pd.Index:
         """The stored index of ``obs``/``var`` as anndata reads it (integers become strings)."""
-        return ix.as_anndata_names(pd.Index(values, name=index_name), f"{name} of '{self._storage.describe()}'")
+        return ix.as_anndata_names(pd.Index(values, name=index_name), f"{name} of '{self._state.storage.describe()}'")
 
     @property
     def obs_names(self) -> pd.Index:
@@ -711,7 +698,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         """
         if self.is_view:
             raise ValueError(
-                f"Cannot assign {group} on a view of '{self._storage.describe()}'; assign on the full shadow, or "
+                f"Cannot assign {group} on a view of '{self._state.storage.describe()}'; assign on the full shadow, or "
                 "call .to_memory() for an in-memory copy"
             )
         items = dict(value.items()) if value is not None else {}  # read now: it may be this very mapping
@@ -787,9 +774,9 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         """
         if (before := self._edit_before()) is not None and self.__dict__["_muon_edit"][1]:
             return _RawOfEdit(self, before.raw)
-        if ("raw", "") in self._pending:
-            return self._pending[("raw", "")]
-        root = self._root()
+        if ("raw", "") in self._state.pending:
+            return self._state.pending[("raw", "")]
+        root = self._state.root()
         if ("raw" in root and is_group(root["raw"]) and "var" in root["raw"]) or "raw.X" in root:
             return RawShadow(self)
         return None
@@ -802,21 +789,21 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             del self.raw
             return
         if isinstance(value, anndata.Raw | RawShadow):  # not what anndata takes, but written as given
-            self._pending[("raw", "")] = value
+            self._state.pending[("raw", "")] = value
             return
         # anndata's setter: Raw(self, X=value.X, var=value.var, varm=value.varm), at this moment
-        self._pending[("raw", "")] = RawSnapshot.of(self, value)
+        self._state.pending[("raw", "")] = RawSnapshot.of(self, value)
 
     @raw.deleter
     def raw(self) -> None:
-        self._pending[("raw", "")] = None
+        self._state.pending[("raw", "")] = None
 
     # --- vectors --------------------------------------------------------------------------------------------------
     def _check_layer(self, layer: str | None) -> None:
         """A KeyError naming a missing layer and those there are (anndata raises KeyError too), before any read."""
         if layer is not None and layer not in self.layers:
             raise KeyError(
-                f"layers of '{self._storage.describe()}' has no key {layer!r}; layers: {list(self.layers.keys())}"
+                f"layers of '{self._state.storage.describe()}' has no key {layer!r}; layers: {list(self.layers.keys())}"
             )
 
     def _columns_of(self, js: np.ndarray, layer: str | None) -> np.ndarray:
@@ -825,16 +812,16 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         key = ("layers", layer) if layer is not None else ("X", "")
         path = f"layers/{layer}" if layer is not None else "X"
         # a view holds its parent's assigned matrices, already subset, as inherited: the file is not its X
-        m = self._pending.get(key, self._inherited.get(key))
+        m = self._state.pending.get(key, self._state.inherited.get(key))
         if m is None:
-            m = self._cache.get(("layers", layer) if layer else ("X", ""))
+            m = self._state.cache.get(("layers", layer) if layer else ("X", ""))
             if m is not None and not (isinstance(m, np.ndarray) or sp.issparse(m)):
                 m = None  # a jax/torch/dask value: read the column from the file as numpy instead
         if m is not None and not isinstance(m, LazyArray):
             col = m[:, js]
         else:
-            sel = (self._oidx, ix.compose(self._vidx, js, self._n_vars_file))
-            col = read_element(self._root()[path], sel, self._ctx())
+            sel = (self._state.oidx, ix.compose(self._state.vidx, js, self._state.n_vars_file))
+            col = read_element(self._state.root()[path], sel, self._state.ctx())
         col = col.toarray() if sp.issparse(col) else np.asarray(col)
         return np.ravel(col)
 
@@ -843,7 +830,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
 
         anndata refuses a key that is both a column and a name, and hands out every position of a repeated name.
         """
-        cached = any((frame, "") in store for store in (self._cache, self._pending, self._inherited))
+        cached = any((frame, "") in store for store in (self._state.cache, self._state.pending, self._state.inherited))
         in_col = k in (self._frame(frame).columns if cached else self._frame_columns(frame))
         names = self._names(names_of)
         in_idx = k in names
@@ -851,7 +838,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             raise ValueError(f"Key {k} could be found in both .{names_of}_names and .{frame}.columns")
         if not (in_col or in_idx):
             raise KeyError(
-                f"Could not find key {k} in .{names_of}_names or .{frame}.columns of '{self._storage.describe()}'."
+                f"Could not find key {k} in .{names_of}_names or .{frame}.columns of '{self._state.storage.describe()}'."
             )
         if in_col:
             return self._frame(frame)[k], None
@@ -879,16 +866,18 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         """X (or ``layer``) as numpy/scipy whatever the array backend: anndata's methods that return numpy use it."""
         self._check_layer(layer)
         k = ("layers", layer) if layer is not None else ("X", "")
-        if self._array_backend == "numpy" or k in self._pending or k in self._inherited:
+        if self._state.array_backend == "numpy" or k in self._state.pending or k in self._state.inherited:
             return self.layers[layer] if layer is not None else self.X
         return read_element(
-            self._root()[f"layers/{layer}" if layer is not None else "X"], self._sel_for("X"), self._ctx()
+            self._state.root()[f"layers/{layer}" if layer is not None else "X"],
+            self._state.sels("X"),
+            self._state.ctx(),
         )
 
     def _frame_in_memory(self, name: str) -> bool:
         # an in-place subset (sc.pp.filter_cells) leaves its table among the inherited elements
         k = (name, "")
-        return k in self._cache or k in self._pending or k in self._inherited
+        return k in self._state.cache or k in self._state.pending or k in self._state.inherited
 
     def obs_keys(self) -> list[str]:
         """Names of the columns of ``obs`` (from the file's metadata until ``obs`` is read)."""
@@ -905,7 +894,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         return self._frame_columns("var")
 
     def _frame_columns(self, name: str) -> list[str]:
-        g = self._root()[name]
+        g = self._state.root()[name]
         if is_group(g):
             return [str(c) for c in (attr(g, "column-order") or [])]
         return list(g.dtype.names[1:])
@@ -937,17 +926,17 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         oidx, vidx = ix.split_index(index)
         o = ix.normalize(oidx, _LazyNames(self, "obs"), self.n_obs, 0)
         v = ix.normalize(vidx, _LazyNames(self, "var"), self.n_vars, 1)
-        file_o = ix.compose(self._oidx, o, self._n_obs_file)
-        file_v = ix.compose(self._vidx, v, self._n_vars_file)
-        st = Storage(self._storage.describe(), mode="r", format=self._storage.format)
+        file_o = ix.compose(self._state.oidx, o, self._state.n_obs_file)
+        file_v = ix.compose(self._state.vidx, v, self._state.n_vars_file)
+        st = Storage(self._state.storage.describe(), mode="r", format=self._state.storage.format)
         view = type(self)(
             st.describe(),
-            array_backend=self._array_backend,
-            table_backend=self._table_backend,
-            lazy=self._lazy,
+            array_backend=self._state.array_backend,
+            table_backend=self._state.table_backend,
+            lazy=self._state.lazy,
             _view=(file_o, file_v),
             _storage=st,
-            _axes=(self._n_obs_file, self._n_vars_file),
+            _axes=(self._state.n_obs_file, self._state.n_vars_file),
         )
         view._inherit(self, o, v)
         return view
@@ -955,28 +944,28 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
     def _inherit(self, parent: AnnDataShadow, o: ix.Sel, v: ix.Sel) -> None:
         """In-memory additions of the parent are seen, sliced, by its views (as anndata's views see them)."""
         sels = (o, v)
-        self._deleted |= parent._deleted  # and so are its pending deletions
+        self._state.deleted |= parent._state.deleted  # and so are its pending deletions
         self._fancy = (
             parent._fancy[0] or isinstance(o, np.ndarray),
             parent._fancy[1] or isinstance(v, np.ndarray),
         )
-        if parent._storage.kind == "h5" and self._owns_storage:
-            _VIEW_STORAGES.add(self._storage)
-        sources = {**parent._inherited, **parent._pending}
+        if parent._state.storage.kind == "h5" and self._state.owns_storage:
+            _VIEW_STORAGES.add(self._state.storage)
+        sources = {**parent._state.inherited, **parent._state.pending}
         if ("raw", "") in sources:
             # anndata's view: `adata_ref.raw[oidx]` (its cells, every raw gene); held as pending so that a stream
             # write of the view (or of an in-place subset) writes it
             raw = sources.pop(("raw", ""))
             if isinstance(raw, RawSnapshot):
                 raw = raw._subset(self, o, None)
-            self._pending[("raw", "")] = raw
+            self._state.pending[("raw", "")] = raw
         for k in ("obs", "var"):
-            frame = parent._cache.get((k, ""))
+            frame = parent._state.cache.get((k, ""))
             # no fingerprint: the table was assigned, not read
-            if isinstance(frame, pd.DataFrame) and (parent._frame_changed(k) or k not in parent._frame_fp):
+            if isinstance(frame, pd.DataFrame) and (parent._frame_changed(k) or k not in parent._state.frame_fp):
                 sources[(k, "")] = frame
         for (group, key), value in sources.items():
-            if value is None or (group, key) in parent._deleted:
+            if value is None or (group, key) in parent._state.deleted:
                 continue
             if group in ("obs", "var"):
                 s = sels[0 if group == "obs" else 1]
@@ -985,13 +974,13 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
                 for c in sub.columns:
                     if isinstance(sub[c].dtype, pd.CategoricalDtype):
                         sub[c] = sub[c].cat.remove_unused_categories()
-                self._inherited[(group, key)] = sub
+                self._state.inherited[(group, key)] = sub
             elif group in ("X", "layers"):
-                self._inherited[(group, key)] = _view_layout(_take(value, (o, v)), self._fancy)
+                self._state.inherited[(group, key)] = _view_layout(_take(value, (o, v)), self._fancy)
             elif group in ALIGNMENT and ALIGNMENT[group]:
-                self._inherited[(group, key)] = _take(value, tuple(sels[a] for a in ALIGNMENT[group]))
+                self._state.inherited[(group, key)] = _take(value, tuple(sels[a] for a in ALIGNMENT[group]))
             elif group == "uns":
-                self._inherited[(group, key)] = value
+                self._state.inherited[(group, key)] = value
 
     @property
     def _cache_lock(self) -> threading.RLock:
@@ -1002,21 +991,21 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         return lock
 
     def _frame_changed(self, name: str) -> bool:
-        df = self._cache.get((name, ""))
-        fp = self._frame_fp.get(name)
+        df = self._state.cache.get((name, ""))
+        fp = self._state.frame_fp.get(name)
         if not isinstance(df, pd.DataFrame) or fp is None:
             return False
         if list(df.columns) != list(fp):
             return True
-        as_read = self.__dict__.get("_index_fp", {}).get(name)
+        as_read = self._state.index_fp.get(name)
         if as_read is not None and df.index is not as_read and not df.index.equals(as_read):
             return True  # renamed obs_names/var_names
         return any(fingerprint(df[c]) != fp[c] for c in df.columns)
 
     def frame_changes(self, name: str) -> dict[str, list[str]]:
         """Columns of ``obs``/``var`` added, changed or removed in memory (not yet written)."""
-        df = self._cache.get((name, ""))
-        fp = self._frame_fp.get(name, {})
+        df = self._state.cache.get((name, ""))
+        fp = self._state.frame_fp.get(name, {})
         if not isinstance(df, pd.DataFrame):
             return {"added": [], "changed": [], "removed": []}
         disk = set(self._frame_columns(name))
@@ -1028,41 +1017,43 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
     # --- cache, connection ----------------------------------------------------------------------------------------
     def clear_cache(self) -> AnnDataShadow:
         """Free every cached element.  In-memory additions not yet written stay (the repr marks them ▲)."""
-        backend = get_array_backend(self._array_backend) if self._array_backend in _loaded_backends() else None
+        backend = (
+            get_array_backend(self._state.array_backend) if self._state.array_backend in _loaded_backends() else None
+        )
         # safe while other threads read: every step takes a snapshot or pops with a default (a reader may store or
         # drop entries meanwhile), and readers never look an entry up twice (see _get)
         dropped = []
         with self._cache_lock:
-            for key in list(self._cache):
+            for key in list(self._state.cache):
                 if key in (("obs", ""), ("var", "")) and self._frame_changed(key[0]):
                     continue  # changed tables (columns or names) are pending changes, not a cache
-                dropped.append(self._cache.pop(key, None))
-            for fps in (self._frame_fp, self.__dict__.get("_index_fp", {})):
+                dropped.append(self._state.cache.pop(key, None))
+            for fps in (self._state.frame_fp, self._state.index_fp):
                 for name in list(fps):
-                    if (name, "") not in self._cache:
+                    if (name, "") not in self._state.cache:
                         fps.pop(name, None)
         if backend is not None and backend.release is not None:
             for value in dropped:
                 if value is not None:
                     backend.release(value)
-        self._storage.indptr_cache.clear()
+        self._state.storage.indptr_cache.clear()
         return self
 
     def close(self) -> None:
         """Close the connection to the file (cached elements stay usable)."""
-        self._storage.close()
+        self._state.storage.close()
 
     def reopen(self, mode: str = "r") -> AnnDataShadow:
         """Open the file again, with ``mode`` ``"r"`` or ``"r+"``; returns the shadow so that calls chain."""
         if self.is_view and mode != "r":
             raise ValueError("A view cannot be reopened for writing; reopen the full shadow")
         if mode != "r":
-            suspend_views(self._storage)
-        self._storage.open(mode)
+            suspend_views(self._state.storage)
+        self._state.storage.open(mode)
         return self
 
     def __reduce__(self):
-        st = self._storage
+        st = self._state.storage
         # a detached view (changed in place, or an in-place subset) is no view any more, but still a selection
         selected = self.__dict__.get("_is_view", False)
         return (
@@ -1071,10 +1062,10 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
                 st.describe(),
                 st.mode,
                 st.format,
-                self._array_backend,
-                self._table_backend,
-                self._lazy,
-                (self._oidx, self._vidx) if selected else None,
+                self._state.array_backend,
+                self._state.table_backend,
+                self._state.lazy,
+                (self._state.oidx, self._state.vidx) if selected else None,
                 self._pickled_state(),
             ),
         )
@@ -1087,17 +1078,17 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         """
         frames = {}
         for name in ("obs", "var"):
-            df = self._cache.get((name, ""))
+            df = self._state.cache.get((name, ""))
             if isinstance(df, pd.DataFrame) and self._frame_changed(name):
-                frames[name] = (df, self._frame_fp.get(name), self.__dict__.get("_index_fp", {}).get(name))
+                frames[name] = (df, self._state.frame_fp.get(name), self._state.index_fp.get(name))
         state = {
-            "pending": {k: untrack(v) for k, v in self._pending.items()},
-            "deleted": set(self._deleted),
-            "inherited": dict(self._inherited),
+            "pending": {k: untrack(v) for k, v in self._state.pending.items()},
+            "deleted": set(self._state.deleted),
+            "inherited": dict(self._state.inherited),
             "frames": frames,
             "detached": bool(self.__dict__.get("_detached", False)),
         }
-        _check_picklable(state, self._storage.describe())
+        _check_picklable(state, self._state.storage.describe())
         return state
 
     # --- writing and streaming (implemented in shadows.writeback.plan, shadows.stream.shadow, shadows.ops.column_index) ---------------
@@ -1213,13 +1204,13 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
     def _as_copied(self) -> None:
         """What anndata's ``copy()`` hands on: C-ordered arrays (``ndarray.copy()``) and raw copied."""
         self._fancy = (False, False)
-        for store in (self._cache, self._inherited, self._pending):
+        for store in (self._state.cache, self._state.inherited, self._state.pending):
             for k, v in list(store.items()):
                 if k[0] in ("X", "layers") and isinstance(v, np.ndarray) and not v.flags.c_contiguous:
                     store[k] = np.ascontiguousarray(v)
-        raw = self._pending.get(("raw", ""))
+        raw = self._state.pending.get(("raw", ""))
         if isinstance(raw, RawSnapshot):
-            self._pending[("raw", "")] = raw._subset(self, None, None, copy=True)
+            self._state.pending[("raw", "")] = raw._subset(self, None, None, copy=True)
         self._x_gen = next(_X_GENERATIONS)
 
     # --- whole-object conversions -----------------------------------------------------------------------------------
@@ -1227,13 +1218,14 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         """A real in-memory :class:`anndata.AnnData` with every element (of the view) read, pending changes included."""
         numpy = AnnDataShadow.__new__(type(self))
         numpy.__dict__.update(self.__dict__)
-        numpy._owns_storage = False
-        numpy._array_backend, numpy._table_backend, numpy._lazy = "numpy", "pandas", False
-        numpy._cache = {}
-        numpy._frame_fp, numpy._index_fp = {}, {}
+        numpy._state = self._state.copy().bind(numpy)
+        numpy._state.owns_storage = False
+        numpy._state.array_backend, numpy._state.table_backend, numpy._state.lazy = "numpy", "pandas", False
+        numpy._state.cache = {}
+        numpy._state.frame_fp, numpy._state.index_fp = {}, {}
         for name in ("obs", "var"):
-            if isinstance(frame := self._cache.get((name, "")), pd.DataFrame):
-                numpy._cache[(name, "")] = frame
+            if isinstance(frame := self._state.cache.get((name, "")), pd.DataFrame):
+                numpy._state.cache[(name, "")] = frame
         kwargs: dict[str, Any] = {
             "X": numpy.X,
             "obs": numpy.obs.copy(),
@@ -1276,13 +1268,18 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         """
         twin = AnnDataShadow.__new__(type(self))
         twin.__dict__.update(self.__dict__)
-        twin._owns_storage = False
-        twin._pending = dict(self._pending)
-        if numpy and (self._array_backend, self._table_backend, self._lazy) != ("numpy", "pandas", False):
-            twin._array_backend, twin._table_backend, twin._lazy = "numpy", "pandas", False
-            twin._cache, twin._frame_fp = {}, {}
+        twin._state = self._state.copy().bind(twin)
+        twin._state.owns_storage = False
+        twin._state.pending = dict(self._state.pending)
+        if numpy and (self._state.array_backend, self._state.table_backend, self._state.lazy) != (
+            "numpy",
+            "pandas",
+            False,
+        ):
+            twin._state.array_backend, twin._state.table_backend, twin._state.lazy = "numpy", "pandas", False
+            twin._state.cache, twin._state.frame_fp = {}, {}
         if without_raw:
-            twin._pending[("raw", "")] = None  # reads as "no raw": to_memory() then skips reading it
+            twin._state.pending[("raw", "")] = None  # reads as "no raw": to_memory() then skips reading it
         return twin
 
     def write_csvs(self, dirname: os.PathLike | str, *, skip_data: bool = True, sep: str = ",") -> None:
@@ -1392,11 +1389,11 @@ class _RawOfEdit:
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name != "_X":
-            raise AttributeError(f"Cannot set raw.{name} of '{self._shadow._storage.describe()}' during a filter")
+            raise AttributeError(f"Cannot set raw.{name} of '{self._shadow._state.storage.describe()}' during a filter")
         shadow = self.__dict__["_shadow"]
         del shadow.__dict__["_muon_edit"]
         now = shadow.raw
-        shadow._pending[("raw", "")] = RawSnapshot(shadow, value, now.var, dict(now.varm))
+        shadow._state.pending[("raw", "")] = RawSnapshot(shadow, value, now.var, dict(now.varm))
 
 
 def _view_layout(value: Any, fancy: tuple[bool, bool]) -> Any:
@@ -1541,15 +1538,15 @@ def _restore(path, mode, format, array_backend, table_backend, lazy, view, state
         for (group, key), value in state["pending"].items():
             if group == "uns" and isinstance(value, dict):  # as _set holds it: changes inside it are seen
                 value = TrackedDict(value, lambda: None)
-            shadow._pending[(group, key)] = value
-        shadow._deleted |= state["deleted"]
-        shadow._inherited.update(state["inherited"])
+            shadow._state.pending[(group, key)] = value
+        shadow._state.deleted |= state["deleted"]
+        shadow._state.inherited.update(state["inherited"])
         for name, (df, fp, index_fp) in state["frames"].items():
-            shadow._cache[(name, "")] = df
+            shadow._state.cache[(name, "")] = df
             if fp is not None:
-                shadow._frame_fp[name] = fp
+                shadow._state.frame_fp[name] = fp
             if index_fp is not None:
-                shadow._index_fp[name] = index_fp
+                shadow._state.index_fp[name] = index_fp
         if state["detached"]:
             shadow._detached = True
     return shadow

@@ -89,7 +89,7 @@ class SlicedMatrix:
         from shadows.spec import matrix_info
 
         self._shadow, self._path, self._sel = shadow, path, sel
-        elem = shadow._root()[path]
+        elem = shadow._state.root()[path]
         if is_group(elem):
             self.stored_shape = matrix_info(elem)[1]
             self.dtype = elem["data"].dtype
@@ -104,7 +104,7 @@ class SlicedMatrix:
         key = key if isinstance(key, tuple) else (key, slice(None))
         sub = [ix.normalize(k, None, n, axis) for axis, (k, n) in enumerate(zip(key, self.shape, strict=True))]
         sel = tuple(ix.compose(s, k, n) for s, k, n in zip(self._sel, sub, self.stored_shape, strict=True))
-        return read_element(self._shadow._root()[self._path], sel, self._shadow._ctx())
+        return read_element(self._shadow._state.root()[self._path], sel, self._shadow._state.ctx())
 
 
 def detach(shadow: AnnDataShadow) -> None:
@@ -132,10 +132,10 @@ def subset_in_place(shadow: AnnDataShadow, index: Any, axis: int) -> None:
             return
         view = shadow[:, index]
     detach(view)
-    old, owned = shadow._storage, shadow._owns_storage
+    old, owned = shadow._state.storage, shadow._state.owns_storage
     # the view holds the parent's pending changes, sliced (as `_inherited`), and its own connection to the file
     shadow.__dict__.update(view.__dict__)
-    view._owns_storage = False
+    view._state.owns_storage = False
     if owned:
         old.close()
 
@@ -144,7 +144,7 @@ def check_attached(shadow: AnnDataShadow) -> None:
     """Refuse to write changes of a detached subset into the full file."""
     if shadow.__dict__.get("_detached"):
         raise ValueError(
-            f"This shadow of '{shadow._storage.describe()}' is a subset of the file (a view changed in place, or "
+            f"This shadow of '{shadow._state.storage.describe()}' is a subset of the file (a view changed in place, or "
             "filtered in place by e.g. sc.pp.filter_cells): its changes cannot be written into the full file. "
             "Save it to a new file with .write_h5ad(path) / .write_zarr(path), or use .to_memory()"
         )

@@ -8,8 +8,8 @@ from typing import Any
 class ConnectionMixin:
     """``with shadow: ...`` closes the file at the end; a collected shadow closes the handle it owns.
 
-    The class using it has ``_storage`` (a :class:`~shadows.io.storage.Storage`), ``close()``, and ``_owns_storage``
-    (false for a modality sharing its MuData's handle, which must not close it).
+    The class using it has ``close()`` and ``_owned_connection()``: the :class:`~shadows.io.storage.Storage` it owns,
+    or ``None`` (a modality shares its MuData's handle and must not close it).
     """
 
     def __enter__(self) -> Any:
@@ -20,7 +20,7 @@ class ConnectionMixin:
 
     def __del__(self) -> None:
         try:
-            if self.__dict__.get("_owns_storage"):
-                self._storage.close()
+            if (storage := self._owned_connection()) is not None:
+                storage.close()
         except Exception:  # interpreter shutdown: h5py may already be gone
             pass

@@ -78,9 +78,9 @@ def check_value(shadow: AnnDataShadow, group: str, key: Any, value: Any, *, assi
 
 def _where(shadow: Any) -> str:
     """The file a shadow is open on, or a collection's sources (shadows.concat), for error messages."""
-    storage = getattr(shadow, "_storage", None)
-    if storage is not None:
-        return storage.describe()
+    state = getattr(shadow, "_state", None)
+    if state is not None:
+        return state.describe()
     return ", ".join(getattr(shadow, "sources", [])) or type(shadow).__name__
 
 

@@ -112,11 +112,11 @@ class ElementMapping(MutableMapping):
         return _KeysView(self)
 
     def _key_list(self) -> list[str]:
-        pend = self._shadow._pending
-        deleted = self._shadow._deleted
+        pend = self._shadow._state.pending
+        deleted = self._shadow._state.deleted
         out = [k for k in self._disk_keys() if (self._group, k) not in deleted]
         out += [k for (g, k) in pend if g == self._group and k not in out]
-        out += [k for (g, k) in self._shadow._inherited if g == self._group and k not in out]
+        out += [k for (g, k) in self._shadow._state.inherited if g == self._group and k not in out]
         return out
 
     def __iter__(self) -> Iterator[str]:

@@ -31,7 +31,7 @@ class RawShadow:
         self._shadow = shadow
         self._vidx = vidx
         self._own: dict[tuple[str, str], Any] = {}  # elements of a gene subset live as long as this object
-        root = shadow._root()
+        root = shadow._state.root()
         self._legacy = not ("raw" in root and is_group(root["raw"]))
         self._prefix = "raw." if self._legacy else "raw/"
 
@@ -39,7 +39,7 @@ class RawShadow:
         return f"{self._prefix}{name}"
 
     def _n_vars_file(self) -> int:
-        root = self._shadow._root()
+        root = self._shadow._state.root()
         g = root[self._path("var")]
         if not is_group(g):
             return int(g.shape[0])
@@ -49,7 +49,7 @@ class RawShadow:
     def _cached(self, name: str, read) -> Any:
         # the whole raw is cached on the shadow; a subset only here (one key per subset would collide or pile up)
         key = ("raw", f"{name}:")
-        cache = self._shadow._cache if self._vidx is None else self._own
+        cache = self._shadow._state.cache if self._vidx is None else self._own
         # one lookup: the shadow's clear_cache() in another thread may drop the entry between two
         value = cache.get(key, _MISSING)
         if value is _MISSING:
@@ -58,15 +58,19 @@ class RawShadow:
 
     @property
     def X(self) -> Any:
-        cache = self._shadow._cache if self._vidx is None else self._own
-        if ("raw", "X:") not in cache and self._path("X") in self._shadow._root() and matrix_is_only_sliced("raw.X"):
+        cache = self._shadow._state.cache if self._vidx is None else self._own
+        if (
+            ("raw", "X:") not in cache
+            and self._path("X") in self._shadow._state.root()
+            and matrix_is_only_sliced("raw.X")
+        ):
             # sc.get.obs_df & co. slice a few genes out of it: hand out a matrix that reads only those
-            return SlicedMatrix(self._shadow, self._path("X"), (self._shadow._oidx, self._vidx))
+            return SlicedMatrix(self._shadow, self._path("X"), (self._shadow._state.oidx, self._vidx))
 
         def read():
-            if self._path("X") not in self._shadow._root():
+            if self._path("X") not in self._shadow._state.root():
                 return None
-            value = self._shadow._read(self._path("X"), (self._shadow._oidx, self._vidx))
+            value = self._shadow._read(self._path("X"), (self._shadow._state.oidx, self._vidx))
             # anndata's raw[:, genes] takes X[:, positions] with numpy: F-ordered for a dense X
             if isinstance(self._vidx, np.ndarray) and isinstance(value, np.ndarray) and value.ndim == 2:
                 value = np.asfortranarray(value)
@@ -77,7 +81,9 @@ class RawShadow:
     @property
     def var(self) -> pd.DataFrame:
         def read():
-            parts = read_frame_parts(self._shadow._root()[self._path("var")], (self._vidx,), self._shadow._ctx())
+            parts = read_frame_parts(
+                self._shadow._state.root()[self._path("var")], (self._vidx,), self._shadow._state.ctx()
+            )
             parts.axis_name = "var_names"  # the index column's name in polars/pyarrow tables
             parts.index = self._str_names(parts.index, parts.index_name)
             from shadows.core.anndata import empty_columns_as_str
@@ -89,7 +95,7 @@ class RawShadow:
     @property
     def varm(self) -> dict:
         def read():
-            root = self._shadow._root()
+            root = self._shadow._state.root()
             if self._path("varm") not in root:
                 return {}
             g = root[self._path("varm")]
@@ -107,13 +113,13 @@ class RawShadow:
         v = self.var
         if isinstance(v, pd.DataFrame):
             return v.index
-        g = self._shadow._root()[self._path("var")]
+        g = self._shadow._state.root()[self._path("var")]
         idx_key = attr(g, "_index")
-        return self._str_names(read_element(g[idx_key], (self._vidx,), self._shadow._ctx()), None)
+        return self._str_names(read_element(g[idx_key], (self._vidx,), self._shadow._state.ctx()), None)
 
     def _str_names(self, values: Any, index_name: str | None) -> pd.Index:
         """raw's stored var index as anndata reads it (integers become strings)."""
-        where = f"raw.var of '{self._shadow._storage.describe()}'"
+        where = f"raw.var of '{self._shadow._state.storage.describe()}'"
         return ix.as_anndata_names(pd.Index(values, name=index_name), where)
 
     @property
@@ -145,10 +151,12 @@ class RawShadow:
         """Values of raw gene ``k`` across cells: one column read."""
         names = self.var_names
         if k not in names:
-            raise KeyError(f"{k!r} is not a raw var name of '{self._shadow._storage.describe()}'")
+            raise KeyError(f"{k!r} is not a raw var name of '{self._shadow._state.storage.describe()}'")
         # every position of a repeated name, raveled row by row (as anndata's get_vector)
         j = ix.compose(self._vidx, ix.locate(k, names, "var"), self._n_vars_file())
-        col = read_element(self._shadow._root()[self._path("X")], (self._shadow._oidx, j), self._shadow._ctx())
+        col = read_element(
+            self._shadow._state.root()[self._path("X")], (self._shadow._state.oidx, j), self._shadow._state.ctx()
+        )
         return np.ravel(col.toarray() if sp.issparse(col) else np.asarray(col))
 
     def var_vector(self, k: str) -> np.ndarray:
@@ -212,7 +220,7 @@ class _XLink:
 
     def sub(self, o: ix.Sel, v: ix.Sel) -> _XLink:
         """The link of ``X[o, v]`` (positions relative to this snapshot), on the file only."""
-        n = self.source._n_obs_file, self.source._n_vars_file
+        n = self.source._state.n_obs_file, self.source._state.n_vars_file
         sel = (ix.compose(self.sel[0], o, n[0]), ix.compose(self.sel[1], v, n[1]))
         return _XLink(self.source, sel, None, fortran=not isinstance(o, np.ndarray) and isinstance(v, np.ndarray))
 
@@ -255,16 +263,16 @@ class RawSnapshot(RawShadow):
         if not isinstance(value, anndata.AnnData):
             raise ValueError(
                 f"Can only init raw attribute with an AnnData object, got {type(value).__name__} "
-                f"(assigning raw of '{owner._storage.describe()}')"
+                f"(assigning raw of '{owner._state.storage.describe()}')"
             )
         if value.n_obs != owner.n_obs:
             raise ValueError(
-                f"raw must have the cells of '{owner._storage.describe()}': it has {value.n_obs} rows, but n_obs is "
+                f"raw must have the cells of '{owner._state.storage.describe()}': it has {value.n_obs} rows, but n_obs is "
                 f"{owner.n_obs}"
             )
         link = None
         if value is owner and not owner._x_in_memory():
-            link = _XLink(owner, (owner._oidx, owner._vidx), owner._x_gen)
+            link = _XLink(owner, (owner._state.oidx, owner._state.vidx), owner._x_gen)
             X = None
         else:
             X = value.X
@@ -373,11 +381,11 @@ class RawSnapshot(RawShadow):
     def obs_vector(self, k: str) -> np.ndarray:
         """Values of raw gene ``k`` across cells (one column read while X is still in the file)."""
         if k not in self.var_names:
-            raise KeyError(f"{k!r} is not a raw var name of '{self._shadow._storage.describe()}'")
+            raise KeyError(f"{k!r} is not a raw var name of '{self._shadow._state.storage.describe()}'")
         j = int(self.var_names.get_loc(k))
         if self._link is not None and not (self._link.live() and self._link.source._x_in_memory()):
             col = self._link.read(
-                (self._link.sel[0], ix.compose(self._link.sel[1], np.array([j]), self._link.source._n_vars_file))
+                (self._link.sel[0], ix.compose(self._link.sel[1], np.array([j]), self._link.source._state.n_vars_file))
             )
         else:
             col = self.X[:, j]

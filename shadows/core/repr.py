@@ -19,9 +19,9 @@ _GROUPS = ("obsm", "varm", "obsp", "varp", "layers", "uns")
 
 def _mark(shadow: AnnDataShadow, group: str, key: str) -> str:
     k = (group, key)
-    if k in shadow._pending:
+    if k in shadow._state.pending:
         return f" {NEW}"
-    if k in shadow._cache or k in shadow._inherited:
+    if k in shadow._state.cache or k in shadow._state.inherited:
         return f" {CACHED}"
     return ""
 
@@ -43,7 +43,7 @@ def sections(shadow: AnnDataShadow) -> list[tuple[str, list[str], str]]:
     for group in _GROUPS:
         mapping = getattr(shadow, group)
         keys = [k for k in mapping.keys() if k is not None]
-        deleted = [k for (g, k) in shadow._deleted if g == group]
+        deleted = [k for (g, k) in shadow._state.deleted if g == group]
         if keys or deleted:
             items = [f"'{k}'{_mark(shadow, group, k)}" for k in keys] + [f"'{k}' (deleted)" for k in deleted]
             out.append((group, items, ""))
@@ -54,8 +54,8 @@ def sections(shadow: AnnDataShadow) -> list[tuple[str, list[str], str]]:
 
 
 def _raw_section(shadow: AnnDataShadow) -> tuple[str, list[str], str] | None:
-    if ("raw", "") in shadow._pending:  # assigned (▲) or deleted in memory, not yet written
-        value = shadow._pending[("raw", "")]
+    if ("raw", "") in shadow._state.pending:  # assigned (▲) or deleted in memory, not yet written
+        value = shadow._state.pending[("raw", "")]
         if value is None:
             return ("raw", ["(deleted)"], "") if _stored_raw(shadow) else None
         varm = getattr(value, "varm", None)
@@ -63,13 +63,13 @@ def _raw_section(shadow: AnnDataShadow) -> tuple[str, list[str], str] | None:
     raw = shadow.raw
     if raw is None:
         return None
-    parts = ["X", "var"] + (["varm"] if raw._path("varm") in shadow._root() else [])
-    cached = any(k[0] == "raw" for k in shadow._cache)
+    parts = ["X", "var"] + (["varm"] if raw._path("varm") in shadow._state.root() else [])
+    cached = any(k[0] == "raw" for k in shadow._state.cache)
     return ("raw", parts, f" {CACHED}" if cached else "")
 
 
 def _stored_raw(shadow: AnnDataShadow) -> bool:
-    root = shadow._root()
+    root = shadow._state.root()
     return "raw" in root or "raw.X" in root
 
 
@@ -78,10 +78,10 @@ def x_summary(shadow: AnnDataShadow) -> str | None:
 
     A stored X is described from the file's metadata (nothing is read); an X assigned in memory, from its value.
     """
-    for store in (shadow._pending, shadow._inherited):
+    for store in (shadow._state.pending, shadow._state.inherited):
         if ("X", "") in store:
             return _value_summary(store[("X", "")])
-    root = shadow._root()
+    root = shadow._state.root()
     if "X" not in root:
         return None
     from shadows.io.storage import is_group
@@ -113,26 +113,26 @@ def header(shadow: AnnDataShadow) -> str:
     if shadow.is_view:
         return (
             f"View of AnnData Shadow object with n_obs × n_vars = {n} × {m} "
-            f"(original {shadow._n_obs_file} × {shadow._n_vars_file})"
+            f"(original {shadow._state.n_obs_file} × {shadow._state.n_vars_file})"
         )
     return f"AnnData Shadow object with n_obs × n_vars = {n} × {m}"
 
 
 def text_repr(shadow: AnnDataShadow) -> str:
-    if not shadow._storage.is_open:
-        return header(shadow) + f"\n  (closed: {shadow._storage.describe()})"
+    if not shadow._state.storage.is_open:
+        return header(shadow) + f"\n  (closed: {shadow._state.storage.describe()})"
     lines = [header(shadow)]
     for name, items, mark in sections(shadow):
         if name == "X":
             lines.append(f"  X{mark}: {items[0]}")
         else:
             lines.append(f"  {name}{mark}:\t" + ", ".join(items))
-    lines.append(f"  file: {shadow._storage.describe()} (mode {shadow.mode!r})")
+    lines.append(f"  file: {shadow._state.storage.describe()} (mode {shadow.mode!r})")
     return "\n".join(lines)
 
 
 def html_repr(shadow: AnnDataShadow) -> str:
-    if not shadow._storage.is_open:
+    if not shadow._state.storage.is_open:
         return f"<pre>{html.escape(text_repr(shadow))}</pre>"
     rows = []
     for name, items, mark in sections(shadow):
@@ -143,6 +143,6 @@ def html_repr(shadow: AnnDataShadow) -> str:
     return (
         f"<div><p><b>{html.escape(header(shadow))}</b></p>"
         f"<table>{''.join(rows)}</table>"
-        f"<p><small>{html.escape(str(shadow._storage.describe()))} · {CACHED} cached · {NEW} new, not yet written"
+        f"<p><small>{html.escape(str(shadow._state.storage.describe()))} · {CACHED} cached · {NEW} new, not yet written"
         "</small></p></div>"
     )

@@ -11,7 +11,8 @@ import anndata
 import numpy as np
 
 from shadows.core.anndata import AnnDataShadow
-from shadows.mudata.shadow import layout as lay
+from shadows.core.state import state_of
+from shadows.mudata import layout as lay
 from shadows.spec import ReadContext
 from shadows.spec import selection as ix
 
@@ -47,8 +48,8 @@ class FileMaps:
         k = (axis_name, mod)
         if k in self._maps:
             return self._maps[k]
-        root = self._shadow._root()
-        where = self._shadow._storage.describe()
+        root = state_of(self._shadow).root()
+        where = state_of(self._shadow).storage.describe()
         value = lay.stored_map(root, axis_name, mod)
         if value is None:
             ctx = ReadContext(indptr_cache={})
@@ -56,7 +57,7 @@ class FileMaps:
             derived = lay.derive_maps(lay.index_of(root[axis_name], ctx), names, where, axis_name)
             self._maps.update({(axis_name, m): v for m, v in derived.items()})
             return self._maps[k]
-        n = self._shadow._n_obs_file if axis_name == "obs" else self._shadow._n_vars_file
+        n = state_of(self._shadow).n_obs_file if axis_name == "obs" else state_of(self._shadow).n_vars_file
         if value.shape[0] != n:
             raise ValueError(
                 f"'{where}': {axis_name}map/{mod} has {value.shape[0]} entries but the global {axis_name} has {n}"

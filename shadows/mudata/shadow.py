@@ -25,10 +25,11 @@ from shadows.backends import check_backend_name
 from shadows.core.anndata import _VIEW_STORAGES, AnnDataShadow, _LazyNames, suspend_views
 from shadows.core.connection import ConnectionMixin
 from shadows.core.mapping import ElementMapping
+from shadows.core.state import state_of
 from shadows.io.storage import Storage
 from shadows.mudata.parts import FileMaps, GlobalShadow, Modalities
 from shadows.mudata.repr import html_repr, text_repr
-from shadows.mudata.shadow import layout as lay
+from shadows.mudata import layout as lay
 from shadows.spec import selection as ix
 
 
@@ -90,8 +91,10 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
         self._global = GlobalShadow(where, _storage=st.child(""), _view=_view, **self._backends)
         if self._is_view_flag:  # a view stays a view (as mudata's m[:]) even when it selects everything
             g = self._global
-            g._oidx = g._oidx if g._oidx is not None else slice(0, g._n_obs_file, 1)
-            g._vidx = g._vidx if g._vidx is not None else slice(0, g._n_vars_file, 1)
+            state_of(g).oidx = state_of(g).oidx if state_of(g).oidx is not None else slice(0, state_of(g).n_obs_file, 1)
+            state_of(g).vidx = (
+                state_of(g).vidx if state_of(g).vidx is not None else slice(0, state_of(g).n_vars_file, 1)
+            )
         self._mods: dict[str, AnnDataShadow] = {}
         self._file_maps = FileMaps(self._global, self._order)
 
@@ -125,11 +128,11 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
 
     @property
     def _oidx(self) -> ix.Sel:
-        return self._global._oidx
+        return state_of(self._global).oidx
 
     @property
     def _vidx(self) -> ix.Sel:
-        return self._global._vidx
+        return state_of(self._global).vidx
 
     @property
     def axis(self) -> int:
@@ -239,14 +242,14 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
         # as mudata's: the maps change with update(), not when a modality is filtered in place
         msel = self.__dict__.get("_mod_sels", {}).get((axis_name, mod))
         if live:
-            msel = getattr(m, "_oidx" if axis_name == "obs" else "_vidx") if m is not None else None
+            msel = getattr(state_of(m), "oidx" if axis_name == "obs" else "vidx") if m is not None else None
         if sel is None and msel is None:
             return flat
         # filtered in place (muon's filter_obs/intersect_obs, then update()): positions among the rows kept now
         picked = flat[ix.positions(sel, len(flat))]
         if msel is None:
             return picked
-        n_file = m._n_obs_file if axis_name == "obs" else m._n_vars_file
+        n_file = state_of(m).n_obs_file if axis_name == "obs" else state_of(m).n_vars_file
         rank = np.zeros(n_file + 1, dtype=flat.dtype)
         rank[ix.positions(msel, n_file) + 1] = np.arange(1, ix.length(msel, n_file) + 1)
         return rank[picked]
@@ -314,8 +317,8 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
         oidx, vidx = ix.split_index(index)
         o = ix.normalize(oidx, _LazyNames(self._global, "obs"), self.n_obs, 0)
         v = ix.normalize(vidx, _LazyNames(self._global, "var"), self.n_vars, 1)
-        file_o = ix.compose(self._oidx, o, self._global._n_obs_file)
-        file_v = ix.compose(self._vidx, v, self._global._n_vars_file)
+        file_o = ix.compose(self._oidx, o, state_of(self._global).n_obs_file)
+        file_v = ix.compose(self._vidx, v, state_of(self._global).n_vars_file)
         st = Storage(self._storage.describe(), mode="r", format=self._storage.format)
         if st.kind == "h5":
             _VIEW_STORAGES.add(st)  # a writer's reopen("r+") closes it (its modalities may outlive it)
@@ -328,7 +331,12 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
         """In-memory additions of the parent (global and per modality) are seen, sliced, by its views."""
         self._global._inherit(parent._global, o, v)
         for name, pmod in parent._mods.items():
-            if not (pmod._pending or pmod._inherited or pmod._frame_changed("obs") or pmod._frame_changed("var")):
+            if not (
+                state_of(pmod).pending
+                or state_of(pmod).inherited
+                or state_of(pmod).frame_changed("obs")
+                or state_of(pmod).frame_changed("var")
+            ):
                 continue
             rel = (
                 lay.modality_selection(parent._map("obs", name), o),
@@ -347,6 +355,9 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
             s.clear_cache()
         return self
 
+    def _owned_connection(self) -> Storage | None:
+        return self.__dict__.get("_storage") if self.__dict__.get("_owns_storage") else None
+
     def close(self) -> None:
         """Close the file (one connection for the MuData and all its modalities; cached elements stay usable)."""
         self._storage.close()
@@ -359,7 +370,7 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
             suspend_views(self._storage)
         self._storage.open(mode)
         for s in self._shadows():
-            s._storage.indptr_cache.clear()
+            state_of(s).storage.indptr_cache.clear()
         return self
 
     def __reduce__(self):
@@ -391,7 +402,7 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
             keep |= self._map(name, mod, live=True) > 0
         sels = self.__dict__.setdefault("_mod_sels", {})
         for mod, m in self._mods.items():
-            sels[(name, mod)] = m._oidx if axis == 0 else m._vidx
+            sels[(name, mod)] = state_of(m).oidx if axis == 0 else state_of(m).vidx
         if not keep.all():
             subset = self._global._inplace_subset_obs if axis == 0 else self._global._inplace_subset_var
             subset(np.flatnonzero(keep))

@@ -74,7 +74,7 @@ def write_mudata(
     if file_format not in ("h5mu", "zarr"):
         raise ValueError(f"file_format must be 'h5mu' or 'zarr', got {file_format!r}")
     dst = Path(os.fspath(path))
-    refuse_own_file(shadow, dst)
+    refuse_own_file(shadow._storage, dst)
     for name in shadow._order:  # every name checked before the output exists: a refused one leaves nothing behind
         check_output_names(shadow._modality(name))
     skeleton = _skeleton(shadow)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import zarr
 
+from shadows.core.state import state_of
 from shadows.io import commit_guard
 from shadows.io.storage import is_group
 from shadows.progress import progress_bar
@@ -39,15 +40,15 @@ STAGING = COLUMN_INDEX + ".staging"
 
 
 def _matrix_group(shadow: AnnDataShadow, element: str, action: str) -> Any:
-    where = shadow._storage.describe()
+    where = state_of(shadow).storage.describe()
     if shadow.is_view:
         raise ValueError(f"{action} works on a whole shadow, not a view of '{where}'")
-    if shadow._storage.mode != "r+":
+    if state_of(shadow).storage.mode != "r+":
         raise ValueError(
             f"{action} writes into '{where}', which is open read-only; "
             "open it with AnnDataShadow(path, mode='r+') or call .reopen('r+') first"
         )
-    root = shadow._root()
+    root = state_of(shadow).root()
     if element not in root or not is_group(root[element]):
         raise KeyError(f"'{where}' has no sparse matrix '{element}'")
     group = root[element]
@@ -69,7 +70,7 @@ def add_column_index(shadow: AnnDataShadow, element: str = "X", *, progress: boo
     """
     group = _matrix_group(shadow, element, "add_column_index")
     key = ("X", "") if element == "X" else tuple(element.split("/", 1))
-    if key in shadow._pending:
+    if key in state_of(shadow).pending:
         raise ValueError(f"'{element}' has pending in-memory changes; write() them before indexing the file's matrix")
     fmt, shape = matrix_info(group)
     if COLUMN_INDEX in group:
@@ -78,8 +79,8 @@ def add_column_index(shadow: AnnDataShadow, element: str = "X", *, progress: boo
             return
         raise ValueError(f"'{group.name}/{COLUMN_INDEX}' exists but does not match the matrix; drop it first")
     other = "csc" if fmt == "csr" else "csr"
-    st = shadow._storage
-    part = part_of(group, (None, None), shadow._ctx())
+    st = state_of(shadow).storage
+    part = part_of(group, (None, None), state_of(shadow).ctx())
     opts = WriteOptions(tmpdir=Path(st.filename).parent)
     bar = progress_bar(3 * part.stored_bytes(), f"column index of {element}", progress=progress)
 
@@ -117,7 +118,7 @@ def drop_column_index(shadow: AnnDataShadow, element: str = "X") -> None:
     In HDF5 the space is not given back to the file system (``h5repack`` does that); in zarr it is.
     """
     group = _matrix_group(shadow, element, "drop_column_index")
-    st = shadow._storage
+    st = state_of(shadow).storage
     if st.kind == "h5":
         if COLUMN_INDEX in group:
             del group[COLUMN_INDEX]
@@ -156,7 +157,7 @@ def _remove_dir(p: Path) -> None:
 
 def _refresh_zarr(shadow: AnnDataShadow) -> None:
     """Rewrite the consolidated metadata (when the store has them) and reopen the shadow's connection."""
-    st = shadow._storage
+    st = state_of(shadow).storage
     root = Path(st.filename)
     if _is_consolidated(root):
         zarr.consolidate_metadata(str(root))

@@ -18,6 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from shadows.core.mapping import ALIGNMENT, untrack
+from shadows.core.state import state_of
 from shadows.io.storage import is_array, is_group
 from shadows.settings import settings
 from shadows.spec.sparse import COLUMN_INDEX
@@ -36,7 +37,7 @@ def write_csvs(shadow: AnnDataShadow, dirname: str | os.PathLike, *, skip_data: 
     import anndata
     from anndata.io import write_csvs as anndata_write_csvs
 
-    twin = shadow._twin(numpy=True)
+    twin = state_of(shadow).twin(numpy=True)
     annotations = anndata.AnnData(
         obs=twin.obs.copy(),
         var=twin.var.copy(),
@@ -61,7 +62,11 @@ def _write_x_csv(twin: AnnDataShadow, path: Path, sep: str) -> None:
     """
     from shadows.stream.shadow import chunked
 
-    has_x = twin._pending[("X", "")] is not None if ("X", "") in twin._pending else "X" in twin._root()
+    has_x = (
+        state_of(twin).pending[("X", "")] is not None
+        if ("X", "") in state_of(twin).pending
+        else "X" in state_of(twin).root()
+    )
     if not has_x:
         pd.DataFrame(None).to_csv(path, sep=sep, header=False, index=False)
         return
@@ -82,16 +87,16 @@ def sizes(shadow: AnnDataShadow, *, with_disk: bool = False) -> dict[str, int]:
     """
     out = dict.fromkeys(PARTS, 0)
     held: set[tuple[str, str]] = set()
-    for store in (shadow._cache, shadow._inherited, shadow._pending):
+    for store in (state_of(shadow).cache, state_of(shadow).inherited, state_of(shadow).pending):
         for (group, key), value in store.items():
             part = {"obs_names": "obs", "var_names": "var"}.get(group, group)
             if part in out and (group, key) not in held:
                 held.add((group, key))
                 out[part] += value_nbytes(value)
-    if with_disk and shadow._storage.is_open:
+    if with_disk and state_of(shadow).storage.is_open:
         for part, group, key, path in _stored_elements(shadow):
-            if (group, key) not in held and (group, key) not in shadow._deleted:
-                out[part] += int(stored_nbytes(shadow._root()[path]) * _share(shadow, group))
+            if (group, key) not in held and (group, key) not in state_of(shadow).deleted:
+                out[part] += int(stored_nbytes(state_of(shadow).root()[path]) * _share(shadow, group))
     return out
 
 
@@ -129,11 +134,11 @@ def stored_nbytes(elem: Any) -> int:
 
 def _stored_elements(shadow: AnnDataShadow) -> list[tuple[str, str, str, str]]:
     """``(part, group, key, path)`` of every element in the file, as the cache keys them."""
-    root = shadow._root()
+    root = state_of(shadow).root()
     out = [("X", "X", "", "X")] if "X" in root else []
     out += [(f, f, "", f) for f in ("obs", "var") if f in root]
     for group in (*_MATRIX_GROUPS, "uns"):
-        out += [(group, group, k, shadow._elem_path(group, k)) for k in shadow._disk_keys(group)]
+        out += [(group, group, k, state_of(shadow).elem_path(group, k)) for k in state_of(shadow).disk_keys(group)]
     if "raw" in root and is_group(root["raw"]):
         out += [("raw", "raw", k, f"raw/{k}") for k in root["raw"].keys()]
     return [e for e in out if e[3] in root]
@@ -141,6 +146,9 @@ def _stored_elements(shadow: AnnDataShadow) -> list[tuple[str, str, str, str]]:
 
 def _share(shadow: AnnDataShadow, group: str) -> float:
     """Fraction of a stored element of ``group`` that a view selects (1 for a whole shadow)."""
-    fractions = (shadow.n_obs / max(1, shadow._n_obs_file), shadow.n_vars / max(1, shadow._n_vars_file))
+    fractions = (
+        shadow.n_obs / max(1, state_of(shadow).n_obs_file),
+        shadow.n_vars / max(1, state_of(shadow).n_vars_file),
+    )
     axes = {"X": (0, 1), "obs": (0,), "var": (1,), "raw": (0,)}.get(group, ALIGNMENT.get(group, ()))
     return float(np.prod([fractions[a] for a in axes])) if axes else 1.0

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from shadows.core.state import state_of
 from shadows.ops.convert import check_output, open_source, output_format, shadow_write
 from shadows.progress import progress_bar
 from shadows.stream.blocks import in_memory_blocks, iter_major
@@ -191,7 +192,7 @@ class _Source:
         found, value = _pending_value(shadow, path)
         if found:
             if value is None:
-                raise ValueError(f"'{path}' of '{shadow._storage.describe()}' is None")
+                raise ValueError(f"'{path}' of '{state_of(shadow).storage.describe()}' is None")
             self.value, self.part = value, None
             self.sparse = sp.issparse(value)
             self.dtype, self.shape = np.dtype(value.dtype), value.shape

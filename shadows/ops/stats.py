@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from shadows.core.state import state_of
 from shadows.io.fast.pread import mappable, mapped_runs, mapped_view
 from shadows.io.storage import is_h5
 from shadows.ops.convert import open_source
@@ -90,7 +91,7 @@ def stats(
         found, value = _pending_value(shadow, path)
         if found:
             if value is None:
-                raise ValueError(f"'{path}' of '{shadow._storage.describe()}' is None")
+                raise ValueError(f"'{path}' of '{state_of(shadow).storage.describe()}' is None")
             block_axis = 1 if sp.issparse(value) and value.format == "csc" else 0
             shape, dtype = value.shape, value.dtype
             blocks = in_memory_blocks(value, block_axis, chunk_size)
@@ -98,7 +99,7 @@ def stats(
         else:
             part = matrix_part(shadow, path)
             if len(part.shape) != 2:
-                raise ValueError(f"'{path}' of '{shadow._storage.describe()}' is not two-dimensional")
+                raise ValueError(f"'{path}' of '{state_of(shadow).storage.describe()}' is not two-dimensional")
             block_axis, shape, dtype = part.major_axis, part.shape, part.dtype
             bar = progress_bar(part.stored_bytes(), f"statistics of {path}", progress=progress)
             blocks = mapped_values(part, axis, chunk_size, bar)

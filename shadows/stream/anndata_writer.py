@@ -25,6 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from shadows.core.mapping import untrack
+from shadows.core.state import state_of
 from shadows.io.fast.h5copy import RawCopier
 from shadows.io.storage import attr, is_group
 from shadows.progress import progress_bar
@@ -66,13 +67,13 @@ def write_anndata(
     """
     opts = options or WriteOptions()
     twin = numpy_twin(shadow)
-    root = shadow._root()
+    root = state_of(shadow).root()
     copier = RawCopier(root, group)
     copier.enabled = copier.enabled and not opts.compression
     parts = _planned_matrices(twin, root, opts.get_budget())
     streamed = {p: part for p, part in parts.items() if not _copyable(part, p, opts)}
     total = sum(part.stored_bytes() * (3 if _changes_layout(part, p, opts) else 1) for p, part in streamed.items())
-    bar = progress_bar(total, f"writing {Path(str(shadow._storage.filename)).name}", progress=progress)
+    bar = progress_bar(total, f"writing {Path(str(state_of(shadow).storage.filename)).name}", progress=progress)
     w = _Writer(twin, root, opts, parts, copier, bar)
 
     def rest() -> None:
@@ -80,7 +81,7 @@ def write_anndata(
         for g in _MAPPINGS:
             sub = group.create_group(g)
             set_encoding(sub, "dict", "0.1.0")
-            for key in twin._mapping(g).keys():
+            for key in state_of(twin).mapping(g).keys():
                 w.matrix(sub, str(key), f"{g}/{key}")
         w.uns(group)
         w.raw(group)
@@ -125,9 +126,9 @@ def _only_copies_besides_x(twin: AnnDataShadow, opts: WriteOptions, copier: RawC
     return (
         copier.enabled
         and not twin.is_view
-        and twin._oidx is None
-        and twin._vidx is None
-        and not (twin._pending or twin._inherited or twin._deleted)
+        and state_of(twin).oidx is None
+        and state_of(twin).vidx is None
+        and not (state_of(twin).pending or state_of(twin).inherited or state_of(twin).deleted)
         and not opts.obs_columns
         and not opts.uns
         and set(opts.transforms) <= {"X"}
@@ -139,11 +140,11 @@ def numpy_twin(shadow: AnnDataShadow) -> AnnDataShadow:
     """The shadow seen with numpy/pandas backends, sharing its connection, pending changes and edited tables."""
     twin = type(shadow).__new__(type(shadow))
     twin.__dict__.update(shadow.__dict__)
-    twin._owns_storage = False
-    twin._array_backend, twin._table_backend, twin._lazy = "numpy", "pandas", False
-    twin._cache = {k: v for k, v in shadow._cache.items() if k in (("obs", ""), ("var", ""))}
-    twin._cache = {k: v for k, v in twin._cache.items() if isinstance(v, pd.DataFrame)}
-    twin._frame_fp = dict(shadow._frame_fp)
+    state_of(twin).owns_storage = False
+    state_of(twin).array_backend, state_of(twin).table_backend, state_of(twin).lazy = "numpy", "pandas", False
+    state_of(twin).cache = {k: v for k, v in state_of(shadow).cache.items() if k in (("obs", ""), ("var", ""))}
+    state_of(twin).cache = {k: v for k, v in state_of(twin).cache.items() if isinstance(v, pd.DataFrame)}
+    state_of(twin).frame_fp = dict(state_of(shadow).frame_fp)
     return twin
 
 
@@ -162,7 +163,7 @@ def _changes_layout(part: MatrixPart, path: str, opts: WriteOptions) -> bool:
 
 def _planned_matrices(twin: AnnDataShadow, root: Any, budget: int) -> dict[str, MatrixPart]:
     """The stored matrices to write (not pending, not deleted), by element path."""
-    paths = ["X"] + [f"{g}/{k}" for g in _MAPPINGS for k in twin._mapping(g).keys()]
+    paths = ["X"] + [f"{g}/{k}" for g in _MAPPINGS for k in state_of(twin).mapping(g).keys()]
     raw_x = _raw_x_path(twin, root)
     if raw_x is not None:
         paths.append(raw_x)
@@ -173,12 +174,12 @@ def _planned_matrices(twin: AnnDataShadow, root: Any, budget: int) -> dict[str, 
         stored = stored_path(twin, path)
         if stored not in root or not is_matrix(root[stored]):
             continue
-        out[path] = part_of(root[stored], sels_for(twin, path), twin._ctx(), budget)
+        out[path] = part_of(root[stored], sels_for(twin, path), state_of(twin).ctx(), budget)
     return out
 
 
 def _raw_x_path(twin: AnnDataShadow, root: Any) -> str | None:
-    if ("raw", "") in twin._pending:
+    if ("raw", "") in state_of(twin).pending:
         return None
     if "raw" in root and is_group(root["raw"]) and "X" in root["raw"]:
         return "raw/X"
@@ -205,7 +206,7 @@ class _Writer:
             return
         if stored_path(twin, path) not in root:  # e.g. a field of an anndata < 0.7 compound obsm: the shadow reads it
             group, key = path.split("/", 1)
-            anndata.io.write_elem(parent, name, twin._get(group, key), dataset_kwargs=opts.dataset_kwargs)
+            anndata.io.write_elem(parent, name, state_of(twin).get(group, key), dataset_kwargs=opts.dataset_kwargs)
             return
         elem = root[stored_path(twin, path)]
         part = self.parts.get(path)
@@ -216,13 +217,15 @@ class _Writer:
             write_stored(part, parent, name, path, opts, self.bar, started)
             return
         # not a matrix (a data frame in obsm, strings, awkward arrays...): read the selected part, anndata writes it
-        value = read_element(elem, sels_for(twin, path), twin._ctx())
+        value = read_element(elem, sels_for(twin, path), state_of(twin).ctx())
         anndata.io.write_elem(parent, name, value, dataset_kwargs=opts.dataset_kwargs)
 
     def frame(self, parent: Any, name: str) -> None:
         twin, opts = self.twin, self.opts
-        sel = twin._oidx if name == "obs" else twin._vidx
-        touched = any((name, "") in store for store in (twin._pending, twin._inherited, twin._cache))
+        sel = state_of(twin).oidx if name == "obs" else state_of(twin).vidx
+        touched = any(
+            (name, "") in store for store in (state_of(twin).pending, state_of(twin).inherited, state_of(twin).cache)
+        )
         extra = name == "obs" and bool(opts.obs_columns)
         # a view (even of every row) drops unused categories, as anndata's views do: no copy as stored then
         whole = sel is None and not twin.is_view
@@ -230,7 +233,9 @@ class _Writer:
             return
         df = _frame_blockwise(twin, self.root, name, sel) if not touched else None
         if df is None:
-            df = pd.DataFrame(twin._frame(name))  # a plain DataFrame (not anndata's view class) sharing the columns
+            df = pd.DataFrame(
+                state_of(twin).frame(name)
+            )  # a plain DataFrame (not anndata's view class) sharing the columns
         if extra:
             df = df.copy()
             for k, v in opts.obs_columns.items():
@@ -242,7 +247,9 @@ class _Writer:
 
     def uns(self, parent: Any) -> None:
         twin, opts = self.twin, self.opts
-        changed = any(g == "uns" for g, _ in (*twin._pending, *twin._inherited, *twin._deleted))
+        changed = any(
+            g == "uns" for g, _ in (*state_of(twin).pending, *state_of(twin).inherited, *state_of(twin).deleted)
+        )
         if not twin.is_view and not changed and not opts.uns and "uns" in self.root:
             if self.copier.copy(self.root["uns"], parent, "uns"):
                 return
@@ -252,8 +259,8 @@ class _Writer:
 
     def raw(self, group: Any) -> None:
         twin, root, opts = self.twin, self.root, self.opts
-        if ("raw", "") in twin._pending:
-            value = twin._pending[("raw", "")]
+        if ("raw", "") in state_of(twin).pending:
+            value = state_of(twin).pending[("raw", "")]
             if value is not None:
                 anndata.io.write_elem(group, "raw", _raw_dict(value), dataset_kwargs=opts.dataset_kwargs)
                 group["raw"].attrs["encoding-type"] = "raw"
@@ -262,7 +269,7 @@ class _Writer:
         if twin.raw is None:
             return
         modern = "raw" in root and is_group(root["raw"])
-        if twin._oidx is None and modern and self.copier.copy(root["raw"], group, "raw"):
+        if state_of(twin).oidx is None and modern and self.copier.copy(root["raw"], group, "raw"):
             return
         g = group.create_group("raw")
         set_encoding(g, "raw", "0.1.0")
@@ -271,7 +278,7 @@ class _Writer:
             if part is not None:
                 write_stored(part, g, "X", raw_x, opts, self.bar)
             else:
-                value = read_element(root[raw_x], (twin._oidx,), twin._ctx())
+                value = read_element(root[raw_x], (state_of(twin).oidx,), state_of(twin).ctx())
                 anndata.io.write_elem(g, "X", value, dataset_kwargs=opts.dataset_kwargs)
         prefix = "raw/" if modern else "raw."
         for name in ("var", "varm"):
@@ -297,7 +304,7 @@ def _frame_blockwise(twin: AnnDataShadow, root: Any, name: str, sel: Any) -> pd.
     cuts = span_cuts(sel, sel + 1, _FRAME_SPAN)
     if len(cuts) > max(1, len(sel) // 16):  # scattered in no order: pieces would be tiny, read it whole
         return None
-    ctx = twin._ctx()
+    ctx = state_of(twin).ctx()
     pieces = [read_frame_parts(g, (sel[a:b],), ctx).to_pandas() for a, b in cuts]
     df = pd.concat(pieces) if len(pieces) > 1 else pieces[0]
     if anndata.settings.remove_unused_categories:

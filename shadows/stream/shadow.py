@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shadows.core.mapping import ALIGNMENT
+from shadows.core.state import state_of
 from shadows.progress import progress_bar
 from shadows.settings import settings
 from shadows.stream.blocks import MatrixPart, in_memory_blocks, is_matrix, iter_major, part_of, prefetched
@@ -39,9 +40,9 @@ def sels_for(shadow: AnnDataShadow, path: str) -> tuple:
     """The file-level selection a view applies to the element at ``path`` (``X``, ``layers/k``, ``raw/X``...)."""
     group = path.split("/", 1)[0]
     if path in ("X", "raw/X", "raw.X"):
-        return (shadow._oidx, shadow._vidx) if path == "X" else (shadow._oidx, None)
+        return (state_of(shadow).oidx, state_of(shadow).vidx) if path == "X" else (state_of(shadow).oidx, None)
     if group in ALIGNMENT:
-        return shadow._sel_for(group)
+        return state_of(shadow).sels(group)
     return ()
 
 
@@ -50,7 +51,7 @@ def stored_path(shadow: AnnDataShadow, path: str) -> str:
     if path in ("X", "raw/X", "raw.X") or "/" not in path:
         return path
     group, key = path.split("/", 1)
-    return shadow._elem_path(group, key)
+    return state_of(shadow).elem_path(group, key)
 
 
 def _pending_value(shadow: AnnDataShadow, path: str) -> tuple[bool, Any]:
@@ -58,24 +59,26 @@ def _pending_value(shadow: AnnDataShadow, path: str) -> tuple[bool, Any]:
     key = ("X", "") if path == "X" else tuple(path.split("/", 1)) if "/" in path else None
     if key is None:
         return False, None
-    for store in (shadow._pending, shadow._inherited):
+    for store in (state_of(shadow).pending, state_of(shadow).inherited):
         if key in store:
             return True, store[key]
-    if key in shadow._deleted:
-        raise KeyError(f"'{path}' was deleted from '{shadow._storage.describe()}' (pending write)")
+    if key in state_of(shadow).deleted:
+        raise KeyError(f"'{path}' was deleted from '{state_of(shadow).storage.describe()}' (pending write)")
     return False, None
 
 
 def matrix_part(shadow: AnnDataShadow, path: str, budget: int | None = None) -> MatrixPart:
     """The stored matrix at ``path`` with the shadow's view selection."""
-    root = shadow._root()
+    root = state_of(shadow).root()
     stored = stored_path(shadow, path)
     if stored not in root:
-        raise KeyError(f"'{shadow._storage.describe()}' has no element '{path}'")
+        raise KeyError(f"'{state_of(shadow).storage.describe()}' has no element '{path}'")
     elem = root[stored]
     if not is_matrix(elem):
-        raise TypeError(f"'{path}' of '{shadow._storage.describe()}' is not a matrix (sparse or numeric array)")
-    return part_of(elem, sels_for(shadow, path), shadow._ctx(), budget)
+        raise TypeError(
+            f"'{path}' of '{state_of(shadow).storage.describe()}' is not a matrix (sparse or numeric array)"
+        )
+    return part_of(elem, sels_for(shadow, path), state_of(shadow).ctx(), budget)
 
 
 # --- chunked iteration ------------------------------------------------------------------------------------------------
@@ -119,7 +122,7 @@ def _blocks(shadow, chunk_size, element, axis, progress) -> Iterator[tuple[int, 
     found, value = _pending_value(shadow, element)
     if found:
         if value is None:
-            raise KeyError(f"'{element}' of '{shadow._storage.describe()}' is None")
+            raise KeyError(f"'{element}' of '{state_of(shadow).storage.describe()}' is None")
         yield from in_memory_blocks(value, axis, chunk_size)
         return
     part = matrix_part(shadow, element)
@@ -176,8 +179,8 @@ def _minor_blocks(part: MatrixPart, chunk_size: int | None, bar: Any) -> Iterato
 
 
 def _convert_blocks(shadow: AnnDataShadow, blocks: Iterator) -> Iterator[tuple[int, int, Any]]:
-    name = shadow._array_backend
-    if name == "numpy" or shadow._lazy:
+    name = state_of(shadow).array_backend
+    if name == "numpy" or state_of(shadow).lazy:
         yield from blocks
         return
     from shadows.backends import get_array_backend
@@ -256,7 +259,7 @@ def write_subset(
     if file_format not in ("h5ad", "zarr"):
         raise ValueError(f"file_format must be 'h5ad' or 'zarr', got {file_format!r}")
     dst = Path(os.fspath(path))
-    refuse_own_file(shadow, dst)
+    refuse_own_file(state_of(shadow).storage, dst)
     opts = (options or WriteOptions()).override(chunk_size, compression, compression_opts)
     for name in [as_dense] if isinstance(as_dense, str) else as_dense:
         opts.formats[name] = "dense"
@@ -281,15 +284,15 @@ def check_output_names(shadow: AnnDataShadow, opts: WriteOptions | None = None) 
     """
     from shadows.core.keys import check_key, check_nested_keys, check_value
 
-    where = shadow._storage.describe()
-    for (group, key), value in [*shadow._inherited.items(), *shadow._pending.items()]:
+    where = state_of(shadow).storage.describe()
+    for (group, key), value in [*state_of(shadow).inherited.items(), *state_of(shadow).pending.items()]:
         if group not in ("obs", "var", "raw"):
             check_value(shadow, group, key, value)
     for name in ("obs", "var"):
         for c in _frame_columns(shadow, name):
             check_key(c, f"{name} column {c!r} of '{where}'")
     for group in (*_MAPPINGS, "uns"):
-        for key in shadow._mapping(group).keys():
+        for key in state_of(shadow).mapping(group).keys():
             check_key(key, f"{group}[{key!r}] of '{where}'")
     if opts is not None:
         for c in opts.obs_columns:
@@ -302,10 +305,10 @@ def _frame_columns(shadow: AnnDataShadow, name: str) -> list:
     """The columns ``obs``/``var`` will have: of the table changed in memory (a view's inherited one too)."""
     import pandas as pd
 
-    for store in (shadow._pending, shadow._inherited, shadow._cache):
+    for store in (state_of(shadow).pending, state_of(shadow).inherited, state_of(shadow).cache):
         if isinstance(store.get((name, "")), pd.DataFrame):
             return list(store[(name, "")].columns)
-    return shadow._frame_columns(name)
+    return state_of(shadow).frame_columns(name)
 
 
 def _check_stored_names(shadow: AnnDataShadow) -> None:
@@ -313,7 +316,7 @@ def _check_stored_names(shadow: AnnDataShadow) -> None:
     from shadows.core.keys import RESERVED_KEYS
     from shadows.io.storage import is_h5
 
-    root = shadow._root()
+    root = state_of(shadow).root()
     if not is_h5(root):
         return  # a zarr source cannot hold them
     found: list[str] = []
@@ -323,13 +326,13 @@ def _check_stored_names(shadow: AnnDataShadow) -> None:
         if parts[-1] not in RESERVED_KEYS:
             return
         unit = (parts[0], parts[1] if len(parts) > 1 else "")
-        if unit in shadow._deleted or unit in shadow._pending:
+        if unit in state_of(shadow).deleted or unit in state_of(shadow).pending:
             return  # not written from the file (removed, or replaced by a value checked above)
         found.append(name)
 
     root.visit(visit)
     if found:
         raise ValueError(
-            f"'{shadow._storage.describe()}' holds elements named like zarr metadata ({', '.join(found[:5])}); "
+            f"'{state_of(shadow).storage.describe()}' holds elements named like zarr metadata ({', '.join(found[:5])}); "
             "they cannot be written: rename or delete them first"
         )

@@ -26,7 +26,7 @@ import zarr
 
 from shadows.io import commit_guard
 from shadows.io.fast import pwrite as rawwrite
-from shadows.io.storage import is_h5
+from shadows.io.storage import Storage, is_h5
 
 USERBLOCK = 512  # bytes reserved before the HDF5 superblock when a header is asked for (mudata's size)
 
@@ -210,11 +210,11 @@ class DenseSink:
         pass
 
 
-def refuse_own_file(shadow: Any, dst: Path) -> None:
-    """Raise if ``dst`` is the file ``shadow`` reads from: streaming into it would destroy the source."""
-    src = Path(shadow._storage.filename)
+def refuse_own_file(storage: Storage, dst: Path) -> None:
+    """Raise if ``dst`` is the file a shadow reads from (its ``storage``): streaming into it would destroy it."""
+    src = Path(storage.filename)
     if dst.exists() and src.exists() and os.path.samefile(dst, src):
-        raise ValueError(f"Cannot stream '{shadow._storage.describe()}' into the file it is read from ('{dst}')")
+        raise ValueError(f"Cannot stream '{storage.describe()}' into the file it is read from ('{dst}')")
 
 
 class Output:

@@ -22,6 +22,7 @@ import pandas as pd
 from anndata.io import read_elem
 
 from shadows.core.keys import check_key, check_nested_keys
+from shadows.core.state import state_of
 from shadows.io import commit_guard
 from shadows.io.storage import attr, is_group
 from shadows.spec import encoding_of
@@ -128,12 +129,12 @@ def write_many(shadows: list[AnnDataShadow], *, overwrite: bool = False, clear_c
         plans.append(build_plan(shadow))
     many = len(shadows) > 1
     clashes = [
-        f"{s._storage.describe()}: {c}" if many else c
+        f"{state_of(s).storage.describe()}: {c}" if many else c
         for s, p in zip(shadows, plans, strict=True)
         for c in p.overwrites()
     ]
     if clashes and not overwrite:
-        where = shadows[0]._storage.filename if many else shadows[0]._storage.describe()
+        where = state_of(shadows[0]).storage.filename if many else state_of(shadows[0]).storage.describe()
         raise ValueError(
             f"write() would replace elements that already exist in '{where}': "
             f"{', '.join(clashes)}. Pass overwrite=True to replace them (nothing was written)."
@@ -151,11 +152,11 @@ def _apply(shadow: AnnDataShadow, plan: Plan) -> None:
     completed = False
     try:
         if plan:
-            if shadow._storage.kind == "h5":
+            if state_of(shadow).storage.kind == "h5":
                 from shadows.writeback.hdf5 import apply_h5 as apply
             else:
                 from shadows.writeback.zarr import apply_zarr as apply
-            apply(shadow._storage, plan, done.append)
+            apply(state_of(shadow).storage, plan, done.append)
         completed = True
     finally:
         with commit_guard.shielded():  # a Ctrl-C half-way through settling would desynchronise shadow and file
@@ -164,30 +165,30 @@ def _apply(shadow: AnnDataShadow, plan: Plan) -> None:
 
 def check_writable(shadow: AnnDataShadow) -> None:
     """Raise a clear error when ``shadow`` cannot write: a view, a closed file, or one open read-only."""
-    where = shadow._storage.describe()
+    where = state_of(shadow).storage.describe()
     if shadow.is_view:
         raise ValueError(
             f"Cannot write a view of '{where}': views are read-only. Assign and write on the full shadow, "
             "or save the view to a new file with .write_h5ad(path) / .write_zarr(path)"
         )
-    if not shadow._storage.is_open:
+    if not state_of(shadow).storage.is_open:
         raise ValueError(f"'{where}' is closed; call .reopen('r+') before write()")
-    if shadow._storage.mode != "r+":
+    if state_of(shadow).storage.mode != "r+":
         raise OSError(f"'{where}' is read-only; reopen with .reopen('r+') to write")
 
 
 # --- planning -----------------------------------------------------------------------------------------------------
 def build_plan(shadow: AnnDataShadow) -> Plan:
     """Every operation that ``write()`` would carry out, in order, without touching the file."""
-    root = shadow._storage.root
+    root = state_of(shadow).storage.root
     plan = Plan()
-    for group, key in sorted(shadow._deleted):
+    for group, key in sorted(state_of(shadow).deleted):
         plan.units.append((group, key))
-        path = shadow._elem_path(group, key)
+        path = state_of(shadow).elem_path(group, key)
         if path in root:
             plan.ops.append(Op(path, unit=(group, key)))
     by_group: dict[str, dict[str, Any]] = {}
-    for (group, key), value in shadow._pending.items():
+    for (group, key), value in state_of(shadow).pending.items():
         if group in ("obs", "var") and key == "":
             continue  # a replaced frame lives in the cache and is diffed column by column below
         plan.units.append((group, key))
@@ -213,7 +214,7 @@ def build_plan(shadow: AnnDataShadow) -> Plan:
                 plan.ops += _uns_ops(root, key, value)
                 continue
             path = f"{group}/{key}"
-            legacy = shadow._elem_path(group, key) if group == "obsp" else path
+            legacy = state_of(shadow).elem_path(group, key) if group == "obsp" else path
             on_disk = exists(root, path) or exists(root, legacy)
             plan.ops.append(
                 Op(
@@ -312,12 +313,12 @@ def _diff(root: Any, path: str, value: Any, hidden: set[str] = frozenset()) -> l
 
 
 def _frame_edit(shadow: AnnDataShadow, root: Any, name: str) -> FrameEdit | None:
-    df = shadow._cache.get((name, ""))
+    df = state_of(shadow).cache.get((name, ""))
     if not isinstance(df, pd.DataFrame) or name not in root:
         return None
     changes = shadow.frame_changes(name)
     g = root[name]
-    old_order = shadow._frame_columns(name)
+    old_order = state_of(shadow).frame_columns(name)
     new_order = list(df.columns)
     index_key = attr(g, "_index", "_index") if is_group(g) else None
     new_index = None
@@ -326,7 +327,7 @@ def _frame_edit(shadow: AnnDataShadow, root: Any, name: str) -> FrameEdit | None
     if not (changes["added"] or changes["changed"] or changes["removed"]) and new_index is None:
         if new_order == old_order:
             return None
-    where = f"{name} of '{shadow._storage.describe()}'"
+    where = f"{name} of '{state_of(shadow).storage.describe()}'"
     if not is_group(g) or encoding_of(g) != ("dataframe", "0.2.0"):
         raise ValueError(
             f"{where} is stored in an old layout ({encoding_of(g)[0]}) that cannot be edited in place; "
@@ -355,7 +356,7 @@ def _leftover_columns(shadow: AnnDataShadow, g: Any, name: str, order: list[str]
     the metadata was last consolidated is missing from the consolidated listing.
     """
     on_disk = {str(k) for k in g.keys()}
-    storage = shadow._storage
+    storage = state_of(shadow).storage
     if storage.kind == "zarr":
         directory = Path(storage.filename, storage.inner or "", name)
         if directory.is_dir():
@@ -387,16 +388,16 @@ def _settle(shadow: AnnDataShadow, plan: Plan, done: list[Any], completed: bool)
     for unit in plan.units:
         if not ok[unit]:
             continue
-        shadow._pending.pop(unit, None)
-        shadow._cache.pop(unit, None)
-        shadow._deleted.discard(unit)
+        state_of(shadow).pending.pop(unit, None)
+        state_of(shadow).cache.pop(unit, None)
+        state_of(shadow).deleted.discard(unit)
         if unit[0] == "raw":
-            for k in [k for k in shadow._cache if k[0] == "raw"]:
-                shadow._cache.pop(k)
+            for k in [k for k in state_of(shadow).cache if k[0] == "raw"]:
+                state_of(shadow).cache.pop(k)
     for fe in plan.frames:
         if id(fe) in finished:
-            shadow._cache.pop((fe.name, ""), None)
-            shadow._cache.pop((f"{fe.name}_names", ""), None)
-            shadow._frame_fp.pop(fe.name, None)
+            state_of(shadow).cache.pop((fe.name, ""), None)
+            state_of(shadow).cache.pop((f"{fe.name}_names", ""), None)
+            state_of(shadow).frame_fp.pop(fe.name, None)
     if done:
-        shadow._storage.indptr_cache.clear()  # a replaced sparse matrix has another indptr
+        state_of(shadow).storage.indptr_cache.clear()  # a replaced sparse matrix has another indptr

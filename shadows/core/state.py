@@ -1,0 +1,174 @@
+"""What one AnnData shadow knows, in one object: :class:`ShadowState`, and :func:`state_of` to reach it.
+
+A shadow's state is its connection, the file's axis lengths, its selection, and four stores of elements:
+
+* ``cache``: values read from the file (dropped by ``clear_cache``);
+* ``pending``: values set or changed in memory and not yet written (``▲`` in the repr);
+* ``deleted``: elements deleted in memory and not yet deleted in the file;
+* ``inherited``: what a view took over from its parent's pending values, already sliced;
+
+plus the fingerprints of ``obs``/``var`` as read (a change of a column or of the names is a pending change), and the
+options it was opened with.  Keys of the stores are ``(group, key)`` (``("obsm", "X_pca")``, ``("X", "")``).
+
+The layers above the façade (write-back, streaming, operations, MuData, collections) take the state through
+:func:`state_of` instead of reaching into the shadow's private attributes (``tests/test_architecture.py`` checks
+that they do).  What only the façade can answer (an element's value, a table, a mapping, a copy in memory) the
+state asks its owner for, through the few methods below: that is the whole package-internal API.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from shadows.core.mapping import ALIGNMENT
+from shadows.io.storage import Storage
+from shadows.spec import ReadContext
+
+if TYPE_CHECKING:
+    from shadows.core.anndata import AnnDataShadow
+    from shadows.core.mapping import ElementMapping
+
+
+class ShadowState:
+    """The state of one :class:`~shadows.AnnDataShadow` (see the module docstring).
+
+    Attributes
+    ----------
+    storage
+        The connection (:class:`~shadows.io.storage.Storage`); a modality shares its MuData's.
+    owns_storage
+        Whether closing (or collecting) the shadow closes the connection (false for a modality).
+    array_backend, table_backend, lazy
+        The options the shadow was opened with.
+    cache, pending, deleted, inherited
+        The element stores, keyed by ``(group, key)``.
+    frame_fp, index_fp
+        Fingerprints of ``obs``/``var`` columns as read, and the names as read (kept by reference).
+    n_obs_file, n_vars_file
+        The stored axis lengths.
+    oidx, vidx
+        The selection on the stored axes (``None``: everything), see :mod:`shadows.spec.selection`.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        owns_storage: bool,
+        array_backend: str = "numpy",
+        table_backend: str = "pandas",
+        lazy: bool = False,
+    ):
+        self.storage = storage
+        self.owns_storage = owns_storage
+        self.array_backend, self.table_backend, self.lazy = array_backend, table_backend, lazy
+        self.cache: dict[tuple[str, str], Any] = {}
+        self.pending: dict[tuple[str, str], Any] = {}
+        self.deleted: set[tuple[str, str]] = set()
+        self.inherited: dict[tuple[str, str], Any] = {}
+        self.frame_fp: dict[str, dict[str, int]] = {}
+        # obs_names/var_names as read (the same object: no copy, no hash): a renamed axis is a pending change.  A hash
+        # of the names, as the columns have, cost the UMAP-by-gene memory test 8 MB of pyarrow buffers on pandas 3
+        self.index_fp: dict[str, pd.Index] = {}
+        self.n_obs_file = self.n_vars_file = 0
+        self.oidx: Any = None
+        self.vidx: Any = None
+        self._owner: weakref.ref | None = None
+
+    # --- what the state answers itself ------------------------------------------------------------------------------
+    def root(self) -> Any:
+        """The AnnData group in the open file (a closed view's connection is opened again, read-only)."""
+        st = getattr(self.storage, "parent", self.storage)  # a modality reads through its MuData's connection
+        if st.file is None and getattr(st, "reattach", False):
+            st.reattach = False  # closed for a writer of the same file (see suspend_views): open again, read-only
+            st.open("r")
+        if not self.storage.is_open:
+            raise ValueError(f"'{self.storage.describe()}' is closed; call .reopen() to read from it again")
+        return self.storage.root
+
+    def ctx(self) -> ReadContext:
+        """The read context of this connection (its cache of ``indptr`` arrays)."""
+        return ReadContext(indptr_cache=self.storage.indptr_cache)
+
+    def sels(self, group: str) -> tuple:
+        """The selection on each stored axis of an element of ``group`` (``layers``/``X``: cells and genes)."""
+        sel = (self.oidx, self.vidx)
+        return tuple(sel[a] for a in ALIGNMENT.get(group, (0, 1)))
+
+    def describe(self) -> str:
+        """The file (and group inside it) the shadow reads, for messages."""
+        return self.storage.describe()
+
+    def has_changes(self) -> bool:
+        """Whether anything is held in memory that the file does not have (elements, or edited obs/var)."""
+        owner = self.owner
+        return bool(self.pending or self.deleted or self.inherited) or (
+            owner._frame_changed("obs") or owner._frame_changed("var")
+        )
+
+    def copy(self) -> ShadowState:
+        """A shallow copy (the element stores are shared, as a twin of the shadow shares its values)."""
+        return copy.copy(self)
+
+    # --- what the state asks its shadow ------------------------------------------------------------------------------
+    @property
+    def owner(self) -> AnnDataShadow:
+        """The shadow this state belongs to."""
+        owner = self._owner() if self._owner is not None else None
+        if owner is None:
+            raise ReferenceError(f"the shadow of '{self.describe()}' is gone")
+        return owner
+
+    def bind(self, owner: AnnDataShadow) -> ShadowState:
+        """Make ``owner`` the shadow this state answers for (a weak reference: the shadow owns its state)."""
+        self._owner = weakref.ref(owner)
+        return self
+
+    def get(self, group: str, key: str) -> Any:
+        """The value of an element as the shadow hands it out (pending, cached, or read now)."""
+        return self.owner._get(group, key)
+
+    def frame(self, name: str) -> Any:
+        """``obs`` or ``var`` as a pandas DataFrame (the table backend left aside)."""
+        return self.owner._frame(name)
+
+    def frame_columns(self, name: str) -> list[str]:
+        """The column names of ``obs``/``var`` without reading the columns."""
+        return self.owner._frame_columns(name)
+
+    def frame_changed(self, name: str) -> bool:
+        """Whether ``obs``/``var`` (a column or the names) changed in memory since it was read."""
+        return self.owner._frame_changed(name)
+
+    def mapping(self, group: str) -> ElementMapping:
+        """The shadow's mapping of ``group`` (``obsm``, ``layers``, ``uns``, ...)."""
+        return self.owner._mapping(group)
+
+    def elem_path(self, group: str, key: str | None) -> str:
+        """The path of an element in the file (legacy places included, as anndata reads them)."""
+        return self.owner._elem_path(group, key)
+
+    def disk_keys(self, group: str) -> list[str]:
+        """The keys of ``group`` in the file, as anndata would read them."""
+        return self.owner._disk_keys(group)
+
+    def twin(self, *, without_raw: bool = False, numpy: bool = False) -> AnnDataShadow:
+        """A shadow over the same state (``numpy``: with the numpy/pandas backends), for whole-object answers."""
+        return self.owner._twin(without_raw=without_raw, numpy=numpy)
+
+    @property
+    def detached(self) -> bool:
+        """Whether anndata or scanpy turned the shadow (a view) into an object of its own (see ``compat``)."""
+        return bool(self.owner.__dict__.get("_detached", False))
+
+
+def state_of(shadow: AnnDataShadow) -> ShadowState:
+    """The :class:`ShadowState` of a shadow: the one way into it from outside :mod:`shadows.core`."""
+    try:
+        return shadow._state
+    except AttributeError:
+        raise TypeError(f"{type(shadow).__name__} is not an AnnDataShadow: it has no shadow state") from None
