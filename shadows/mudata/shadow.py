@@ -27,9 +27,9 @@ from shadows.core.connection import ConnectionMixin
 from shadows.core.mapping import ElementMapping
 from shadows.core.state import state_of
 from shadows.io.storage import Storage
+from shadows.mudata import layout as lay
 from shadows.mudata.parts import FileMaps, GlobalShadow, Modalities
 from shadows.mudata.repr import html_repr, text_repr
-from shadows.mudata import layout as lay
 from shadows.spec import selection as ix
 
 
