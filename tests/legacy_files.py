@@ -487,11 +487,7 @@ def build_modern_neighbors_in_uns(directory, fmt: str = "h5ad", zarr_format: int
     import warnings
 
     import anndata as ad
-
-    try:
-        from .oracle import store_path, write_adata
-    except ImportError:
-        from oracle import store_path, write_adata
+    from oracle import store_path, write_adata
 
     n = 5
     rng = np.random.default_rng(5)

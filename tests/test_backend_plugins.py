@@ -18,16 +18,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from oracle import write_adata
 
 import shadows
 from shadows import AnnDataShadow, backends
 from shadows.spec import FrameParts
 from shadows.spec.lazy_array import ElementSource
-
-try:
-    from .oracle import write_adata
-except ImportError:
-    from oracle import write_adata
 
 PLUGIN = Path(__file__).parent / "plugin_pkg"
 

@@ -20,13 +20,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from oracle import write_adata
 
 from shadows import AnnDataShadow
-
-try:
-    from .oracle import write_adata
-except ImportError:
-    from oracle import write_adata
 
 HAS = {name: importlib.util.find_spec(name) is not None for name in ("torch", "jax", "dask", "polars", "pyarrow")}
 

@@ -63,7 +63,7 @@ def test_convert_x_alone_copies_the_rest_beside_it(tmp_path, fmt, monkeypatch):
     check = stream_write._only_copies_besides_x
     monkeypatch.setattr(stream_write, "_only_copies_besides_x", lambda *args: seen.append(check(*args)) or seen[-1])
     out = tmp_path / ("out.zarr" if fmt == "zarr" else "out.h5ad")
-    shadows.convert(path, out, "csc", layers=False)
+    shadows.convert(path, out, "csc", layer="X")
     assert seen == [True]
     if fmt == "h5ad":
         assert rawcopy._hdf5() is not None  # h5py's own HDF5 library, found in the process
@@ -79,7 +79,7 @@ def test_convert_out_of_core_with_a_tiny_budget(tmp_path):
     x = counts(500, 60, seed=9, density=0.2)
     path = write_source(ad.AnnData(X=sp.csr_matrix(x)), tmp_path, "h5ad", None)
     with shadows.settings.override(memory_budget=2**16):
-        shadows.convert(path, tmp_path / "csc.h5ad", "csc", layers=False)
+        shadows.convert(path, tmp_path / "csc.h5ad", "csc", layer="X")
         shadows.convert(tmp_path / "csc.h5ad", tmp_path / "back.h5ad", "csr")
     csc, csr = read_oracle(tmp_path / "csc.h5ad").X, read_oracle(tmp_path / "back.h5ad").X
     assert csc.format == "csc" and csr.format == "csr"

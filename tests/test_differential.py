@@ -15,16 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
+from oracle import STORE_FORMATS, assert_adata_equal, assert_element_equal, read_oracle, store_path, write_adata
 from scipy import sparse
+from strategies import OBS_COLUMN_KINDS, X_DTYPES, anndatas, make_column
 
 from shadows import AnnDataShadow
-
-try:
-    from .oracle import STORE_FORMATS, assert_adata_equal, assert_element_equal, read_oracle, store_path, write_adata
-    from .strategies import OBS_COLUMN_KINDS, X_DTYPES, anndatas, make_column
-except ImportError:
-    from oracle import STORE_FORMATS, assert_adata_equal, assert_element_equal, read_oracle, store_path, write_adata
-    from strategies import OBS_COLUMN_KINDS, X_DTYPES, anndatas, make_column
 
 # Example counts come from the active hypothesis profile (tests/conftest.py: "ci" = 15,
 # "thorough" = 200); tests whose examples each write a zarr store run half as many.

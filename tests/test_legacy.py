@@ -18,16 +18,11 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from legacy_files import BUILDERS, Column, Meaning
+from oracle import assert_adata_equal, quiet, read_oracle
 from scipy import sparse
 
 from shadows import AnnDataShadow
-
-try:
-    from .legacy_files import BUILDERS, Column, Meaning
-    from .oracle import assert_adata_equal, quiet, read_oracle
-except ImportError:
-    from legacy_files import BUILDERS, Column, Meaning
-    from oracle import assert_adata_equal, quiet, read_oracle
 
 
 @pytest.fixture(scope="module")

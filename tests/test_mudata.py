@@ -31,15 +31,11 @@ from hypothesis import strategies as st
 
 md = pytest.importorskip("mudata")
 
+from oracle import assert_adata_equal, assert_element_equal, assert_mapping_equal, quiet  # noqa: E402
+from strategies import INDEXER_KINDS, _dense, _sparse, describe_indexer, indexers, make_column  # noqa: E402
+
 from shadows import AnnDataShadow, MuDataShadow  # noqa: E402
 from shadows.spec import selection as ix  # noqa: E402
-
-try:
-    from .oracle import assert_adata_equal, assert_element_equal, assert_mapping_equal, quiet
-    from .strategies import INDEXER_KINDS, _dense, _sparse, describe_indexer, indexers, make_column
-except ImportError:
-    from oracle import assert_adata_equal, assert_element_equal, assert_mapping_equal, quiet
-    from strategies import INDEXER_KINDS, _dense, _sparse, describe_indexer, indexers, make_column
 
 FORMATS = (("h5mu", None), ("zarr", 2), ("zarr", 3))
 MOD_NAMES = ("rna", "prot", "atac")  # deliberately not alphabetical: mod-order must be kept

@@ -31,16 +31,11 @@ from scipy import sparse
 
 md = pytest.importorskip("mudata")
 
-from shadows import MuDataShadow  # noqa: E402
+from legacy_files import VLEN_STR, dataframe_v07_h5, encoded_sparse_group_v07  # noqa: E402
+from oracle import assert_element_equal, quiet  # noqa: E402
+from test_mudata import POOL, SUBSETS, assert_mudata_equal, build_mudata, composed, stored_tables, write_mudata  # noqa: E402
 
-try:
-    from .legacy_files import VLEN_STR, dataframe_v07_h5, encoded_sparse_group_v07
-    from .oracle import assert_element_equal, quiet
-    from .test_mudata import POOL, SUBSETS, assert_mudata_equal, build_mudata, composed, stored_tables, write_mudata
-except ImportError:
-    from legacy_files import VLEN_STR, dataframe_v07_h5, encoded_sparse_group_v07
-    from oracle import assert_element_equal, quiet
-    from test_mudata import POOL, SUBSETS, assert_mudata_equal, build_mudata, composed, stored_tables, write_mudata
+from shadows import MuDataShadow  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")

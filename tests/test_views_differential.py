@@ -18,34 +18,20 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from oracle import (
+    STORE_FORMATS,
+    anndata_key,
+    assert_adata_equal,
+    assert_element_equal,
+    quiet,
+    read_oracle,
+    store_path,
+    write_adata,
+)
 from scipy import sparse
+from strategies import anndatas, describe_indexer, indexers
 
 from shadows import AnnDataShadow
-
-try:
-    from .oracle import (
-        STORE_FORMATS,
-        anndata_key,
-        assert_adata_equal,
-        assert_element_equal,
-        quiet,
-        read_oracle,
-        store_path,
-        write_adata,
-    )
-    from .strategies import anndatas, describe_indexer, indexers
-except ImportError:
-    from oracle import (
-        STORE_FORMATS,
-        anndata_key,
-        assert_adata_equal,
-        assert_element_equal,
-        quiet,
-        read_oracle,
-        store_path,
-        write_adata,
-    )
-    from strategies import anndatas, describe_indexer, indexers
 
 # Example counts come from the active hypothesis profile (tests/conftest.py: "ci" = 15,
 # "thorough" = 200); tests whose examples each write a zarr store run half as many.

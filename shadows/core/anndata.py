@@ -14,6 +14,7 @@ import os
 import threading
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anndata
@@ -41,12 +42,11 @@ from shadows.core.state import ShadowState
 from shadows.io.storage import Storage, attr, is_array, is_group
 from shadows.spec import encoding_of, read_element, read_frame_parts
 from shadows.spec import selection as ix
-from shadows.spec.frames import inferred_strings
+from shadows.spec.frames import inferred_strings, table_length
 from shadows.spec.lazy_array import ElementSource, LazyArray
 from shadows.spec.legacy import categories_from_uns, legacy_uns_keys
+from shadows.spec.registry import ARRAY_ENCODINGS, SPARSE_ENCODINGS, TABLE_ENCODINGS
 
-_ARRAY_ENCODINGS = {"array", "csr_matrix", "csc_matrix", "legacy-array", "legacy-csr", "legacy-csc"}
-_TABLE_ENCODINGS = {"dataframe", "legacy-dataframe", "legacy-compound"}
 _LEGACY_NEIGHBORS = ("distances", "connectivities")
 # tables in these groups have cells (genes) as rows: the index column's name for polars/pyarrow tables
 _TABLE_AXIS_NAMES = {"obsm": "obs_names", "varm": "var_names"}
@@ -62,16 +62,7 @@ def axis_length(root: Any, name: str, where: str) -> int:
     """Length of the obs or var axis, from the index dataset's shape alone (no data is read)."""
     if name not in root:
         raise ValueError(f"'{where}' holds no AnnData: there is no '{name}' element (found {sorted(root.keys())[:10]})")
-    g = root[name]
-    if is_array(g):  # anndata < 0.7: a compound dataset
-        return int(g.shape[0])
-    key = attr(g, "_index")
-    if key is None or key not in g:
-        raise ValueError(f"'{where}': '{name}' has no index (attribute '_index' naming a column is missing)")
-    idx = g[key]
-    if is_group(idx):  # anndata >= 0.13 with pandas 3: a nullable-string-array group
-        return int(idx["values"].shape[0])
-    return int(idx.shape[0])
+    return table_length(root[name], f"'{where}': '{name}'")
 
 
 def fingerprint(values: Any) -> int:
@@ -121,13 +112,41 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         array_backend: str = "numpy",
         table_backend: str = "pandas",
         lazy: bool = False,
-        _view: tuple | None = None,
-        _storage: Storage | None = None,
-        _axes: tuple[int, int] | None = None,
     ):
+        self._setup(path, mode=mode, format=format, array_backend=array_backend, table_backend=table_backend, lazy=lazy)
+
+    @classmethod
+    def _internal(
+        cls,
+        path: str | os.PathLike,
+        *,
+        view: tuple | None = None,
+        storage: Storage | None = None,
+        axes: tuple[int, int] | None = None,
+        **options: Any,
+    ) -> AnnDataShadow:
+        """A shadow the package makes itself: a view (``view``: the selection on the file's axes), on a connection
+        it shares (``storage``: a MuData's modality) or made for it, with the file's axis lengths known (``axes``)."""
+        shadow = cls.__new__(cls)
+        shadow._setup(path, view=view, storage=storage, axes=axes, **options)
+        return shadow
+
+    def _setup(
+        self,
+        path: str | os.PathLike,
+        *,
+        mode: str = "r",
+        format: str | None = None,
+        array_backend: str = "numpy",
+        table_backend: str = "pandas",
+        lazy: bool = False,
+        view: tuple | None = None,
+        storage: Storage | None = None,
+        axes: tuple[int, int] | None = None,
+    ) -> None:
         check_backend_name(array_backend, "array")
         check_backend_name(table_backend, "table")
-        storage = _storage if _storage is not None else Storage(path, mode=mode, format=format)
+        storage = storage if storage is not None else Storage(path, mode=mode, format=format)
         # a modality of a MuDataShadow shares its parent's file handle and must not close it when collected
         self._state = ShadowState(
             storage,
@@ -139,10 +158,10 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         self._resolve_nested()
         root = self._state.storage.root
         where = self._state.storage.describe()
-        if _axes is not None:
+        if axes is not None:
             # a view of a shadow already checked: the file's axis lengths come from the parent (each attribute
             # read costs tens of microseconds; a view is often made for one small read)
-            self._state.n_obs_file, self._state.n_vars_file = _axes
+            self._state.n_obs_file, self._state.n_vars_file = axes
         elif (
             not self._mudata_root
             and "mod" in root
@@ -153,15 +172,15 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             raise ValueError(
                 f"'{where}' is a MuData file: open it with MuDataShadow, or one modality as '{where}/mod/<name>'"
             )
-        if _axes is None:
+        if axes is None:
             self._state.n_obs_file = axis_length(root, "obs", where)
             self._state.n_vars_file = axis_length(root, "var", where)
-        o, v = _view if _view is not None else (None, None)
+        o, v = view if view is not None else (None, None)
         # a selection of everything, in order (a modality of a MuData view that keeps all its features), reads as
         # no selection: whole-axis fast paths (copies as stored, major-axis reads) then apply
         self._state.oidx = None if ix.is_identity(o, self._state.n_obs_file) else o
         self._state.vidx = None if ix.is_identity(v, self._state.n_vars_file) else v
-        self._is_view = _view is not None  # shadow[:] is a view too (as in anndata), though it selects everything
+        self._is_view = view is not None  # shadow[:] is a view too (as in anndata), though it selects everything
         self._x_gen = next(_X_GENERATIONS)
         # whether each axis is selected by positions (numpy's fancy indexing) rather than a slice: anndata's views
         # take X[rows, cols] with numpy, whose result layout follows from that (see _view_layout)
@@ -350,7 +369,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         elem = self._state.root()[path]
         encoding = encoding_of(elem)
         enc = encoding[0]
-        if enc in _ARRAY_ENCODINGS:
+        if enc in ARRAY_ENCODINGS:
             backend = get_array_backend(self._state.array_backend)
             if self._state.lazy or backend.from_source:
                 source = ElementSource.from_storage(self._state.storage, path, sel)
@@ -359,7 +378,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             if path == "X" or path.startswith("layers/"):
                 value = _view_layout(value, self._fancy)
             return backend.convert(value)
-        if enc in _TABLE_ENCODINGS:
+        if enc in TABLE_ENCODINGS:
             parts = read_frame_parts(elem, sel[:1], self._state.ctx())
             parts.axis_name = _TABLE_AXIS_NAMES.get(path.rsplit("/", 2)[-2] if "/" in path else "")
             if group == "uns":
@@ -929,14 +948,14 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         file_o = ix.compose(self._state.oidx, o, self._state.n_obs_file)
         file_v = ix.compose(self._state.vidx, v, self._state.n_vars_file)
         st = Storage(self._state.storage.describe(), mode="r", format=self._state.storage.format)
-        view = type(self)(
+        view = type(self)._internal(
             st.describe(),
             array_backend=self._state.array_backend,
             table_backend=self._state.table_backend,
             lazy=self._state.lazy,
-            _view=(file_o, file_v),
-            _storage=st,
-            _axes=(self._state.n_obs_file, self._state.n_vars_file),
+            view=(file_o, file_v),
+            storage=st,
+            axes=(self._state.n_obs_file, self._state.n_vars_file),
         )
         view._inherit(self, o, v)
         return view
@@ -1092,11 +1111,24 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         return state
 
     # --- writing and streaming (implemented in shadows.writeback.plan, shadows.stream.shadow, shadows.ops.column_index) ---------------
-    def write(self, filename: os.PathLike | None = None, *, overwrite: bool = False, clear_cache: bool = False):
+    def write(
+        self, filename: os.PathLike | None = None, *, overwrite: bool = False, clear_cache: bool = False
+    ) -> AnnDataShadow | Path:
         """Push every pending in-memory change into the file this shadow is open on (mode ``"r+"``).
 
-        With ``filename`` (anndata's ``AnnData.write(filename)``), stream the shadow into a new h5ad file instead.
-        Returns the shadow, so that ``s.reopen("r+").write().reopen("r")`` chains.
+        Parameters
+        ----------
+        filename
+            Stream the shadow into this new ``.h5ad`` file instead (anndata's ``AnnData.write(filename)``).
+        overwrite
+            Write-back: replace elements the file already has; with ``filename``: replace an existing file.
+        clear_cache
+            Forget the values read so far once they are written.
+
+        Returns
+        -------
+        The shadow, so that ``s.reopen("r+").write().reopen("r")`` chains; with ``filename``, the path written
+        (as :meth:`MuDataShadow.write <shadows.MuDataShadow.write>` does).
         """
         if filename is not None:
             return self.write_h5ad(filename, overwrite=overwrite)
@@ -1105,17 +1137,42 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
 
         return write_pending(self, overwrite=overwrite, clear_cache=clear_cache)
 
-    def write_h5ad(self, filename: os.PathLike, **kwargs: Any) -> None:
-        """Stream this shadow (or view) into a new ``.h5ad`` file without loading any whole matrix."""
+    def write_h5ad(self, filename: os.PathLike, **kwargs: Any) -> Path:
+        """Stream this shadow (or view) into a new ``.h5ad`` file without loading any whole matrix.
+
+        Parameters
+        ----------
+        filename
+            The new file; an existing one is refused unless ``overwrite=True``.
+        **kwargs
+            ``overwrite``, ``compression``, ``compression_opts``, ``chunk_size``, ``progress`` (see
+            :func:`shadows.stream.shadow.write_subset`).
+
+        Returns
+        -------
+        The path written.
+        """
         from shadows.stream.shadow import write_subset
 
-        write_subset(self, filename, file_format="h5ad", **kwargs)
+        return write_subset(self, filename, file_format="h5ad", **kwargs)
 
-    def write_zarr(self, store: os.PathLike, **kwargs: Any) -> None:
-        """Stream this shadow (or view) into a new zarr store without loading any whole matrix."""
+    def write_zarr(self, store: os.PathLike, **kwargs: Any) -> Path:
+        """Stream this shadow (or view) into a new zarr store without loading any whole matrix.
+
+        Parameters
+        ----------
+        store
+            The new store; an existing one is refused unless ``overwrite=True``.
+        **kwargs
+            As :meth:`write_h5ad`, and ``zarr_format``.
+
+        Returns
+        -------
+        The path written.
+        """
         from shadows.stream.shadow import write_subset
 
-        write_subset(self, store, file_format="zarr", **kwargs)
+        return write_subset(self, store, file_format="zarr", **kwargs)
 
     def chunked_X(
         self,
@@ -1216,16 +1273,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
     # --- whole-object conversions -----------------------------------------------------------------------------------
     def to_memory(self) -> anndata.AnnData:
         """A real in-memory :class:`anndata.AnnData` with every element (of the view) read, pending changes included."""
-        numpy = AnnDataShadow.__new__(type(self))
-        numpy.__dict__.update(self.__dict__)
-        numpy._state = self._state.copy().bind(numpy)
-        numpy._state.owns_storage = False
-        numpy._state.array_backend, numpy._state.table_backend, numpy._state.lazy = "numpy", "pandas", False
-        numpy._state.cache = {}
-        numpy._state.frame_fp, numpy._state.index_fp = {}, {}
-        for name in ("obs", "var"):
-            if isinstance(frame := self._state.cache.get((name, "")), pd.DataFrame):
-                numpy._state.cache[(name, "")] = frame
+        numpy = self._twin(numpy=True)
         kwargs: dict[str, Any] = {
             "X": numpy.X,
             "obs": numpy.obs.copy(),
@@ -1261,28 +1309,27 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         return self._twin(without_raw=True).to_memory().transpose()
 
     def _twin(self, *, without_raw: bool = False, numpy: bool = False) -> AnnDataShadow:
-        """A second shadow object on this one's connection (not owning it).
+        """A second shadow object on this one's connection (not owning it): the one copy path of a shadow.
 
-        ``without_raw`` hides ``raw``; ``numpy`` makes it hand out numpy/scipy/pandas values whatever this
-        shadow's backends (it then starts with an empty cache: the cached values are of the other backends).
+        ``without_raw`` hides ``raw``.  ``numpy`` makes it hand out numpy/scipy/pandas values whatever this shadow's
+        backends, with a cache of its own that starts with the obs/var tables already read (as pandas): what it reads
+        (a whole copy in memory, a stream to a new file) does not stay in this shadow's cache.
         """
         twin = AnnDataShadow.__new__(type(self))
         twin.__dict__.update(self.__dict__)
-        twin._state = self._state.copy().bind(twin)
-        twin._state.owns_storage = False
-        twin._state.pending = dict(self._state.pending)
-        if numpy and (self._state.array_backend, self._state.table_backend, self._state.lazy) != (
-            "numpy",
-            "pandas",
-            False,
-        ):
-            twin._state.array_backend, twin._state.table_backend, twin._state.lazy = "numpy", "pandas", False
-            twin._state.cache, twin._state.frame_fp = {}, {}
+        twin._state = state = self._state.copy().bind(twin)
+        state.owns_storage = False
+        state.pending = dict(self._state.pending)
+        if numpy:
+            state.array_backend, state.table_backend, state.lazy = "numpy", "pandas", False
+            tables = {k: self._state.cache.get(k) for k in (("obs", ""), ("var", ""))}
+            state.cache = {k: v for k, v in tables.items() if isinstance(v, pd.DataFrame)}
+            state.frame_fp, state.index_fp = dict(self._state.frame_fp), dict(self._state.index_fp)
         if without_raw:
-            twin._state.pending[("raw", "")] = None  # reads as "no raw": to_memory() then skips reading it
+            state.pending[("raw", "")] = None  # reads as "no raw": to_memory() then skips reading it
         return twin
 
-    def write_csvs(self, dirname: os.PathLike | str, *, skip_data: bool = True, sep: str = ",") -> None:
+    def write_csvs(self, dirname: os.PathLike | str, *, skip_data: bool = True, sep: str = ",") -> Path:
         """Write the annotations (and, with ``skip_data=False``, X) to ``.csv`` files, as ``AnnData.write_csvs``.
 
         The files are those anndata writes for the same object (``obs.csv``, ``var.csv``, ``obsm.csv``,
@@ -1299,7 +1346,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         """
         from shadows.ops.export import write_csvs
 
-        write_csvs(self, dirname, skip_data=skip_data, sep=sep)
+        return write_csvs(self, dirname, skip_data=skip_data, sep=sep)
 
     def __sizeof__(self, *, show_stratified: bool = False, with_disk: bool = False) -> int:
         """Bytes this shadow holds in memory (what ``sys.getsizeof`` reports), without reading anything.
@@ -1505,7 +1552,7 @@ def _prep_names(value: Any, name: str, n: int) -> pd.Index:
 def _is_2d(elem: Any) -> bool:
     """Whether a stored element is a matrix (a sparse group or a 2-D array), from its metadata alone."""
     if is_group(elem):
-        return encoding_of(elem)[0] in ("csr_matrix", "csc_matrix", "legacy-csr", "legacy-csc")
+        return encoding_of(elem)[0] in SPARSE_ENCODINGS
     return len(elem.shape) == 2
 
 
@@ -1531,8 +1578,8 @@ def _loaded_backends() -> set[str]:
 
 
 def _restore(path, mode, format, array_backend, table_backend, lazy, view, state=None) -> AnnDataShadow:
-    shadow = AnnDataShadow(
-        path, mode=mode, format=format, array_backend=array_backend, table_backend=table_backend, lazy=lazy, _view=view
+    shadow = AnnDataShadow._internal(
+        path, mode=mode, format=format, array_backend=array_backend, table_backend=table_backend, lazy=lazy, view=view
     )
     if state:
         for (group, key), value in state["pending"].items():

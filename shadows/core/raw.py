@@ -12,6 +12,7 @@ from shadows.core.compat import NOT_A_REFERENCE, SlicedMatrix, accessor_get, mat
 from shadows.io.storage import attr, is_group
 from shadows.spec import read_element, read_frame_parts
 from shadows.spec import selection as ix
+from shadows.spec.frames import table_length
 
 if TYPE_CHECKING:
     from shadows.core.anndata import AnnDataShadow
@@ -40,11 +41,7 @@ class RawShadow:
 
     def _n_vars_file(self) -> int:
         root = self._shadow._state.root()
-        g = root[self._path("var")]
-        if not is_group(g):
-            return int(g.shape[0])
-        idx = g[attr(g, "_index")]
-        return int(idx["values"].shape[0] if is_group(idx) else idx.shape[0])  # a nullable-string group (pandas 3)
+        return table_length(root[self._path("var")], f"raw.var of '{self._shadow._state.describe()}'")
 
     def _cached(self, name: str, read) -> Any:
         # the whole raw is cached on the shadow; a subset only here (one key per subset would collide or pile up)

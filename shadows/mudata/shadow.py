@@ -68,12 +68,34 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
         array_backend: str = "numpy",
         table_backend: str = "pandas",
         lazy: bool = False,
-        _view: tuple | None = None,
-        _storage: Storage | None = None,
     ):
+        self._setup(path, mode=mode, format=format, array_backend=array_backend, table_backend=table_backend, lazy=lazy)
+
+    @classmethod
+    def _internal(
+        cls, path: str | os.PathLike, *, view: tuple | None = None, storage: Storage | None = None, **options: Any
+    ) -> MuDataShadow:
+        """A MuData shadow the package makes itself: a view (``view``: the selection on the file's axes) on a
+        connection made for it (``storage``)."""
+        shadow = cls.__new__(cls)
+        shadow._setup(path, view=view, storage=storage, **options)
+        return shadow
+
+    def _setup(
+        self,
+        path: str | os.PathLike,
+        *,
+        mode: str = "r",
+        format: str | None = None,
+        array_backend: str = "numpy",
+        table_backend: str = "pandas",
+        lazy: bool = False,
+        view: tuple | None = None,
+        storage: Storage | None = None,
+    ) -> None:
         check_backend_name(array_backend, "array")
         check_backend_name(table_backend, "table")
-        st = _storage if _storage is not None else Storage(path, mode=mode, format=format)
+        st = storage if storage is not None else Storage(path, mode=mode, format=format)
         self._storage = st
         self._owns_storage = type(st) is Storage
         where = st.describe()
@@ -87,8 +109,8 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
                 st.close()
             raise
         self._backends = {"array_backend": array_backend, "table_backend": table_backend, "lazy": bool(lazy)}
-        self._is_view_flag = _view is not None
-        self._global = GlobalShadow(where, _storage=st.child(""), _view=_view, **self._backends)
+        self._is_view_flag = view is not None
+        self._global = GlobalShadow._internal(where, storage=st.child(""), view=view, **self._backends)
         if self._is_view_flag:  # a view stays a view (as mudata's m[:]) even when it selects everything
             g = self._global
             state_of(g).oidx = state_of(g).oidx if state_of(g).oidx is not None else slice(0, state_of(g).n_obs_file, 1)
@@ -293,8 +315,8 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
                     lay.modality_selection(self._file_map("var", name), self._vidx),
                 )
             inner = f"mod/{name}"
-            mod = AnnDataShadow(
-                self._storage.path_of(inner), _storage=self._storage.child(inner), _view=view, **self._backends
+            mod = AnnDataShadow._internal(
+                self._storage.path_of(inner), storage=self._storage.child(inner), view=view, **self._backends
             )
             if self.is_view:
                 # the modality reads through this view's own file handle, closed when the view is collected: the
@@ -322,7 +344,7 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
         st = Storage(self._storage.describe(), mode="r", format=self._storage.format)
         if st.kind == "h5":
             _VIEW_STORAGES.add(st)  # a writer's reopen("r+") closes it (its modalities may outlive it)
-        view = type(self)(st.describe(), _storage=st, _view=(file_o, file_v), **self._backends)
+        view = type(self)._internal(st.describe(), storage=st, view=(file_o, file_v), **self._backends)
         view._file_maps._maps.update(self._file_maps._maps)  # the same file: maps already read need no second read
         view._inherit(self, o, v)
         return view
@@ -408,23 +430,34 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
             subset(np.flatnonzero(keep))
 
     # --- writing and conversions ----------------------------------------------------------------------------------
-    def write(self, filename: os.PathLike | None = None, *, overwrite: bool = False, clear_cache: bool = False):
+    def write(
+        self, filename: os.PathLike | None = None, *, overwrite: bool = False, clear_cache: bool = False
+    ) -> MuDataShadow | Path:
         """Push every pending change, of the MuData and of each modality, into the file (open it with ``"r+"``).
 
-        With ``filename``, stream the shadow into a new ``.h5mu`` file instead (:meth:`write_h5mu`; ``overwrite``
-        then allows replacing an existing file).  Returns the shadow, so that ``m.reopen("r+").write().reopen("r")``
-        chains.
+        Parameters
+        ----------
+        filename
+            Stream the shadow into this new ``.h5mu`` file instead (:meth:`write_h5mu`).
+        overwrite
+            Write-back: replace elements the file already has; with ``filename``: replace an existing file.
+        clear_cache
+            Forget the values read so far once they are written.
+
+        Returns
+        -------
+        The shadow, so that ``m.reopen("r+").write().reopen("r")`` chains; with ``filename``, the path written
+        (as :meth:`AnnDataShadow.write <shadows.AnnDataShadow.write>` does).
         """
         if filename is not None:
-            self.write_h5mu(filename, overwrite=overwrite)
-            return self
+            return self.write_h5mu(filename, overwrite=overwrite)
         from shadows.writeback.plan import write_many
 
         # every part checked (views, modes, overwrites) before any part writes anything
         write_many(list(self._shadows()), overwrite=overwrite, clear_cache=clear_cache)
         return self
 
-    def write_h5mu(self, filename: os.PathLike, **kwargs: Any) -> None:
+    def write_h5mu(self, filename: os.PathLike, **kwargs: Any) -> Path:
         """Stream the MuData (or the view) into a new ``.h5mu`` file, one matrix block at a time.
 
         The result reads back with ``mudata.read_h5mu`` as mudata's own ``write_h5mu`` of :meth:`to_memory` would,
@@ -434,13 +467,13 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
         """
         from shadows.mudata.writer import write_mudata
 
-        write_mudata(self, filename, "h5mu", **kwargs)
+        return write_mudata(self, filename, "h5mu", **kwargs)
 
-    def write_zarr(self, store: os.PathLike, **kwargs: Any) -> None:
+    def write_zarr(self, store: os.PathLike, **kwargs: Any) -> Path:
         """Stream the MuData (or the view) into a new zarr store (see :meth:`write_h5mu`); ``zarr_format`` too."""
         from shadows.mudata.writer import write_mudata
 
-        write_mudata(self, store, "zarr", **kwargs)
+        return write_mudata(self, store, "zarr", **kwargs)
 
     def to_memory(self) -> mudata.MuData:
         """A real in-memory :class:`mudata.MuData` with every element (of the view) read, pending changes included.
@@ -488,4 +521,4 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
 
 
 def _restore(path, mode, format, backends, view) -> MuDataShadow:
-    return MuDataShadow(path, mode=mode, format=format, _view=view, **backends)
+    return MuDataShadow._internal(path, mode=mode, format=format, view=view, **backends)

@@ -20,7 +20,8 @@ import anndata
 import mudata
 from anndata.io import write_elem
 
-from shadows.stream.anndata_writer import numpy_twin, write_anndata
+from shadows.core.state import state_of
+from shadows.stream.anndata_writer import write_anndata
 from shadows.stream.matrix import WriteOptions
 from shadows.stream.shadow import check_output_names
 from shadows.stream.sink import Output, refuse_own_file
@@ -112,7 +113,7 @@ def _skeleton(shadow: MuDataShadow) -> mudata.MuData:
     """The MuData's own elements, as :meth:`MuDataShadow.to_memory` builds them, over matrix-free modalities."""
     mods = {}
     for name in shadow._order:
-        twin = numpy_twin(shadow._modality(name))  # pandas tables whatever the shadow's table backend
+        twin = state_of(shadow._modality(name)).twin(numpy=True)  # pandas tables whatever the shadow's table backend
         mods[name] = anndata.AnnData(obs=twin.obs.copy(), var=twin.var.copy())
     return shadow._assemble(mods)
 

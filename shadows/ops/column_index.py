@@ -12,7 +12,6 @@ it is written in a staging directory then renamed, and the store's consolidated 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -24,6 +23,7 @@ import zarr
 from shadows.core.state import state_of
 from shadows.io import commit_guard
 from shadows.io.storage import is_group
+from shadows.io.zarr_journal import consolidate, consolidated_kind
 from shadows.progress import progress_bar
 from shadows.spec.sparse import COLUMN_INDEX, matrix_info
 from shadows.stream.blocks import iter_major, part_of
@@ -159,18 +159,6 @@ def _refresh_zarr(shadow: AnnDataShadow) -> None:
     """Rewrite the consolidated metadata (when the store has them) and reopen the shadow's connection."""
     st = state_of(shadow).storage
     root = Path(st.filename)
-    if _is_consolidated(root):
-        zarr.consolidate_metadata(str(root))
+    if consolidated_kind(root) is not None:
+        consolidate(root)
     st.open(st.mode)
-
-
-def _is_consolidated(root: Path) -> bool:
-    if (root / ".zmetadata").exists():
-        return True
-    meta = root / "zarr.json"
-    if meta.exists():
-        try:
-            return json.loads(meta.read_text()).get("consolidated_metadata") is not None
-        except (OSError, ValueError):
-            return False
-    return False

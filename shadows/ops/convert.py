@@ -6,16 +6,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+from shadows.deprecation import renamed_arguments
 from shadows.stream.matrix import FORMATS, WriteOptions
 
 
-def open_source(src: Any) -> tuple[Any, bool]:
-    """An :class:`~shadows.AnnDataShadow` for ``src`` (a path or a shadow), and whether it was opened here."""
+def open_source(source: Any) -> tuple[Any, bool]:
+    """An :class:`~shadows.AnnDataShadow` for ``source`` (a path or a shadow), and whether it was opened here."""
     from shadows.core.anndata import AnnDataShadow
 
-    if isinstance(src, AnnDataShadow):
-        return src, False
-    return AnnDataShadow(src), True
+    if isinstance(source, AnnDataShadow):
+        return source, False
+    return AnnDataShadow(source), True
 
 
 def output_format(dst: str | os.PathLike, file_format: str | None) -> str:
@@ -27,12 +28,14 @@ def output_format(dst: str | os.PathLike, file_format: str | None) -> str:
     return "zarr" if Path(os.fspath(dst)).suffix == ".zarr" else "h5ad"
 
 
+# layers=True/False (the previous release) meant X and every layer / X alone
+@renamed_arguments(src="source", layers=("layer", lambda convert_layers: None if convert_layers else "X"))
 def convert(
-    src: Any,
+    source: Any,
     dst: str | os.PathLike,
     matrix_format: str = "csc",
     *,
-    layers: bool = True,
+    layer: str | None = None,
     chunk_size: int | None = None,
     progress: bool | None = None,
     file_format: str | None = None,
@@ -40,7 +43,7 @@ def convert(
     compression_opts: Any = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write a copy of ``src`` whose ``X`` (and layers) are stored as ``matrix_format``, in bounded memory.
+    """Write a copy of ``source`` whose ``X`` (and layers) are stored as ``matrix_format``, in bounded memory.
 
     A change of orientation (CSR <-> CSC, CSC -> dense, dense -> CSC) reads the matrix once in blocks, regroups
     each block by the other axis into a scratch file beside ``dst``, then writes the output in order from
@@ -50,7 +53,7 @@ def convert(
 
     Parameters
     ----------
-    src
+    source
         A file or store path, or an :class:`~shadows.AnnDataShadow` (a view converts the selected part).
     dst
         The new file (``.h5ad``) or store (``.zarr``).  An existing one is refused (``FileExistsError``) unless
@@ -58,8 +61,10 @@ def convert(
         :func:`shadows.stream.shadow.write_subset`).
     matrix_format
         ``"csr"``, ``"csc"`` or ``"dense"``.
-    layers
-        Convert the layers too (default); ``False`` copies them unchanged.
+    layer
+        Which matrix to convert: ``None`` (default) ``X`` and every layer, ``"X"`` X alone, the name of a layer
+        that layer alone; the others are copied as they are stored.  (``layers=True``/``False``, the argument
+        of the previous release, is taken with a ``FutureWarning`` as ``None``/``"X"``.)
     chunk_size
         Major positions per block (default: sized by the memory budget).
     progress
@@ -83,9 +88,9 @@ def convert(
         raise ValueError(f"matrix_format must be one of {list(FORMATS)}, got {matrix_format!r}")
     fmt = output_format(dst, file_format)
     check_output(dst, fmt, overwrite)
-    shadow, opened = open_source(src)
+    shadow, opened = open_source(source)
     try:
-        targets = ["X"] + ([f"layers/{k}" for k in shadow.layers.keys()] if layers else [])
+        targets = _targets(shadow, layer)
         opts = WriteOptions(formats={t: matrix_format for t in targets})
         return shadow_write(
             shadow, dst, fmt, opts, chunk_size, progress, compression, compression_opts, overwrite=overwrite
@@ -93,6 +98,17 @@ def convert(
     finally:
         if opened:
             shadow.close()
+
+
+def _targets(shadow: Any, layer: str | None) -> list[str]:
+    """The elements a conversion rewrites: X and every layer (``None``), X alone (``"X"``), or one layer."""
+    if layer is None:
+        return ["X"] + [f"layers/{k}" for k in shadow.layers.keys()]
+    if layer == "X":
+        return ["X"]
+    if layer not in shadow.layers.keys():
+        raise KeyError(f"layer {layer!r} is not in '{shadow.filename}': layers are {list(shadow.layers.keys())}")
+    return [f"layers/{layer}"]
 
 
 def check_output(dst: str | os.PathLike, fmt: str, overwrite: bool) -> None:

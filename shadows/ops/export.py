@@ -32,8 +32,8 @@ _MATRIX_GROUPS = ("layers", "obsm", "varm", "obsp", "varp")
 
 
 # --- write_csvs -------------------------------------------------------------------------------------------------------
-def write_csvs(shadow: AnnDataShadow, dirname: str | os.PathLike, *, skip_data: bool = True, sep: str = ",") -> None:
-    """``AnnData.write_csvs`` for a shadow: annotations through anndata, X streamed block by block."""
+def write_csvs(shadow: AnnDataShadow, dirname: str | os.PathLike, *, skip_data: bool = True, sep: str = ",") -> Path:
+    """``AnnData.write_csvs`` for a shadow: annotations through anndata, X streamed block by block; the directory."""
     import anndata
     from anndata.io import write_csvs as anndata_write_csvs
 
@@ -48,6 +48,7 @@ def write_csvs(shadow: AnnDataShadow, dirname: str | os.PathLike, *, skip_data: 
     anndata_write_csvs(dirname, annotations, skip_data=True, sep=sep)
     if not skip_data:
         _write_x_csv(twin, _csv_dir(dirname) / "X.csv", sep)
+    return _csv_dir(dirname)
 
 
 def _csv_dir(dirname: str | os.PathLike) -> Path:

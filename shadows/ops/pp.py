@@ -1,6 +1,6 @@
 """Streaming preprocessing: scanpy's ``normalize_total`` and ``log1p`` from one file to a new one, out of core.
 
-Each function reads ``src`` block by block (the per-cell totals first, for ``normalize_total``), writes the
+Each function reads ``source`` block by block (the per-cell totals first, for ``normalize_total``), writes the
 transformed matrix and every other element to ``dst``, and returns ``dst`` so that calls chain::
 
     shadows.pp.log1p(shadows.pp.normalize_total("raw.h5ad", "norm.h5ad", target_sum=1e4), "log.h5ad")
@@ -20,6 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from shadows.core.state import state_of
+from shadows.deprecation import renamed_arguments
 from shadows.ops.convert import check_output, open_source, output_format, shadow_write
 from shadows.progress import progress_bar
 from shadows.stream.blocks import in_memory_blocks, iter_major
@@ -29,8 +30,9 @@ from shadows.stream.matrix import WriteOptions
 _SUM_BYTES_PER_VALUE = 32
 
 
+@renamed_arguments(src="source")
 def normalize_total(
-    src: Any,
+    source: Any,
     dst: str | os.PathLike,
     *,
     target_sum: float | None = None,
@@ -43,11 +45,11 @@ def normalize_total(
     file_format: str | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write ``src`` to ``dst`` with each cell's counts scaled to ``target_sum``, as ``scanpy.pp.normalize_total``.
+    """Write ``source`` to ``dst`` with each cell's counts scaled to ``target_sum``, as ``scanpy.pp.normalize_total``.
 
     Parameters
     ----------
-    src
+    source
         A file or store path, or an :class:`~shadows.AnnDataShadow` (or a view).
     dst
         The new file (``.h5ad``) or store (``.zarr``).  An existing one is refused (``FileExistsError``) unless
@@ -78,7 +80,7 @@ def normalize_total(
         raise ValueError(f"max_fraction must be between 0 and 1, got {max_fraction!r}")
     fmt = output_format(dst, file_format)
     check_output(dst, fmt, overwrite)  # before the passes over the matrix
-    shadow, opened = open_source(src)
+    shadow, opened = open_source(source)
     try:
         path = f"layers/{layer}" if layer is not None else "X"
         source = _Source(shadow, path, chunk_size, progress)
@@ -116,8 +118,9 @@ def normalize_total(
             shadow.close()
 
 
+@renamed_arguments(src="source")
 def log1p(
-    src: Any,
+    source: Any,
     dst: str | os.PathLike,
     *,
     base: float | None = None,
@@ -127,11 +130,11 @@ def log1p(
     file_format: str | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write ``src`` to ``dst`` with ``log(1 + x)`` of the matrix, as ``scanpy.pp.log1p`` (``uns["log1p"]`` set).
+    """Write ``source`` to ``dst`` with ``log(1 + x)`` of the matrix, as ``scanpy.pp.log1p`` (``uns["log1p"]`` set).
 
     Parameters
     ----------
-    src
+    source
         A file or store path, or an :class:`~shadows.AnnDataShadow` (or a view).
     dst
         The new file (``.h5ad``) or store (``.zarr``).  An existing one is refused (``FileExistsError``) unless
@@ -149,7 +152,7 @@ def log1p(
     """
     fmt = output_format(dst, file_format)
     check_output(dst, fmt, overwrite)  # before the passes over the matrix
-    shadow, opened = open_source(src)
+    shadow, opened = open_source(source)
     try:
         path = f"layers/{layer}" if layer is not None else "X"
         if "log1p" in shadow.uns.keys():

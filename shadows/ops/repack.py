@@ -13,17 +13,19 @@ from pathlib import Path
 
 import h5py
 
+from shadows.deprecation import renamed_arguments
 from shadows.io import commit_guard
 from shadows.io.storage import StorageError, split_path
 from shadows.stream.sink import stale, temp_path
 
 
-def repack(path: str | os.PathLike) -> Path:
-    """Rewrite the HDF5 file ``path`` (``.h5ad``, ``.h5mu``) compactly, in place.
+@renamed_arguments(path="source")
+def repack(source: str | os.PathLike) -> Path:
+    """Rewrite the HDF5 file ``source`` (``.h5ad``, ``.h5mu``) compactly, in place.
 
     Parameters
     ----------
-    path
+    source
         The file.  It is opened read-only for the copy, which keeps writers out (HDF5 file locking) until the
         repacked copy has replaced it.
 
@@ -42,7 +44,7 @@ def repack(path: str | os.PathLike) -> Path:
     removed when the repack fails or is interrupted, and one left by a killed repack (its process gone) is removed
     by the next repack of the same file.
     """
-    path, inner = split_path(path)
+    path, inner = split_path(source)
     if inner:
         raise ValueError(f"repack() rewrites a whole file; got a path inside one: '{path}/{inner}'")
     if not h5py.is_hdf5(path):

@@ -23,6 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from shadows.core.state import state_of
+from shadows.deprecation import renamed_arguments
 from shadows.io.fast.pread import mappable, mapped_runs, mapped_view
 from shadows.io.storage import is_h5
 from shadows.ops.convert import open_source
@@ -41,8 +42,9 @@ except ImportError:  # pragma: no cover - a future scipy without it: the public 
 STATS_BYTES_PER_VALUE = 256
 
 
+@renamed_arguments(data="source")
 def stats(
-    data: Any,
+    source: Any,
     axis: int = 0,
     layer: str | None = None,
     *,
@@ -54,7 +56,7 @@ def stats(
 
     Parameters
     ----------
-    data
+    source
         An :class:`~shadows.AnnDataShadow` (or a view of one: the statistics are of the view), or a path.
     axis
         0: one value per gene (reducing over cells, like ``X.mean(axis=0)``); 1: one value per cell.
@@ -85,7 +87,7 @@ def stats(
         raise ValueError(f"axis must be 0 (per gene) or 1 (per cell), got {axis!r}")
     from shadows.stream.shadow import _pending_value, matrix_part
 
-    shadow, opened = open_source(data)
+    shadow, opened = open_source(source)
     try:
         path = f"layers/{layer}" if layer is not None else "X"
         found, value = _pending_value(shadow, path)

@@ -122,6 +122,6 @@ def read_array(elem: Any, sel: tuple, ctx: ReadContext) -> Any:
 @register_reader("null", "0.1.0")
 @register_reader("bytes", "0.2.0")
 @register_reader("rec-array", "0.2.0")
-def read_via_anndata(elem: Any, sel: tuple, ctx: ReadContext) -> Any:
+def read_whole_via_anndata(elem: Any, sel: tuple, ctx: ReadContext) -> Any:
     """Small elements anndata decodes in its own way: read whole through ``anndata.io.read_elem``."""
     return anndata.io.read_elem(elem)

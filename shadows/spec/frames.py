@@ -15,7 +15,7 @@ import anndata
 import numpy as np
 import pandas as pd
 
-from shadows.io.storage import attr, is_group
+from shadows.io.storage import attr, is_array, is_group
 from shadows.spec.dense import read_dense
 from shadows.spec.registry import ReadContext, read_element, register_reader, sel_at
 
@@ -48,14 +48,27 @@ def read_nullable(elem: Any, sel: tuple, ctx: ReadContext) -> Any:
     return cls(values, mask=mask)
 
 
+def table_length(g: Any, where: str) -> int:
+    """The number of rows of a stored table (obs, var, raw/var), from its index's shape alone (no data is read)."""
+    if is_array(g):  # anndata < 0.7: a compound dataset
+        return int(g.shape[0])
+    key = attr(g, "_index")
+    if key is None or key not in g:
+        raise ValueError(f"{where} has no index (attribute '_index' naming a column is missing)")
+    idx = g[key]
+    if is_group(idx):  # anndata >= 0.13 with pandas 3: a nullable-string-array group
+        return int(idx["values"].shape[0])
+    return int(idx.shape[0])
+
+
 @register_reader("nullable-string-array", "0.1.0")
 def read_nullable_string(elem: Any, sel: tuple, ctx: ReadContext) -> Any:
     if _whole(sel):
         return anndata.io.read_elem(elem)
-    return read_via_anndata(elem, sel[:1])
+    return read_rows_via_anndata(elem, sel[:1])
 
 
-def read_via_anndata(elem: Any, sel: tuple) -> Any:
+def read_rows_via_anndata(elem: Any, sel: tuple) -> Any:
     """Read the selected rows of every child of ``elem`` into a small in-memory HDF5 group and let anndata build
     the value from it: anndata's construction (which differs between its versions) on only the selected rows."""
     import io

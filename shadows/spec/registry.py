@@ -18,6 +18,13 @@ Reader = Callable[[Any, tuple, "ReadContext"], Any]
 _READERS: dict[tuple[str, str], Reader] = {}
 _ANY_VERSION = "*"
 
+# The encodings by kind of value, the one list of their names (``encoding_of`` gives the legacy ones to elements
+# anndata < 0.8 wrote without encoding attributes, see :mod:`shadows.spec.legacy`)
+SPARSE_ENCODINGS = frozenset({"csr_matrix", "csc_matrix", "legacy-csr", "legacy-csc"})
+DENSE_ENCODINGS = frozenset({"array", "legacy-array"})
+ARRAY_ENCODINGS = SPARSE_ENCODINGS | DENSE_ENCODINGS
+TABLE_ENCODINGS = frozenset({"dataframe", "legacy-dataframe", "legacy-compound"})
+
 
 class CorruptElementError(ValueError):
     """A stored element does not hold what its encoding promises: a damaged, truncated or hand-edited file."""

@@ -66,7 +66,7 @@ def write_anndata(
         Show a progress bar (``None``: follow ``shadows.settings``).
     """
     opts = options or WriteOptions()
-    twin = numpy_twin(shadow)
+    twin = state_of(shadow).twin(numpy=True)
     root = state_of(shadow).root()
     copier = RawCopier(root, group)
     copier.enabled = copier.enabled and not opts.compression
@@ -134,18 +134,6 @@ def _only_copies_besides_x(twin: AnnDataShadow, opts: WriteOptions, copier: RawC
         and set(opts.transforms) <= {"X"}
         and set(opts.formats) <= {"X"}
     )
-
-
-def numpy_twin(shadow: AnnDataShadow) -> AnnDataShadow:
-    """The shadow seen with numpy/pandas backends, sharing its connection, pending changes and edited tables."""
-    twin = type(shadow).__new__(type(shadow))
-    twin.__dict__.update(shadow.__dict__)
-    state_of(twin).owns_storage = False
-    state_of(twin).array_backend, state_of(twin).table_backend, state_of(twin).lazy = "numpy", "pandas", False
-    state_of(twin).cache = {k: v for k, v in state_of(shadow).cache.items() if k in (("obs", ""), ("var", ""))}
-    state_of(twin).cache = {k: v for k, v in state_of(twin).cache.items() if isinstance(v, pd.DataFrame)}
-    state_of(twin).frame_fp = dict(state_of(shadow).frame_fp)
-    return twin
 
 
 def _whole(sels: tuple) -> bool:

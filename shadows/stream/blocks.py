@@ -27,11 +27,10 @@ from shadows.settings import settings
 from shadows.spec import ReadContext, SparseReader, encoding_of, matrix_info
 from shadows.spec import selection as ix
 from shadows.spec.dense import read_dense
+from shadows.spec.registry import DENSE_ENCODINGS, SPARSE_ENCODINGS
 from shadows.spec.sparse import get_indptr
 
 _AHEAD = True
-SPARSE_ENCODINGS = {"csr_matrix", "csc_matrix", "legacy-csr", "legacy-csc"}
-DENSE_ENCODINGS = {"array", "legacy-array"}
 
 
 def is_matrix(elem: Any) -> bool:

@@ -27,6 +27,7 @@ import zarr
 from shadows.io import commit_guard
 from shadows.io.fast import pwrite as rawwrite
 from shadows.io.storage import Storage, is_h5
+from shadows.io.zarr_journal import consolidate
 
 USERBLOCK = 512  # bytes reserved before the HDF5 superblock when a header is asked for (mudata's size)
 
@@ -275,7 +276,7 @@ class Output:
                 with open(self.stage, "r+b") as f:  # the user block is HDF5's to reserve, ours to fill
                     f.write(self.header.ljust(USERBLOCK, b"\0"))
         else:
-            zarr.consolidate_metadata(str(self.stage))
+            consolidate(self.stage)
         commit_guard.point("output.staged")
         with commit_guard.shielded():  # a Ctrl-C between two renames would leave no destination
             old = self._place()
