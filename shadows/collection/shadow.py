@@ -159,12 +159,12 @@ class CollectionShadow(anndata.AnnData):
 
     @property
     def isbacked(self) -> bool:
-        """Always ``False``: every value handed out is in memory, so anndata and scanpy take their in-memory paths."""
+        """Always ``False``; every value handed out is in memory, so anndata and scanpy take their in-memory paths."""
         return False  # every value handed out is in memory: scanpy takes its in-memory code paths
 
     @property
     def filename(self) -> None:
-        """Always ``None``: a collection has no file of its own (:attr:`sources` lists its files)."""
+        """Always ``None``, as a collection has no file of its own (:attr:`sources` lists its files)."""
         return None
 
     @property
@@ -224,7 +224,7 @@ class CollectionShadow(anndata.AnnData):
 
     @property
     def obs(self) -> pd.DataFrame:
-        """The concatenated cell annotations (for a view: its rows); read from every file on first access."""
+        """The concatenated cell annotations (for a view, its rows), read from every file on first access."""
         return self._frame("obs")
 
     @obs.setter
@@ -240,7 +240,7 @@ class CollectionShadow(anndata.AnnData):
 
     @property
     def var(self) -> pd.DataFrame:
-        """The joined genes (columns as ``merge`` keeps them: none by default)."""
+        """The joined genes (with the columns ``merge`` keeps, none by default)."""
         return self._frame("var")
 
     @var.setter
@@ -448,7 +448,7 @@ class CollectionShadow(anndata.AnnData):
 
     @property
     def X(self) -> Any:
-        """The data matrix of the concatenation (for a view: its rows and genes), read on first access."""
+        """The data matrix of the concatenation (for a view, its rows and genes), read on first access."""
         k = ("X", "")
         for store in (self._pending, self._inherited, self._cache):
             if k in store:
@@ -483,7 +483,7 @@ class CollectionShadow(anndata.AnnData):
 
     @property
     def raw(self) -> None:
-        """Not joined: a collection has no ``raw`` (read each file's ``raw`` through :attr:`parts`)."""
+        """Always ``None``, as raw is not joined (read each file's ``raw`` through :attr:`parts`)."""
         return None
 
     # --- vectors ----------------------------------------------------------------------------------------------------

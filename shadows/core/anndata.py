@@ -237,12 +237,12 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
 
     @property
     def n_obs(self) -> int:
-        """Number of observations (cells): the selected ones for a view, known without reading any element."""
+        """Number of observations (cells), the selected ones for a view; known without reading any element."""
         return ix.length(self._state.oidx, self._state.n_obs_file)
 
     @property
     def n_vars(self) -> int:
-        """Number of variables (features): the selected ones for a view, known without reading any element."""
+        """Number of variables (features), the selected ones for a view; known without reading any element."""
         return ix.length(self._state.vidx, self._state.n_vars_file)
 
     @property
@@ -1396,6 +1396,10 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             Skip the data matrix X (the default, as in anndata).
         sep
             Field separator.
+
+        Returns
+        -------
+        The directory written (without the ``.csv`` suffix, if ``dirname`` had one).
         """
         from shadows.ops.export import write_csvs
 

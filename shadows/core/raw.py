@@ -295,7 +295,7 @@ class RawSnapshot(RawShadow):
     # --- X ----------------------------------------------------------------------------------------------------------
     @property
     def X(self) -> Any:
-        """The X kept at assignment: the object assigned, or the file's X of that moment, read on first access."""
+        """The X kept at assignment (the object assigned, or the file's X of that moment, read on first access)."""
         link = self._link
         if link is None:
             return self._matrix

@@ -486,13 +486,22 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
         without any modality's matrices being held in memory (see :mod:`shadows.mudata.writer`).  Keywords:
         ``compression``, ``compression_opts``, ``progress``, ``chunk_size``, ``overwrite`` (replace an existing
         file; refused without it).
+
+        Returns
+        -------
+        The path written.
         """
         from shadows.mudata.writer import write_mudata
 
         return write_mudata(self, filename, "h5mu", **kwargs)
 
     def write_zarr(self, store: os.PathLike, **kwargs: Any) -> Path:
-        """Stream the MuData (or the view) into a new zarr store (see :meth:`write_h5mu`); ``zarr_format`` too."""
+        """Stream the MuData (or the view) into a new zarr store (see :meth:`write_h5mu`); ``zarr_format`` too.
+
+        Returns
+        -------
+        The path written.
+        """
         from shadows.mudata.writer import write_mudata
 
         return write_mudata(self, store, "zarr", **kwargs)

@@ -217,7 +217,7 @@ class _ChunkReader:
 
     @property
     def in_place(self) -> bool:
-        """Whether reads go into the reused buffer (and release the GIL): worth a second thread."""
+        """Whether reads go into the reused buffer (and release the GIL), which makes a second thread worth it."""
         return self.buf is not None
 
     def read(self, start: int, stop: int) -> np.ndarray:

@@ -92,7 +92,7 @@ class MatrixPart:
 
     @property
     def major_axis(self) -> int:
-        """The stored compressed axis (1 for CSC, else 0: rows are the major axis of CSR and dense)."""
+        """The stored compressed axis, 1 for CSC, else 0 (rows are the major axis of CSR and dense)."""
         return 1 if self.kind == "csc" else 0
 
     @property
