@@ -136,12 +136,14 @@ def element_rows(node: Any, path: str = "") -> Iterator[tuple[str, ...]]:
 
 
 def format_table(rows: Sequence[tuple[str, ...]]) -> str:
+    """The rows of :func:`element_rows` as a plain-text table with a header, columns padded to their widest cell."""
     header = ("element", "encoding", "dtype", "shape", "chunks", "compression")
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in (header, *rows))
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    """``shadows info FILE``: print the repr and the table of stored elements."""
     shadow = open_shadow(args.file)
     try:
         print(repr(shadow))
@@ -154,6 +156,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 # --- convert, add-column-index, repack ----------------------------------------------------------------------------------
 def cmd_convert(args: argparse.Namespace) -> int:
+    """``shadows convert SRC DST``: write a copy with X (and layers) stored as CSR, CSC or dense.
+
+    Raises
+    ------
+    FileExistsError
+        If DST exists and ``--overwrite`` was not given.
+    """
     from shadows.ops.convert import convert, output_format
 
     dst = Path(args.dst)
@@ -176,6 +185,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_add_column_index(args: argparse.Namespace) -> int:
+    """``shadows add-column-index FILE``: add (or with ``--drop`` remove) the column index of each matrix named."""
     from shadows.core.anndata import AnnDataShadow
     from shadows.ops.column_index import add_column_index, drop_column_index
 
@@ -191,6 +201,7 @@ def cmd_add_column_index(args: argparse.Namespace) -> int:
 
 
 def cmd_repack(args: argparse.Namespace) -> int:
+    """``shadows repack FILE``: rewrite an HDF5 file without its unused space, printing the size before and after."""
     from shadows.ops.repack import repack
 
     before = _size(args.file)
@@ -220,6 +231,7 @@ def _progress_flag(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``shadows`` command's argument parser: one sub-command per ``cmd_*`` function."""
     from shadows import __version__
 
     parser = argparse.ArgumentParser(

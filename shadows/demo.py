@@ -72,6 +72,7 @@ def _bar(values: np.ndarray, width: int = 40) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m shadows.demo [path] [--gene GENE]``: the demo; returns the exit status."""
     from shadows import AnnDataShadow
 
     parser = argparse.ArgumentParser(prog="python -m shadows.demo", description=__doc__.splitlines()[0])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -243,9 +244,69 @@ def api_page(tmp_path_factory) -> str:
 
 
 def test_api_reference_hides_internals_and_documents_the_surface(api_page):
-    for private in ("_view", "_storage", "_axes"):
-        assert private not in api_page, private
+    for private in ("_view", "_storage", "_axes"):  # as names of their own, not inside is_view or from_storage
+        assert not re.search(rf"(?<![\w.]){private}\b", api_page), private
     for helper in ("detach(", "subset_in_place", "check_attached", "matrix_is_only_sliced", "accessor_get"):
         assert helper not in api_page, helper
     for documented in ("make_dataset", "layers_keys", "Always False", "Mode the file is open with", "SlicedMatrix"):
         assert documented in api_page, documented
+
+
+def _public_members(cls) -> list[str]:
+    """The public methods and properties a class defines itself (not those it inherits from anndata or mudata)."""
+    return [
+        name
+        for name, value in vars(cls).items()
+        if not name.startswith("_") and (isinstance(value, property | classmethod | staticmethod) or callable(value))
+    ]
+
+
+def test_api_reference_lists_every_public_name(api_page):
+    import shadows
+
+    for name in set(shadows.__all__) - {"pp", "settings"}:
+        assert name in api_page, f"shadows.{name} is not in docs/api.md"
+    for name in shadows.pp.__all__:
+        assert f"shadows.pp.{name}" in api_page, f"shadows.pp.{name} is not in docs/api.md"
+    for field in shadows.settings.__dataclass_fields__:
+        assert field in api_page, f"shadows.settings.{field} is not in docs/api.md"
+    for cls in (AnnDataShadow, _mudata_shadow()):
+        for name in _public_members(cls):
+            assert f"{cls.__name__}.{name}" in api_page, f"{cls.__name__}.{name} is not in docs/api.md"
+    # the renamed arguments, with their new names
+    assert "Deprecated names" in api_page
+    for old, new in (("src", "source"), ("data", "source"), ("path", "source"), ("layers=True", 'layer="X"')):
+        assert old in api_page and new in api_page, old
+
+
+def _shadows_classes() -> list[type]:
+    import importlib
+    import pkgutil
+
+    import shadows
+
+    classes = []
+    for info in pkgutil.walk_packages(shadows.__path__, "shadows."):
+        if info.name.endswith("__main__"):
+            continue
+        try:
+            module = importlib.import_module(info.name)
+        except ImportError:  # an optional dependency (mudata...) is missing
+            continue
+        classes += [c for c in vars(module).values() if inspect.isclass(c) and c.__module__ == info.name]
+    return classes
+
+
+def test_no_property_docstring_renders_with_a_type_split():
+    # every class of the package, rendered or not: a page may list it tomorrow
+    pytest.importorskip("sphinx")
+    from sphinx.ext.napoleon import Config
+    from sphinx.ext.napoleon.docstring import NumpyDocstring
+
+    config = Config(napoleon_use_rtype=False)
+    split = []
+    for cls in _shadows_classes():
+        for name, doc in _properties(cls).items():
+            if ":type:" in str(NumpyDocstring(doc, config, what="attribute", name=name)):
+                split.append(f"{cls.__module__}.{cls.__qualname__}.{name}: {doc.splitlines()[0]}")
+    assert not split, "property docstrings whose first line napoleon splits at ': ' into a type:\n" + "\n".join(split)

@@ -80,3 +80,32 @@ def foreign_accesses() -> list[str]:
 def test_no_private_state_of_a_shadow_is_touched_outside_its_package():
     found = foreign_accesses()
     assert not found, f"{len(found)} accesses to a shadow's private state from another package:\n" + "\n".join(found)
+
+
+def undocumented() -> list[str]:
+    """``module:line name`` of every public class, function, method and property without a docstring.
+
+    Public: the name has no leading underscore, is not a dunder, and no enclosing class is private; functions nested
+    in functions are not walked (they are not reachable).
+    """
+    missing = []
+
+    def visit(node: ast.AST, prefix: str, in_private: bool, path: Path) -> None:
+        for n in ast.iter_child_nodes(node):
+            if not isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                continue
+            dunder = n.name.startswith("__") and n.name.endswith("__")
+            private = n.name.startswith("_") and not dunder
+            if not (private or dunder or in_private) and not ast.get_docstring(n):
+                missing.append(f"{path.relative_to(PKG.parent)}:{n.lineno} {prefix}{n.name}")
+            if isinstance(n, ast.ClassDef):
+                visit(n, f"{prefix}{n.name}.", in_private or private, path)
+
+    for path in sorted(PKG.rglob("*.py")):
+        visit(ast.parse(path.read_text()), "", False, path)
+    return missing
+
+
+def test_every_public_definition_has_a_docstring():
+    missing = undocumented()
+    assert not missing, f"{len(missing)} public definitions have no docstring:\n" + "\n".join(missing)

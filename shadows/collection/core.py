@@ -175,9 +175,11 @@ class Core:
 
     @property
     def n_obs(self) -> int:
+        """Number of cells of all files together."""
         return int(self.offsets[-1])
 
     def close(self) -> None:
+        """Close every file of the collection."""
         for p in self.parts:
             p.close()
 
@@ -194,6 +196,7 @@ class Core:
 
     # --- names and tables -------------------------------------------------------------------------------------------
     def label_col(self) -> pd.Categorical:
+        """The ``label`` column: each cell's source key, as a categorical in file order."""
         lengths = np.diff(self.offsets)
         return pd.Categorical.from_codes(np.repeat(np.arange(len(self.parts)), lengths), categories=self.keys)
 
@@ -265,6 +268,7 @@ class Core:
         return col
 
     def var(self) -> pd.DataFrame:
+        """The joined ``var`` as ``merge`` merges it (read once, then cached; no columns when ``merge`` is ``None``)."""
         if "var" not in self.cache:
             if self.merge_given:
                 frames = [pd.DataFrame(p.var) for p in self.parts]
@@ -275,6 +279,7 @@ class Core:
         return self.cache["var"]
 
     def uns(self) -> dict:
+        """The ``uns`` as ``uns_merge`` merges it (read once, then cached; empty when ``uns_merge`` is ``None``)."""
         if "uns" not in self.cache:
             if self.uns_merge_given:
                 self.cache["uns"] = dict(self.uns_merge([materialize(dict(p.uns.items())) for p in self.parts]))
@@ -301,6 +306,7 @@ class Core:
 
     # --- matrix elements --------------------------------------------------------------------------------------------
     def keys_of(self, group: str) -> list[str]:
+        """The keys of ``group`` (layers, obsm, obsp) the collection has, joined over the files as ``join`` says."""
         if group == "obsp" and not self.pairwise:
             return []
         per_file = [[str(k) for k in getattr(p, group).keys() if k is not None] for p in self.parts]

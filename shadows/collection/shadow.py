@@ -159,30 +159,37 @@ class CollectionShadow(anndata.AnnData):
 
     @property
     def isbacked(self) -> bool:
+        """Always ``False``; every value handed out is in memory, so anndata and scanpy take their in-memory paths."""
         return False  # every value handed out is in memory: scanpy takes its in-memory code paths
 
     @property
     def filename(self) -> None:
+        """Always ``None``, as a collection has no file of its own (:attr:`sources` lists its files)."""
         return None
 
     @property
     def is_view(self) -> bool:
+        """Whether this collection is a view (``coll[...]``) of another one."""
         return self._is_view and not self._detached
 
     @property
     def isview(self) -> bool:
+        """Same as :attr:`is_view` (anndata's old name)."""
         return self.is_view
 
     @property
     def n_obs(self) -> int:
+        """Number of cells of all files together (the selected ones for a view)."""
         return ix.length(self._rows, self._core.n_obs)
 
     @property
     def n_vars(self) -> int:
+        """Number of joined genes (the selected ones for a view)."""
         return ix.length(self._cols, len(self._core.var_names))
 
     @property
     def shape(self) -> tuple[int, int]:
+        """``(n_obs, n_vars)``, without reading any element."""
         return self.n_obs, self.n_vars
 
     def __len__(self) -> int:
@@ -217,20 +224,34 @@ class CollectionShadow(anndata.AnnData):
 
     @property
     def obs(self) -> pd.DataFrame:
-        """The concatenated cell annotations (for a view: its rows); read from every file on first access."""
+        """The concatenated cell annotations (for a view, its rows), read from every file on first access."""
         return self._frame("obs")
 
     @obs.setter
     def obs(self, value: pd.DataFrame) -> None:
+        """Replace the cell annotations (held in memory; written by :meth:`write_h5ad`).
+
+        Raises
+        ------
+        ValueError
+            If ``value`` does not have :attr:`n_obs` rows, or the collection is a view.
+        """
         self._set_frame("obs", value)
 
     @property
     def var(self) -> pd.DataFrame:
-        """The joined genes (columns as ``merge`` keeps them: none by default)."""
+        """The joined genes (with the columns ``merge`` keeps, none by default)."""
         return self._frame("var")
 
     @var.setter
     def var(self, value: pd.DataFrame) -> None:
+        """Replace the gene annotations (held in memory; written by :meth:`write_h5ad`).
+
+        Raises
+        ------
+        ValueError
+            If ``value`` does not have :attr:`n_vars` rows, or the collection is a view.
+        """
         self._set_frame("var", value)
 
     def _set_frame(self, name: str, value: pd.DataFrame) -> None:
@@ -253,39 +274,48 @@ class CollectionShadow(anndata.AnnData):
 
     @property
     def obs_names(self) -> pd.Index:
+        """The cell names of all files, in order (suffixed as ``index_unique`` says), without reading ``obs``."""
         return self._names("obs")
 
     @obs_names.setter
     def obs_names(self, names: Any) -> None:
+        """Set the cell names (a new ``obs`` index, held in memory)."""
         obs = self.obs.copy()
         obs.index = pd.Index(names)
         self.obs = obs
 
     @property
     def var_names(self) -> pd.Index:
+        """The joined gene names (those all files share for ``join="inner"``, those of any file for ``"outer"``)."""
         return self._names("var")
 
     @var_names.setter
     def var_names(self, names: Any) -> None:
+        """Set the gene names (a new ``var`` index, held in memory)."""
         var = self.var.copy()
         var.index = pd.Index(names)
         self.var = var
 
     def obs_keys(self) -> list[str]:
+        """The obs column names, from the files' metadata when ``obs`` has not been read (nothing is read)."""
         if "obs" in self._frames or (self._base is not None and "obs" in self._base._frames):
             return [str(c) for c in self.obs.columns]
         return list(self._core.obs_keys())
 
     def var_keys(self) -> list[str]:
+        """The var column names (those ``merge`` keeps)."""
         return [str(c) for c in self.var.columns]
 
     def obsm_keys(self) -> list[str]:
+        """The ``obsm`` keys of the collection (as ``join`` joins the files' keys)."""
         return list(self.obsm.keys())
 
     def varm_keys(self) -> list[str]:
+        """The ``varm`` keys of the collection (those ``merge`` keeps)."""
         return list(self.varm.keys())
 
     def uns_keys(self) -> list[str]:
+        """The ``uns`` keys of the collection (those ``uns_merge`` keeps)."""
         return list(self.uns.keys())
 
     # --- mappings (the protocol of shadows.core.mapping.ElementMapping) --------------------------------------------------
@@ -301,30 +331,37 @@ class CollectionShadow(anndata.AnnData):
 
     @property
     def layers(self) -> ElementMapping:
+        """The layers, stacked across files and read on first access."""
         return self._mapping("layers")
 
     @property
     def obsm(self) -> ElementMapping:
+        """The ``obsm`` elements, stacked across files and read on first access."""
         return self._mapping("obsm")
 
     @property
     def obsp(self) -> ElementMapping:
+        """The ``obsp`` elements (block-diagonal; empty unless ``pairwise=True``), read on first access."""
         return self._mapping("obsp")
 
     @property
     def varm(self) -> ElementMapping:
+        """The ``varm`` elements as ``merge`` merges them (none by default)."""
         return self._mapping("varm")
 
     @property
     def varp(self) -> ElementMapping:
+        """The ``varp`` elements as ``merge`` merges them (none by default)."""
         return self._mapping("varp")
 
     @property
     def uns(self) -> ElementMapping:
+        """The ``uns`` as ``uns_merge`` merges it (empty by default)."""
         return self._mapping("uns")
 
     @uns.setter
     def uns(self, value: dict) -> None:
+        """Replace all of ``uns`` by ``value`` (held in memory)."""
         for k in list(self.uns.keys()):
             del self.uns[k]
         for k, v in value.items():
@@ -411,7 +448,7 @@ class CollectionShadow(anndata.AnnData):
 
     @property
     def X(self) -> Any:
-        """The data matrix of the concatenation (for a view: its rows and genes), read on first access."""
+        """The data matrix of the concatenation (for a view, its rows and genes), read on first access."""
         k = ("X", "")
         for store in (self._pending, self._inherited, self._cache):
             if k in store:
@@ -431,6 +468,13 @@ class CollectionShadow(anndata.AnnData):
 
     @X.setter
     def X(self, value: Any) -> None:
+        """Replace X (held in memory; written by :meth:`write_h5ad`).
+
+        Raises
+        ------
+        ValueError
+            If ``value`` is not of shape :attr:`shape`, or the collection is a view.
+        """
         if value is not None and tuple(getattr(value, "shape", ())[:2]) != self.shape:
             raise ValueError(f"X must have shape {self.shape}, got {getattr(value, 'shape', None)}")
         self._check_not_view("X")
@@ -439,7 +483,7 @@ class CollectionShadow(anndata.AnnData):
 
     @property
     def raw(self) -> None:
-        """Not joined: a collection has no ``raw`` (read each file's ``raw`` through :attr:`parts`)."""
+        """Always ``None``, as raw is not joined (read each file's ``raw`` through :attr:`parts`)."""
         return None
 
     # --- vectors ----------------------------------------------------------------------------------------------------
@@ -480,6 +524,13 @@ class CollectionShadow(anndata.AnnData):
         return view.stacked(f"layers/{layer}" if layer is not None else "X").read()
 
     def to_df(self, layer: str | None = None) -> pd.DataFrame:
+        """X (or a layer) as a dense pandas DataFrame indexed by :attr:`obs_names`, with :attr:`var_names` as columns.
+
+        Parameters
+        ----------
+        layer
+            The layer to use instead of X.
+        """
         m = self.layers[layer] if layer is not None else self.X
         m = m.toarray() if sp.issparse(m) else np.asarray(m)
         return pd.DataFrame(m, index=self.obs_names, columns=self.var_names)
@@ -608,6 +659,13 @@ class CollectionShadow(anndata.AnnData):
         write_collection(self, store, "zarr", **kwargs)
 
     def write(self, filename: os.PathLike | str | None = None, **kwargs: Any) -> None:
+        """Same as :meth:`write_h5ad`: a collection has no file of its own to write back into.
+
+        Raises
+        ------
+        ValueError
+            If no ``filename`` is given.
+        """
         if filename is None:
             raise ValueError("A collection has no file of its own: give a filename (write_h5ad(path))")
         self.write_h5ad(filename, **kwargs)

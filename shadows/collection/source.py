@@ -127,6 +127,7 @@ class Stacked:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """``(rows selected, n_cols)``."""
         return ix.length(self.rows, int(self.offsets[-1])), int(self.n_cols)
 
     def with_rows(self, rows: Sel, columns: tuple | None = None, n_cols: int | None = None) -> Stacked:

@@ -226,23 +226,28 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
 
     @property
     def is_view(self) -> bool:
+        """Whether this shadow is a view (``shadow[...]``) of another one, as :attr:`anndata.AnnData.is_view`."""
         # a view that anndata/scanpy turned into an object of its own is no view any more (see shadows.core.compat)
         return self.__dict__.get("_is_view", False) and not self.__dict__.get("_detached", False)
 
     @property
     def isview(self) -> bool:
+        """Same as :attr:`is_view` (anndata's old name, kept as anndata keeps it)."""
         return self.is_view
 
     @property
     def n_obs(self) -> int:
+        """Number of observations (cells), the selected ones for a view; known without reading any element."""
         return ix.length(self._state.oidx, self._state.n_obs_file)
 
     @property
     def n_vars(self) -> int:
+        """Number of variables (features), the selected ones for a view; known without reading any element."""
         return ix.length(self._state.vidx, self._state.n_vars_file)
 
     @property
     def shape(self) -> tuple[int, int]:
+        """``(n_obs, n_vars)``, without reading any element."""
         return self.n_obs, self.n_vars
 
     def __len__(self) -> int:
@@ -531,6 +536,13 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
 
     @X.setter
     def X(self, value: Any) -> None:
+        """Replace X in memory; the file changes only on :meth:`write`.
+
+        Raises
+        ------
+        ValueError
+            If ``value`` is not of shape :attr:`shape`, or the shadow is a view.
+        """
         if value is not None:
             shape = getattr(value, "shape", None)
             if shape is None or tuple(shape[:2]) != self.shape:
@@ -545,6 +557,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
 
     @X.deleter
     def X(self) -> None:
+        """Remove X (``X = None``, pending until :meth:`write`)."""
         self.X = None
 
     def _frame(self, name: str) -> Any:
@@ -591,6 +604,13 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
 
     @obs.setter
     def obs(self, value: pd.DataFrame) -> None:
+        """Replace the cell annotations (pending until :meth:`write`; unchanged columns are not rewritten).
+
+        Raises
+        ------
+        ValueError
+            If ``value`` does not have :attr:`n_obs` rows, or the shadow is a view.
+        """
         self._set_frame("obs", value)
 
     @property
@@ -600,6 +620,13 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
 
     @var.setter
     def var(self, value: pd.DataFrame) -> None:
+        """Replace the feature annotations (pending until :meth:`write`; unchanged columns are not rewritten).
+
+        Raises
+        ------
+        ValueError
+            If ``value`` does not have :attr:`n_vars` rows, or the shadow is a view.
+        """
         self._set_frame("var", value)
 
     def _set_frame(self, name: str, value: pd.DataFrame) -> None:
@@ -688,20 +715,24 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
 
     @property
     def obs_names(self) -> pd.Index:
+        """Index of the observations, read from ``obs``'s index alone (not the whole table)."""
         return self._names("obs")
 
     @obs_names.setter
     def obs_names(self, names: Any) -> None:
+        """Set the observation names (a new ``obs`` index, pending until :meth:`write`)."""
         obs = self.obs.copy()
         obs.index = _prep_names(names, "obs", self.n_obs)
         self.obs = obs
 
     @property
     def var_names(self) -> pd.Index:
+        """Index of the variables, read from ``var``'s index alone (not the whole table)."""
         return self._names("var")
 
     @var_names.setter
     def var_names(self, names: Any) -> None:
+        """Set the variable names (a new ``var`` index, pending until :meth:`write`)."""
         var = self.var.copy()
         var.index = _prep_names(names, "var", self.n_vars)
         self.var = var
@@ -736,50 +767,62 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
 
     @property
     def layers(self) -> ElementMapping:
+        """The layers, a mapping whose values are read on first access and cached."""
         return self._mapping("layers")
 
     @layers.setter
     def layers(self, value: Any) -> None:
+        """Replace all layers by ``value`` (keys not in it are deleted; pending until :meth:`write`)."""
         self._replace_mapping("layers", value)
 
     @property
     def obsm(self) -> ElementMapping:
+        """Multi-dimensional cell annotations (embeddings...), read on first access and cached."""
         return self._mapping("obsm")
 
     @obsm.setter
     def obsm(self, value: Any) -> None:
+        """Replace all of ``obsm`` by ``value`` (keys not in it are deleted; pending until :meth:`write`)."""
         self._replace_mapping("obsm", value)
 
     @property
     def varm(self) -> ElementMapping:
+        """Multi-dimensional feature annotations (loadings...), read on first access and cached."""
         return self._mapping("varm")
 
     @varm.setter
     def varm(self, value: Any) -> None:
+        """Replace all of ``varm`` by ``value`` (keys not in it are deleted; pending until :meth:`write`)."""
         self._replace_mapping("varm", value)
 
     @property
     def obsp(self) -> ElementMapping:
+        """Pairwise cell annotations (neighbour graphs...), read on first access and cached."""
         return self._mapping("obsp")
 
     @obsp.setter
     def obsp(self, value: Any) -> None:
+        """Replace all of ``obsp`` by ``value`` (keys not in it are deleted; pending until :meth:`write`)."""
         self._replace_mapping("obsp", value)
 
     @property
     def varp(self) -> ElementMapping:
+        """Pairwise feature annotations, a mapping whose values are read on first access and cached."""
         return self._mapping("varp")
 
     @varp.setter
     def varp(self, value: Any) -> None:
+        """Replace all of ``varp`` by ``value`` (keys not in it are deleted; pending until :meth:`write`)."""
         self._replace_mapping("varp", value)
 
     @property
     def uns(self) -> ElementMapping:
+        """Unstructured annotations, a mapping whose values (nested ones too) are read on first access and cached."""
         return self._mapping("uns")
 
     @uns.setter
     def uns(self, value: dict) -> None:
+        """Replace all of ``uns`` by ``value`` (keys not in it are deleted; pending until :meth:`write`)."""
         for k in list(self.uns.keys()):
             del self.uns[k]
         for k, v in value.items():
@@ -802,6 +845,15 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
 
     @raw.setter
     def raw(self, value: Any) -> None:
+        """Set raw from an AnnData as anndata does (its X, var and varm of this moment); ``None`` deletes it.
+
+        Pending until :meth:`write`.
+
+        Raises
+        ------
+        ValueError
+            If the shadow is a view.
+        """
         if self.is_view:
             raise ValueError("Cannot assign raw on a view")
         if value is None:
@@ -815,6 +867,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
 
     @raw.deleter
     def raw(self) -> None:
+        """Remove raw (pending until :meth:`write`)."""
         self._state.pending[("raw", "")] = None
 
     # --- vectors --------------------------------------------------------------------------------------------------
@@ -1343,6 +1396,10 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             Skip the data matrix X (the default, as in anndata).
         sep
             Field separator.
+
+        Returns
+        -------
+        The directory written (without the ``.csv`` suffix, if ``dirname`` had one).
         """
         from shadows.ops.export import write_csvs
 
@@ -1384,6 +1441,15 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         return adata
 
     def to_df(self, layer: str | None = None) -> pd.DataFrame:
+        """X (or a layer) as a dense pandas DataFrame indexed by :attr:`obs_names`, with :attr:`var_names` as columns.
+
+        Reads the whole matrix (or the view's part of it) as numpy/scipy whatever the array backend.
+
+        Parameters
+        ----------
+        layer
+            The layer to use instead of X.
+        """
         m = self._numpy_matrix(layer)
         m = m.toarray() if sp.issparse(m) else np.asarray(m)
         return pd.DataFrame(m, index=self.obs_names, columns=self.var_names)

@@ -88,6 +88,7 @@ class LazyDict(TrackedDict):
         return self._load(key)
 
     def get(self, key: Any, default: Any = None) -> Any:
+        """As ``dict.get``; reads the value first."""
         return self[key] if key in self else default
 
     def __iter__(self):
@@ -96,14 +97,17 @@ class LazyDict(TrackedDict):
         return dict.__iter__(self)
 
     def items(self):
+        """As ``dict.items``; reads every value not read yet."""
         self._load_all()
         return dict.items(self)
 
     def values(self):
+        """As ``dict.values``; reads every value not read yet."""
         self._load_all()
         return dict.values(self)
 
     def copy(self) -> dict:
+        """A plain dict of every value (read first), as ``dict.copy``."""
         return {k: self[k] for k in self}
 
     def __eq__(self, other: object) -> bool:
@@ -138,17 +142,20 @@ class LazyDict(TrackedDict):
 
     # --- changes: values handed back are read values --------------------------------------------------------------
     def pop(self, key: Any, *default: Any) -> Any:
+        """As ``dict.pop``; reads the value first, so that it is handed out."""
         if key in self:
             self._load(key)
         return super().pop(key, *default)
 
     def popitem(self) -> tuple:
+        """As ``dict.popitem`` (the last key); reads its value first."""
         if not self:
             raise KeyError("popitem(): dictionary is empty")
         key = next(reversed(dict.keys(self)))
         return key, self.pop(key)
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
+        """As ``dict.setdefault``; reads an existing value first."""
         if key not in self:
             self[key] = default
         return self[key]

@@ -45,6 +45,7 @@ class TrackedDict(dict):
         self._on_change()
 
     def pop(self, key, *default):
+        """As ``dict.pop``; tells the shadow when a key was removed."""
         had = key in self
         out = dict.pop(self, key, *default)
         if had:
@@ -52,6 +53,7 @@ class TrackedDict(dict):
         return out
 
     def update(self, *args, **kwargs):
+        """As ``dict.update``, all values checked before any is set; tells the shadow once."""
         items = dict(*args, **kwargs)
         for k, v in items.items():  # all checked before any is set
             _check_entry(k, v)
@@ -60,6 +62,7 @@ class TrackedDict(dict):
         self._on_change()
 
     def setdefault(self, key, default=None):
+        """As ``dict.setdefault``; setting the default tells the shadow."""
         if key not in self:
             self[key] = default
         return dict.__getitem__(self, key)
@@ -109,6 +112,7 @@ class ElementMapping(MutableMapping):
         return self._shadow._disk_keys(self._group)
 
     def keys(self):  # a list keeps the order of the file, then additions
+        """The keys, in the file's order, then those added in memory (deleted ones left out); nothing is read."""
         return _KeysView(self)
 
     def _key_list(self) -> list[str]:
@@ -153,16 +157,20 @@ class ElementMapping(MutableMapping):
     # --- anndata's AlignedMapping API that scanpy uses ---------------------------------------------------------------
     @property
     def parent(self) -> AnnDataShadow:
+        """The shadow this mapping belongs to (as anndata's aligned mappings' ``parent``)."""
         return self._shadow
 
     @property
     def attrname(self) -> str:
+        """The group's name (``obsm``, ``layers``...), as anndata's aligned mappings' ``attrname``."""
         return self._group
 
     def copy(self) -> dict:
+        """A plain dict of copies of every value (all read into memory)."""
         return {k: (v.copy() if hasattr(v, "copy") else v) for k, v in self.items()}
 
     def to_dict(self) -> dict:
+        """A plain dict of every value (all read into memory; nested dicts of ``uns`` as plain dicts)."""
         return {k: untrack(v) for k, v in self.items()}
 
     def __repr__(self) -> str:

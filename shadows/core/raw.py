@@ -55,6 +55,7 @@ class RawShadow:
 
     @property
     def X(self) -> Any:
+        """raw's matrix for the shadow's cells (and this raw's genes), read on first access and cached."""
         cache = self._shadow._state.cache if self._vidx is None else self._own
         if (
             ("raw", "X:") not in cache
@@ -77,6 +78,8 @@ class RawShadow:
 
     @property
     def var(self) -> pd.DataFrame:
+        """raw's feature table (this raw's genes), read on first access and cached."""
+
         def read():
             parts = read_frame_parts(
                 self._shadow._state.root()[self._path("var")], (self._vidx,), self._shadow._state.ctx()
@@ -91,6 +94,8 @@ class RawShadow:
 
     @property
     def varm(self) -> dict:
+        """raw's ``varm`` as a dict (this raw's genes), read on first access and cached."""
+
         def read():
             root = self._shadow._state.root()
             if self._path("varm") not in root:
@@ -107,6 +112,7 @@ class RawShadow:
 
     @property
     def var_names(self) -> pd.Index:
+        """raw's gene names, from ``var``'s index alone when ``var`` has not been read."""
         v = self.var
         if isinstance(v, pd.DataFrame):
             return v.index
@@ -121,18 +127,22 @@ class RawShadow:
 
     @property
     def obs_names(self) -> pd.Index:
+        """The owning shadow's cell names (raw has the cells of its shadow)."""
         return self._shadow.obs_names
 
     @property
     def n_obs(self) -> int:
+        """Number of cells (those of the owning shadow)."""
         return self._shadow.n_obs
 
     @property
     def n_vars(self) -> int:
+        """Number of raw genes (the selected ones for ``raw[:, genes]``)."""
         return ix.length(self._vidx, self._n_vars_file())
 
     @property
     def shape(self) -> tuple[int, int]:
+        """``(n_obs, n_vars)``, without reading any element."""
         return self.n_obs, self.n_vars
 
     def __getitem__(self, index: Any) -> Any:
@@ -157,12 +167,15 @@ class RawShadow:
         return np.ravel(col.toarray() if sp.issparse(col) else np.asarray(col))
 
     def var_vector(self, k: str) -> np.ndarray:
+        """The values of column ``k`` of raw's ``var``, as anndata's ``Raw.var_vector``."""
         return np.asarray(self.var[k])
 
     def to_dict(self) -> dict:
+        """``{'X': ..., 'var': ..., 'varm': ...}``, read into memory (as anndata's ``Raw.to_dict``)."""
         return {"X": self.X, "var": self.var, "varm": dict(self.varm)}
 
     def to_adata(self):
+        """An in-memory AnnData of raw, with the owning shadow's obs, obsm, obsp and uns (as ``Raw.to_adata``)."""
         import anndata
 
         sh = self._shadow  # as anndata's Raw.to_adata: the parent's obs, obsm, obsp and uns come along
@@ -282,6 +295,7 @@ class RawSnapshot(RawShadow):
     # --- X ----------------------------------------------------------------------------------------------------------
     @property
     def X(self) -> Any:
+        """The X kept at assignment (the object assigned, or the file's X of that moment, read on first access)."""
         link = self._link
         if link is None:
             return self._matrix
@@ -326,18 +340,22 @@ class RawSnapshot(RawShadow):
     # --- the rest of anndata's Raw --------------------------------------------------------------------------------
     @property
     def var(self) -> pd.DataFrame:
+        """The var table kept at assignment."""
         return self._var
 
     @property
     def varm(self) -> dict:
+        """The varm mapping kept at assignment."""
         return self._varm
 
     @property
     def var_names(self) -> pd.Index:
+        """The gene names of the var table kept at assignment."""
         return self._var.index
 
     @property
     def n_vars(self) -> int:
+        """Number of genes of the var table kept at assignment."""
         return len(self._var)
 
     def _n_vars_file(self) -> int:
@@ -364,6 +382,7 @@ class RawSnapshot(RawShadow):
         return out.copy() if copy else out
 
     def copy(self) -> RawSnapshot:
+        """A snapshot of its own: copies of X (or a link to the file's X), var and varm."""
         if self._link is not None:  # the file's values, read when asked for, are a copy already
             return RawSnapshot(
                 self._shadow,
@@ -389,12 +408,15 @@ class RawSnapshot(RawShadow):
         return np.ravel(col.toarray() if sp.issparse(col) else np.asarray(col))
 
     def var_vector(self, k: str) -> np.ndarray:
+        """The values of column ``k`` of the kept ``var``."""
         return np.asarray(self._var[k])
 
     def to_dict(self) -> dict:
+        """``{'X': ..., 'var': ..., 'varm': ...}`` of the snapshot (X read if it is a link to the file)."""
         return {"X": self.X, "var": self._var, "varm": dict(self._varm)}
 
     def to_adata(self):
+        """An in-memory AnnData of the snapshot (copies), with the owner's obs, obsm, obsp and uns."""
         import anndata
 
         sh = self._shadow  # as anndata's Raw.to_adata: the owner's obs, obsm, obsp and uns come along

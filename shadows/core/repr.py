@@ -109,6 +109,7 @@ def _value_summary(value: Any) -> str | None:
 
 
 def header(shadow: AnnDataShadow) -> str:
+    """First line of the repr, as AnnData's (for a view, also the file's shape)."""
     n, m = shadow.shape
     if shadow.is_view:
         return (
@@ -119,6 +120,7 @@ def header(shadow: AnnDataShadow) -> str:
 
 
 def text_repr(shadow: AnnDataShadow) -> str:
+    """``repr(shadow)``: the elements of each group, marked cached or new, and the file (nothing is read)."""
     if not shadow._state.storage.is_open:
         return header(shadow) + f"\n  (closed: {shadow._state.storage.describe()})"
     lines = [header(shadow)]
@@ -132,6 +134,7 @@ def text_repr(shadow: AnnDataShadow) -> str:
 
 
 def html_repr(shadow: AnnDataShadow) -> str:
+    """The repr for notebooks: the elements of each group as a table (nothing is read)."""
     if not shadow._state.storage.is_open:
         return f"<pre>{html.escape(text_repr(shadow))}</pre>"
     rows = []

@@ -104,6 +104,15 @@ class Storage:
 
     # --- connection -----------------------------------------------------------------------------------------------
     def open(self, mode: str | None = None) -> None:
+        """(Re)open the file in ``mode`` (default: the current mode), closing the handle held now.
+
+        A refused reopen (``"r+"`` on a read-only file) leaves the file open in the mode it had.
+
+        Raises
+        ------
+        ValueError
+            If ``mode`` is not one of the known modes.
+        """
         mode = mode or self.mode
         if mode not in MODES:
             raise ValueError(f"Unknown mode {mode!r}; choose one of {list(MODES)}")
@@ -154,6 +163,7 @@ class Storage:
                 raise OSError(f"Cannot open '{self.filename}' as a zarr store: {e}") from e
 
     def close(self) -> None:
+        """Close the file handle (an HDF5 file; a zarr store holds none); closing twice is harmless."""
         if self.file is not None and self.kind == "h5":
             try:
                 self.file.close()
@@ -163,6 +173,7 @@ class Storage:
 
     @property
     def is_open(self) -> bool:
+        """Whether the file handle is open."""
         if self.file is None:
             return False
         return bool(self.file) if self.kind == "h5" else True
@@ -180,6 +191,7 @@ class Storage:
             raise KeyError(f"'{self.filename}' has no group '{self.inner}'") from None
 
     def describe(self) -> str:
+        """The path for messages and reprs, with the inner group if any (``file.h5mu/mod/rna``)."""
         return f"{self.filename}/{self.inner}" if self.inner else str(self.filename)
 
     def __getstate__(self) -> dict:
@@ -211,17 +223,21 @@ class ChildStorage(Storage):
 
     @property
     def mode(self) -> str:  # type: ignore[override]
+        """The mode of the parent connection."""
         return self.parent.mode
 
     @property
     def file(self) -> Any:  # type: ignore[override]
+        """The parent connection's file handle."""
         return self.parent.file
 
     def open(self, mode: str | None = None) -> None:
+        """Reopen the parent connection (the whole file) in ``mode``."""
         self.parent.open(mode)
         self.indptr_cache.clear()
 
     def close(self) -> None:
+        """Close the parent connection (the whole file)."""
         self.parent.close()
 
 
@@ -263,14 +279,17 @@ def _open_h5(filename: str, mode: str) -> h5py.File:
 
 # --- helpers over h5py and zarr objects ----------------------------------------------------------------------------
 def is_group(x: Any) -> bool:
+    """Whether ``x`` is an h5py or zarr group."""
     return isinstance(x, h5py.Group | zarr.Group)
 
 
 def is_array(x: Any) -> bool:
+    """Whether ``x`` is an h5py dataset or zarr array."""
     return isinstance(x, h5py.Dataset | zarr.Array)
 
 
 def is_h5(x: Any) -> bool:
+    """Whether ``x`` is an h5py object (group or dataset) rather than a zarr one."""
     return isinstance(x, h5py.Group | h5py.Dataset)
 
 
@@ -296,6 +315,7 @@ def _plain(v: Any) -> Any:
 
 
 def is_string_array(x: Any) -> bool:
+    """Whether the stored array ``x`` holds strings (variable- or fixed-length, HDF5 or zarr v2/v3)."""
     dt = x.dtype
     if is_h5(x):
         return h5py.check_string_dtype(dt) is not None or dt.kind in "SU"

@@ -188,6 +188,13 @@ def write_journal(stage: Path, doc: dict) -> None:
 
 
 def read_journal(stage: Path) -> dict | None:
+    """The journal of an unfinished write in the staging directory ``stage``, or ``None`` when there is none.
+
+    Raises
+    ------
+    JournalError
+        If the journal cannot be read or has another journal format.
+    """
     path = stage / JOURNAL
     try:
         doc = json.loads(path.read_text())

@@ -45,6 +45,13 @@ class FileMaps:
         self._maps: dict[tuple[str, str], np.ndarray] = {}
 
     def get(self, axis_name: str, mod: str) -> np.ndarray:
+        """``<axis_name>map/<mod>`` over the file's global axis, flat, read (or derived from the names) once.
+
+        Raises
+        ------
+        ValueError
+            If the stored map's length is not that of the global axis.
+        """
         k = (axis_name, mod)
         if k in self._maps:
             return self._maps[k]

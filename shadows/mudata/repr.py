@@ -17,6 +17,7 @@ _AXIS_NOTE = {0: "", 1: " (shared var)", -1: " (shared obs and var)"}
 
 
 def header(m: MuDataShadow) -> str:
+    """First line of the repr, as MuData's (``View of`` for a view, which axis the modalities share)."""
     n, v = m.shape
     view = "View of " if m.is_view else ""
     return f"{view}MuData Shadow object with n_obs × n_vars = {n} × {v}{_AXIS_NOTE.get(m.axis, '')}"
@@ -42,6 +43,7 @@ def _lines(secs: list[tuple[str, list[str], str]], indent: str) -> list[str]:
 
 
 def text_repr(m: MuDataShadow) -> str:
+    """``repr(mdata)``: the global elements, then each modality's, marked cached or new (nothing is read)."""
     if not m._storage.is_open:
         return header(m) + f"\n  (closed: {m._storage.describe()})"
     lines = [header(m)]
@@ -57,6 +59,7 @@ def text_repr(m: MuDataShadow) -> str:
 
 
 def html_repr(m: MuDataShadow) -> str:
+    """The repr for notebooks: the global elements as a table, each modality as a collapsible AnnDataShadow repr."""
     if not m._storage.is_open:
         return f"<pre>{html.escape(text_repr(m))}</pre>"
     rows = "".join(

@@ -146,6 +146,7 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
 
     @property
     def is_view(self) -> bool:
+        """Whether this shadow is a view (``mdata[...]``) of another one, as :attr:`mudata.MuData.is_view`."""
         return self._is_view_flag
 
     @property
@@ -167,18 +168,22 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
 
     @property
     def n_obs(self) -> int:
+        """Number of global observations (the selected ones for a view), without reading any element."""
         return self._global.n_obs
 
     @property
     def n_vars(self) -> int:
+        """Number of global features (the selected ones for a view), without reading any element."""
         return self._global.n_vars
 
     @property
     def n_var(self) -> int:
+        """Same as :attr:`n_vars` (mudata's name)."""
         return self.n_vars
 
     @property
     def shape(self) -> tuple[int, int]:
+        """``(n_obs, n_vars)`` of the global axes, without reading any element."""
         return self.n_obs, self.n_vars
 
     def __len__(self) -> int:
@@ -192,6 +197,7 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
 
     @obs.setter
     def obs(self, value: Any) -> None:
+        """Replace the global observation table (pending until :meth:`write`; unchanged columns are not rewritten)."""
         self._global.obs = value
 
     @property
@@ -201,53 +207,67 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
 
     @var.setter
     def var(self, value: Any) -> None:
+        """Replace the global feature table (pending until :meth:`write`; unchanged columns are not rewritten)."""
         self._global.var = value
 
     @property
     def obs_names(self) -> Any:
+        """Index of the global observations, read from the global ``obs``'s index alone."""
         return self._global.obs_names
 
     @property
     def var_names(self) -> Any:
+        """Index of the global features, read from the global ``var``'s index alone."""
         return self._global.var_names
 
     @property
     def obsm(self) -> ElementMapping:
+        """The global ``obsm``, a mapping whose values are read on first access and cached."""
         return self._global.obsm
 
     @property
     def varm(self) -> ElementMapping:
+        """The global ``varm``, a mapping whose values are read on first access and cached."""
         return self._global.varm
 
     @property
     def obsp(self) -> ElementMapping:
+        """The global ``obsp``, a mapping whose values are read on first access and cached."""
         return self._global.obsp
 
     @property
     def varp(self) -> ElementMapping:
+        """The global ``varp``, a mapping whose values are read on first access and cached."""
         return self._global.varp
 
     @property
     def uns(self) -> ElementMapping:
+        """The global ``uns``, a mapping whose values are read on first access and cached."""
         return self._global.uns
 
     @uns.setter
     def uns(self, value: dict) -> None:
+        """Replace all of the global ``uns`` by ``value`` (keys not in it are deleted; pending until :meth:`write`)."""
         self._global.uns = value
 
     def obs_keys(self) -> list[str]:
+        """The global obs column names, from the file's metadata (the table is not read)."""
         return self._global.obs_keys()
 
     def var_keys(self) -> list[str]:
+        """The global var column names, from the file's metadata (the table is not read)."""
         return self._global.var_keys()
 
     def obsm_keys(self) -> list[str]:
+        """The keys of the global ``obsm`` (nothing is read)."""
         return list(self.obsm.keys())
 
     def varm_keys(self) -> list[str]:
+        """The keys of the global ``varm`` (nothing is read)."""
         return list(self.varm.keys())
 
     def uns_keys(self) -> list[str]:
+        """The keys of the global ``uns`` (nothing is read)."""
         return list(self.uns.keys())
 
     # --- maps -----------------------------------------------------------------------------------------------------
@@ -298,10 +318,12 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
 
     @property
     def n_mod(self) -> int:
+        """Number of modalities."""
         return len(self._order)
 
     @property
     def mod_names(self) -> list[str]:
+        """Names of the modalities, in the stored ``mod-order``."""
         return list(self._order)
 
     def _modality(self, name: str) -> AnnDataShadow:
@@ -464,13 +486,22 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
         without any modality's matrices being held in memory (see :mod:`shadows.mudata.writer`).  Keywords:
         ``compression``, ``compression_opts``, ``progress``, ``chunk_size``, ``overwrite`` (replace an existing
         file; refused without it).
+
+        Returns
+        -------
+        The path written.
         """
         from shadows.mudata.writer import write_mudata
 
         return write_mudata(self, filename, "h5mu", **kwargs)
 
     def write_zarr(self, store: os.PathLike, **kwargs: Any) -> Path:
-        """Stream the MuData (or the view) into a new zarr store (see :meth:`write_h5mu`); ``zarr_format`` too."""
+        """Stream the MuData (or the view) into a new zarr store (see :meth:`write_h5mu`); ``zarr_format`` too.
+
+        Returns
+        -------
+        The path written.
+        """
         from shadows.mudata.writer import write_mudata
 
         return write_mudata(self, store, "zarr", **kwargs)

@@ -121,6 +121,7 @@ def check_output(dst: str | os.PathLike, fmt: str, overwrite: bool) -> None:
 def shadow_write(
     shadow, dst, fmt, opts, chunk_size, progress, compression=None, compression_opts=None, *, overwrite=False
 ) -> Path:
+    """Stream ``shadow`` into a new file ``dst`` with the write options ``opts``; returns the path written."""
     from shadows.stream.shadow import write_subset
 
     return write_subset(

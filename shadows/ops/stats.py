@@ -318,11 +318,20 @@ class Reducer:
         return self._executor
 
     def close(self) -> None:
+        """Stop the helper thread that adds sums (if one was started)."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
 
     def result(self) -> dict[str, np.ndarray]:
+        """The statistics of everything added, per output position.
+
+        Returns
+        -------
+        dict
+            ``sum``, ``mean``, ``var`` (unbiased, as scanpy's), ``nnz``, ``min`` and ``max``; NaN for the mean, variance
+            and extremes where no row was added (``var`` also for a single row).
+        """
         n = self.n
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = self.sum / n if n else np.full_like(self.sum, np.nan)

@@ -111,6 +111,7 @@ def _read_h5(arr: Any, uniq: list) -> np.ndarray:
 @register_reader("string-array", "0.2.0")
 @register_reader("legacy-array")
 def read_array(elem: Any, sel: tuple, ctx: ReadContext) -> Any:
+    """Reader of dense arrays: a selection through :func:`read_dense`, a whole zarr array through anndata."""
     if all(s is None for s in sel) and not is_h5(elem) and elem.shape != ():
         # anndata's own reader for whole zarr arrays: the exact dtype anndata hands out (strings in zarr v3)
         return anndata.io.read_elem(elem)

@@ -26,6 +26,7 @@ def _whole(sel: tuple) -> bool:
 
 @register_reader("categorical", "0.2.0")
 def read_categorical(elem: Any, sel: tuple, ctx: ReadContext) -> pd.Categorical:
+    """Reader of categorical arrays: the selected codes with all categories (anndata reads the whole array)."""
     if _whole(sel):
         return anndata.io.read_elem(elem)
     return pd.Categorical.from_codes(
@@ -38,6 +39,7 @@ def read_categorical(elem: Any, sel: tuple, ctx: ReadContext) -> pd.Categorical:
 @register_reader("nullable-integer", "0.1.0")
 @register_reader("nullable-boolean", "0.1.0")
 def read_nullable(elem: Any, sel: tuple, ctx: ReadContext) -> Any:
+    """Reader of nullable integer and boolean arrays: the selected values and mask as a pandas masked array."""
     if _whole(sel):
         return anndata.io.read_elem(elem)
     cls = pd.arrays.IntegerArray if attr(elem, "encoding-type") == "nullable-integer" else pd.arrays.BooleanArray
@@ -63,6 +65,7 @@ def table_length(g: Any, where: str) -> int:
 
 @register_reader("nullable-string-array", "0.1.0")
 def read_nullable_string(elem: Any, sel: tuple, ctx: ReadContext) -> Any:
+    """Reader of nullable string arrays: anndata reads them whole, and the selected rows through anndata."""
     if _whole(sel):
         return anndata.io.read_elem(elem)
     return read_rows_via_anndata(elem, sel[:1])
@@ -98,6 +101,7 @@ def read_rows_via_anndata(elem: Any, sel: tuple) -> Any:
 
 @register_reader("awkward-array", "0.1.0")
 def read_whole_then_take(elem: Any, sel: tuple, ctx: ReadContext) -> Any:
+    """Reader of awkward arrays: anndata reads the whole array, then the selected rows are taken."""
     # rare encodings whose construction differs between anndata versions: anndata builds them, we take the rows
     value = anndata.io.read_elem(elem)
     s = sel_at(sel, 0)
@@ -148,6 +152,7 @@ class FrameParts:
     axis_name: str | None = None
 
     def to_pandas(self) -> pd.DataFrame:
+        """The table as a pandas DataFrame, columns in ``column_order``, index named ``index_name``."""
         df = pd.DataFrame(
             {k: self.columns[k] for k in self.column_order},
             index=self.index,
@@ -195,6 +200,7 @@ def _read_column(elem: Any, key: str, row: tuple, ctx: ReadContext, version: str
 @register_reader("dataframe", "0.1.0")
 @register_reader("legacy-dataframe")
 def read_dataframe(elem: Any, sel: tuple, ctx: ReadContext) -> pd.DataFrame:
+    """Reader of dataframes (current and legacy): a selection column by column; a whole current one through anndata."""
     if _whole(sel) and attr(elem, "encoding-type") == "dataframe":
         return anndata.io.read_elem(elem)
     return read_frame_parts(elem, sel, ctx).to_pandas()
@@ -202,6 +208,7 @@ def read_dataframe(elem: Any, sel: tuple, ctx: ReadContext) -> pd.DataFrame:
 
 @register_reader("dict")  # any version: pre-0.8 groups carry none
 def read_dict(elem: Any, sel: tuple, ctx: ReadContext) -> dict:
+    """Reader of ``dict`` groups (``uns`` and nested groups): every member read whole; an array is read as an array."""
     if not is_group(elem):
         return read_element(elem, sel, ctx)
     return {k: read_element(elem[k], (), ctx) for k in elem.keys()}

@@ -63,6 +63,17 @@ class ElementSource:
 
     @classmethod
     def from_storage(cls, storage: Storage, key: str, sel: tuple) -> ElementSource:
+        """The source of ``storage``'s element ``key`` at the selection ``sel`` (shape and dtype from the metadata).
+
+        Parameters
+        ----------
+        storage
+            An open connection; only its path and format are kept.
+        key
+            The element's path below the connection's root.
+        sel
+            The per-axis selection on the stored element.
+        """
         elem = storage.root[key]
         if is_group(elem):
             fmt, shape = matrix_info(elem)
@@ -103,18 +114,22 @@ class LazyArray:
 
     @property
     def shape(self) -> tuple:
+        """Shape of the selected part (no data is read)."""
         return self.source.shape
 
     @property
     def dtype(self) -> np.dtype:
+        """The stored dtype (no data is read)."""
         return self.source.dtype
 
     @property
     def ndim(self) -> int:
+        """Number of dimensions."""
         return len(self.shape)
 
     @property
     def format(self) -> str | None:
+        """``"csr"`` or ``"csc"`` for a sparse element, ``None`` for a dense one."""
         return self.source.sparse_format
 
     def __len__(self) -> int:
@@ -134,6 +149,7 @@ class LazyArray:
         return out
 
     def to_memory(self) -> Any:
+        """Read the whole selected part, as numpy or scipy."""
         return self.source.read()
 
     def __array__(self, dtype=None, copy=None):

@@ -38,6 +38,7 @@ def read_compound_parts(elem: Any, sel: tuple, ctx: ReadContext) -> FrameParts:
 
 @register_reader("legacy-compound")
 def read_compound(elem: Any, sel: tuple, ctx: ReadContext) -> pd.DataFrame:
+    """Reader of legacy (anndata < 0.7) compound datasets: a table with one column per field."""
     return read_compound_parts(elem, sel, ctx).to_pandas()
 
 

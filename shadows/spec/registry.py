@@ -69,6 +69,7 @@ def register_reader(encoding_type: str, *versions: str) -> Callable[[Reader], Re
 
 
 def registered() -> list[tuple[str, str]]:
+    """The ``(encoding-type, encoding-version)`` pairs that have a reader, sorted."""
     return sorted(_READERS)
 
 
@@ -93,6 +94,13 @@ def encoding_of(elem: Any) -> tuple[str, str]:
 
 
 def reader_for(elem: Any, encoding: tuple[str, str] | None = None) -> Reader:
+    """The reader of ``elem``'s encoding (or of ``encoding``): the exact version's, else the any-version one.
+
+    Raises
+    ------
+    NotImplementedError
+        If no reader is registered for the encoding.
+    """
     et, ev = encoding if encoding is not None else encoding_of(elem)
     func = _READERS.get((et, ev)) or _READERS.get((et, _ANY_VERSION))
     if func is None:
@@ -114,4 +122,5 @@ def read_element(
 
 
 def sel_at(sel: tuple, axis: int) -> Any:
+    """The selection on ``axis``, ``None`` (all) when ``sel`` does not reach that axis."""
     return sel[axis] if len(sel) > axis else None

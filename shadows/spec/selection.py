@@ -173,6 +173,7 @@ def split_index(index: Any) -> tuple[Any, Any]:
 
 
 def length(sel: Sel, n: int) -> int:
+    """Number of positions ``sel`` selects on an axis of length ``n``."""
     if sel is None:
         return n
     if isinstance(sel, slice):
@@ -181,6 +182,7 @@ def length(sel: Sel, n: int) -> int:
 
 
 def positions(sel: Sel, n: int) -> np.ndarray:
+    """The positions ``sel`` selects on an axis of length ``n``, as an int64 array."""
     if sel is None:
         return np.arange(n, dtype=np.int64)
     if isinstance(sel, slice):
@@ -206,6 +208,7 @@ def compose(parent: Sel, child: Sel, n_file: int) -> Sel:
 
 
 def is_identity(sel: Sel, n: int) -> bool:
+    """Whether ``sel`` selects every position of an axis of length ``n``, in order."""
     if sel is None:
         return True
     if isinstance(sel, slice):
@@ -250,6 +253,7 @@ def ranges_to_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 def describe(sel: Sel, n: int) -> str:
+    """``sel`` in words, for messages (``all 100``, ``0:10:None``, ``5 positions``)."""
     if sel is None:
         return f"all {n}"
     if isinstance(sel, slice):

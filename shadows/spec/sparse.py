@@ -71,6 +71,13 @@ def member(group: Any, name: str) -> Any:
 
 
 def get_indptr(group: Any, ctx: ReadContext | None) -> np.ndarray:
+    """The ``indptr`` of a stored sparse matrix, as int64, read and checked once per matrix and connection.
+
+    Raises
+    ------
+    CorruptElementError
+        If the stored ``indptr`` does not start at 0, decreases, or ends past the stored values.
+    """
     cache = ctx.indptr_cache if ctx is not None else {}
     key = group.name
     ip = cache.get(key)
@@ -210,7 +217,7 @@ class _ChunkReader:
 
     @property
     def in_place(self) -> bool:
-        """Whether reads go into the reused buffer (and release the GIL): worth a second thread."""
+        """Whether reads go into the reused buffer (and release the GIL), which makes a second thread worth it."""
         return self.buf is not None
 
     def read(self, start: int, stop: int) -> np.ndarray:
@@ -269,6 +276,7 @@ class SparseReader:
     # opened on first use: a read served by the column index never touches this matrix's own arrays
     @functools.cached_property
     def data(self) -> Any:
+        """The stored ``data`` array, opened on first use and checked against ``indices``."""
         data = member(self.group, "data")
         n = member(self.group, "indices").shape[0]
         if len(data.shape) != 1 or data.shape[0] != n:
@@ -277,6 +285,7 @@ class SparseReader:
 
     @functools.cached_property
     def indices(self) -> Any:
+        """The stored ``indices`` array, opened on first use and checked to hold integers."""
         indices = member(self.group, "indices")
         if indices.dtype.kind not in "iu":
             raise corrupt(self.group, f"indices has dtype {indices.dtype}, expected integers")
@@ -284,6 +293,7 @@ class SparseReader:
 
     @property
     def dtype(self) -> np.dtype:
+        """The dtype of the stored values."""
         return self.data.dtype
 
     @functools.cached_property
@@ -295,10 +305,12 @@ class SparseReader:
 
     @property
     def indptr(self) -> np.ndarray:
+        """The matrix's ``indptr`` (read once per connection, see :func:`get_indptr`)."""
         return get_indptr(self.group, self.ctx)
 
     @property
     def budget(self) -> int:
+        """Bytes one read may hold in memory (the read context's budget, else ``settings.memory_budget``)."""
         b = self.ctx.budget if self.ctx is not None and self.ctx.budget else settings.memory_budget
         return int(b)
 
@@ -585,4 +597,5 @@ def scan_step(budget: int) -> int:
 @register_reader("legacy-csr")
 @register_reader("legacy-csc")
 def read_sparse(elem: Any, sel: tuple, ctx: ReadContext) -> sp.spmatrix:
+    """Reader of CSR and CSC matrices (current and legacy): the selected rows and columns as a scipy sparse matrix."""
     return SparseReader(elem, ctx).read(sel_at(sel, 0), sel_at(sel, 1))

@@ -87,10 +87,12 @@ class MatrixPart:
 
     @property
     def sparse(self) -> bool:
+        """Whether the stored matrix is sparse (CSR or CSC)."""
         return self.kind != "dense"
 
     @property
     def major_axis(self) -> int:
+        """The stored compressed axis, 1 for CSC, else 0 (rows are the major axis of CSR and dense)."""
         return 1 if self.kind == "csc" else 0
 
     @property
@@ -102,6 +104,7 @@ class MatrixPart:
         return tuple(out)
 
     def indptr(self) -> np.ndarray:
+        """The stored matrix's ``indptr`` over the whole file (read once per read context)."""
         return get_indptr(self.elem, self.ctx)
 
     def major_lengths(self) -> np.ndarray:

@@ -80,15 +80,24 @@ class WriteOptions:
 
     @property
     def dataset_kwargs(self) -> dict[str, Any]:
+        """The compression keyword arguments for new datasets (none without ``compression``)."""
         if not self.compression:
             return {}
         return {"compression": self.compression, "compression_opts": self.compression_opts}
 
     def get_budget(self) -> int:
+        """Bytes a write may hold in memory: ``budget``, else ``settings.memory_budget``."""
         return int(self.budget or settings.memory_budget)
 
 
 def target_format(path: str, source_kind: str, opts: WriteOptions) -> str:
+    """The matrix format the element at ``path`` is written in: the one asked for, else that of the source.
+
+    Raises
+    ------
+    ValueError
+        If the format asked for is not ``csr``, ``csc`` or ``dense``.
+    """
     fmt = opts.formats.get(path, source_kind)
     if fmt not in FORMATS:
         raise ValueError(f"Unknown matrix format {fmt!r} for '{path}'; choose one of {list(FORMATS)}")

@@ -170,6 +170,14 @@ class SparseSink:
         self.append(block.data, block.indices, block.indptr)
 
     def close(self) -> None:
+        """Finish the matrix: close the raw writers and check that it is complete.
+
+        Raises
+        ------
+        ValueError
+            If fewer major positions, or (for a matrix made at its final size) fewer values, were written than
+            announced.
+        """
         for w in self.raw.values():
             w.close()
         if self.major != self.n_major:
@@ -201,6 +209,7 @@ class DenseSink:
         set_encoding(self.array, "array", "0.2.0")
 
     def write(self, axis: int, start: int, stop: int, block: Any) -> None:
+        """Store ``block`` as positions ``start:stop`` along ``axis`` (0 rows, 1 columns), cast to the array's dtype."""
         block = np.asarray(block, dtype=self.array.dtype)
         if axis == 0:
             self.array[start:stop] = block
@@ -208,6 +217,7 @@ class DenseSink:
             self.array[:, start:stop] = block
 
     def close(self) -> None:
+        """Nothing to finish: every block is in the array once written (there for the sinks' common interface)."""
         pass
 
 

@@ -75,6 +75,7 @@ class Spool:
             self.reserved = 0  # bytes of the file reserved ahead of the writes (shadows.io.fast.pwrite.preallocate)
 
     def put(self, arr: np.ndarray) -> tuple:
+        """Store a copy of ``arr``; returns the handle that :meth:`get` and :meth:`get_into` read it back with."""
         arr = np.ascontiguousarray(arr)
         if self.in_memory:
             self.items.append(arr.copy())  # the caller reuses its buffers
@@ -115,11 +116,13 @@ class Spool:
                 pread_into(fd, view[b * size : c * size], where + a * size)
 
     def get(self, handle: tuple, lo: int, hi: int) -> np.ndarray:
+        """Elements ``lo:hi`` of the stored array ``handle``, in a new array."""
         out = np.empty(max(0, hi - lo), dtype=handle[1])
         self.get_into(handle, lo, hi, out)
         return out
 
     def close(self) -> None:
+        """Drop what is stored; a scratch file is closed (and so freed) in a background thread."""
         self.items = []
         if self.file is not None:
             f, self.file = self.file, None
@@ -148,6 +151,7 @@ class Buffers:
         return buffers
 
     def get(self, name: str, n: int, dtype: Any) -> np.ndarray:
+        """The array ``name`` with ``n`` elements of ``dtype``, reused from earlier calls (grown when too small)."""
         dtype = np.dtype(dtype)
         arr = self._arrays.get(name)
         if arr is None or arr.dtype != dtype or len(arr) < n:

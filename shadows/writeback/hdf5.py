@@ -168,6 +168,7 @@ class UndoLog:
 
     @property
     def holder(self) -> h5py.Group:
+        """The anonymous group keeping replaced and deleted elements until the commit is final (made on first use)."""
         if self._holder is None:  # created on first use: most steps replace nothing
             self._holder = self._file.create_group(None)
         return self._holder

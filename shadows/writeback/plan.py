@@ -47,6 +47,7 @@ class Op:
 
     @property
     def is_delete(self) -> bool:
+        """Whether the operation removes the element rather than putting one."""
         return self.value is DELETE
 
 
@@ -75,6 +76,11 @@ class FrameEdit:
 
 @dataclass
 class Plan:
+    """What one write changes in the file: element operations, column edits of obs/var, and the pending entries settled.
+
+    A plan is false when there is nothing to write.
+    """
+
     ops: list[Op] = field(default_factory=list)
     frames: list[FrameEdit] = field(default_factory=list)
     units: list[tuple[str, str]] = field(default_factory=list)  # pending entries this plan settles
@@ -83,6 +89,7 @@ class Plan:
         return bool(self.ops or self.frames)
 
     def overwrites(self) -> list[str]:
+        """The paths of elements (and obs/var columns and indexes) already on disk that the plan replaces."""
         out = [op.path for op in self.ops if op.replaces and not op.is_delete]
         for fe in self.frames:
             out += [f"{fe.path}/{c} (column)" for c in fe.changed if c not in fe.leftovers]

@@ -75,5 +75,6 @@ def values_equal(a: Any, b: Any) -> bool:
 
 
 def strings(a: np.ndarray) -> list[str]:
+    """The values of a string array (object, bytes, unicode or numpy's StringDType) as a flat list of ``str``."""
     # object, bytes, unicode and numpy's StringDType arrays alike (StringDType does not cast to "<U")
     return [v.decode() if isinstance(v, bytes) else str(v) for v in a.astype(object).ravel()]

@@ -92,6 +92,7 @@ def _commit(store: Path, stage: Path, doc: dict, owners: dict[int, list[Any]], d
 
 # --- staging ---------------------------------------------------------------------------------------------------------
 def zarr_format_of(store: Path) -> int:
+    """The zarr format (2 or 3) of the store at ``store``, from its metadata files."""
     meta = store / "zarr.json"
     if meta.exists():
         return int(json.loads(meta.read_text()).get("zarr_format", 3))

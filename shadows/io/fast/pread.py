@@ -314,6 +314,7 @@ class RangeReader:
         return _read(self.ds, self.lay, start, stop, out, self.fd)
 
     def close(self) -> None:
+        """Close the reader's own file descriptor (if it opened one); closing twice is harmless."""
         if self.fd is not None:
             self._closer()
             self.fd = None

@@ -72,6 +72,7 @@ class RawWriter:
         pwrite_from(self.fd, memoryview(values).cast("B"), self.offset + start * self.dtype.itemsize)
 
     def close(self) -> None:
+        """Close the writer's file descriptor."""
         self._closer()
 
 

@@ -151,6 +151,7 @@ class ChunkDecoder:
         return res
 
     def read(self, start: int, stop: int) -> np.ndarray:
+        """Values ``start:stop`` in a new array (see :meth:`read_into`)."""
         return self.read_into(start, stop, np.empty(max(0, stop - start), dtype=self.dtype))
 
     def take(self, pos: np.ndarray) -> np.ndarray:
