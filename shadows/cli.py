@@ -172,7 +172,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         args.src,
         dst,
         matrix_format=args.to,
-        layers=args.layers,
+        layer=None if args.layers else "X",
         chunk_size=args.chunk_size,
         progress=args.progress,
         file_format=args.file_format,
