@@ -67,12 +67,17 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
         array_backend: str = "numpy",
         table_backend: str = "pandas",
         lazy: bool = False,
+        storage_options: dict | None = None,
         _view: tuple | None = None,
         _storage: Storage | None = None,
     ):
         check_backend_name(array_backend, "array")
         check_backend_name(table_backend, "table")
-        st = _storage if _storage is not None else Storage(path, mode=mode, format=format)
+        st = (
+            _storage
+            if _storage is not None
+            else Storage(path, mode=mode, format=format, storage_options=storage_options)
+        )
         self._storage = st
         self._owns_storage = type(st) is Storage
         where = st.describe()

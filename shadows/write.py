@@ -150,7 +150,9 @@ def _apply(shadow: AnnDataShadow, plan: Plan) -> None:
     completed = False
     try:
         if plan:
-            if shadow._storage.kind == "h5":
+            if shadow._storage.is_remote:  # h5 refused at reopen("r+") (see shadows.remote.open_h5)
+                from .remote_write import apply_remote_zarr as apply
+            elif shadow._storage.kind == "h5":
                 from .write_h5 import apply_h5 as apply
             else:
                 from .write_zarr import apply_zarr as apply
@@ -355,7 +357,7 @@ def _leftover_columns(shadow: AnnDataShadow, g: Any, name: str, order: list[str]
     """
     on_disk = {str(k) for k in g.keys()}
     storage = shadow._storage
-    if storage.kind == "zarr":
+    if storage.kind == "zarr" and not storage.is_remote:  # a remote store was listed by zarr (g.keys())
         directory = Path(storage.filename, storage.inner or "", name)
         if directory.is_dir():
             on_disk |= {p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")}
