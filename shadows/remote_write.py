@@ -144,9 +144,10 @@ def _invalidate(store: Any) -> None:
 class RemoteOutput:
     """A new zarr store at a remote destination (what :class:`shadows.sink.Output` is for local paths).
 
-    The store is written in place (an object store has no rename); its consolidated metadata are written last, by
-    :meth:`commit`.  An existing store is refused unless ``overwrite=True``; a store this output created is
-    deleted again if writing fails.
+    The store is written into a local staging directory first (zarr writes one object per request: uploading
+    them afterwards, many at a time, is what makes a remote output fast), then uploaded by :meth:`commit` in the
+    order an object store allows crash safety: chunks first, metadata deepest first, consolidated metadata last.
+    An existing store is refused unless ``overwrite=True``.
     """
 
     def __init__(self, dest: Any, kind: str, zarr_format: int | None = None, *, overwrite: bool = False, **kw: Any):
@@ -162,30 +163,53 @@ class RemoteOutput:
         if getattr(store, "read_only", False):
             store = store.with_read_only(False)
         self.store = store
-        existing = _sync(_exists_any(store, ["zarr.json", ".zgroup", ".zattrs", ".zmetadata"]))
-        if existing and not overwrite:
+        self.existing = _sync(_exists_any(store, ["zarr.json", ".zgroup", ".zattrs", ".zmetadata"]))
+        if self.existing and not overwrite:
             raise FileExistsError(f"'{url}' already holds a zarr store; pass overwrite=True to replace it")
         if zarr_format is None:
             import anndata
 
             zarr_format = int(getattr(anndata.settings, "zarr_write_format", 2))
-        self._created = not existing
-        self.root = zarr.open_group(store, mode="w", zarr_format=zarr_format)
+        self._stage = tempfile.mkdtemp(prefix="shadows-remote-output-")
+        self.root = zarr.open_group(self._stage, mode="w", zarr_format=zarr_format)
 
     def __enter__(self) -> RemoteOutput:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None and self._created:
-            try:
-                _sync(self.store.delete_dir(""))
-            except Exception:  # nothing more to do: the error being raised is what the user needs
-                pass
+        import shutil
+
+        shutil.rmtree(self._stage, ignore_errors=True)
 
     def commit(self) -> RemotePath:
+        zarr.consolidate_metadata(self._stage)
+        local = zarr.storage.LocalStore(self._stage, read_only=True)
+        keys = _sync(_list(local, ""))
+        consolidated = {".zmetadata", "zarr.json"}  # the root's: last of all
+        data = [k for k in keys if not _is_meta(k) and k != ".zmetadata"]
+        meta = sorted((k for k in keys if _is_meta(k) and k not in consolidated), key=lambda k: -k.count("/"))
+        last = [k for k in keys if k in consolidated]
+        if self.existing:  # overwrite=True: the old store's objects go first (the new ones cannot mix with them)
+            _sync(_delete_all(self.store, _sync(_list(self.store, ""))))
+        for batch in (data, meta):
+            _sync(_copy_all(local, self.store, batch))
+        for k in sorted(last, key=lambda k: k == ".zmetadata"):
+            _sync(_copy_all(local, self.store, [k]))
         _invalidate(self.store)
-        zarr.consolidate_metadata(self.store)
         return self.path
+
+
+async def _copy_all(src: Any, dst: Any, keys: list[str], width: int = 32) -> None:
+    from zarr.core.buffer import default_buffer_prototype
+
+    sem = asyncio.Semaphore(width)
+
+    async def one(k: str) -> None:
+        async with sem:
+            buf = await src.get(k, default_buffer_prototype())
+            await dst.set(k, buf)
+
+    await asyncio.gather(*(one(k) for k in keys))
 
 
 async def _exists_any(store: Any, keys: list[str]) -> bool:
