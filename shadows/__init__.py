@@ -4,7 +4,7 @@
 >>> s = AnnDataShadow("atlas.h5ad")  # doctest: +SKIP
 """
 
-from shadows import pp
+from shadows import pp, remote
 from shadows.backends import array_backends, register_array_backend, register_table_backend, table_backends
 from shadows.collection.shadow import concat
 from shadows.core.anndata import AnnDataShadow
@@ -25,6 +25,7 @@ __all__ = [
     "concat",
     "convert",
     "pp",
+    "remote",
     "register_array_backend",
     "register_table_backend",
     "repack",

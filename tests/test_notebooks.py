@@ -22,7 +22,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 # optional libraries a notebook cannot run without; torch and muon are not among them: 03_backends and 05_mudata
 # show them where installed and run without them (Python 3.12 has neither), so they must execute everywhere
-NEEDS: dict[str, tuple[str, ...]] = {"05_mudata": ("mudata",)}
+NEEDS: dict[str, tuple[str, ...]] = {"05_mudata": ("mudata",), "08_remote": ("moto.server", "s3fs")}
 
 
 def test_there_are_notebooks():

@@ -80,7 +80,8 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
     ----------
     path
         An ``.h5ad`` file, a ``.zarr`` store (format v2 or v3), or a path inside a file naming a nested AnnData
-        (``file.h5mu/mod/rna`` or ``file.h5mu/rna``).
+        (``file.h5mu/mod/rna`` or ``file.h5mu/rna``); or a remote one: a URL (``s3://``, ``gs://``, ``https://``,
+        any fsspec protocol), an fsspec ``OpenFile``/file/``FSMap``, or a zarr store object (see ``docs/remote.md``).
     mode
         ``"r"`` (default) or ``"r+"`` (needed for :meth:`write`).
     format
@@ -92,6 +93,8 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         Type of the tables handed out: ``"pandas"``, ``"polars"``, ``"pyarrow"``, or a registered name.
     lazy
         Hand out :class:`~shadows.spec.lazy_array.LazyArray` objects that read only what they are sliced with.
+    storage_options
+        For a URL: options of its fsspec filesystem (credentials, ``client_kwargs={"endpoint_url": ...}``...).
 
     Examples
     --------
@@ -112,8 +115,17 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         array_backend: str = "numpy",
         table_backend: str = "pandas",
         lazy: bool = False,
+        storage_options: dict | None = None,
     ):
-        self._setup(path, mode=mode, format=format, array_backend=array_backend, table_backend=table_backend, lazy=lazy)
+        self._setup(
+            path,
+            mode=mode,
+            format=format,
+            array_backend=array_backend,
+            table_backend=table_backend,
+            lazy=lazy,
+            storage_options=storage_options,
+        )
 
     @classmethod
     def _internal(
@@ -140,13 +152,15 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         array_backend: str = "numpy",
         table_backend: str = "pandas",
         lazy: bool = False,
+        storage_options: dict | None = None,
         view: tuple | None = None,
         storage: Storage | None = None,
         axes: tuple[int, int] | None = None,
     ) -> None:
         check_backend_name(array_backend, "array")
         check_backend_name(table_backend, "table")
-        storage = storage if storage is not None else Storage(path, mode=mode, format=format)
+        if storage is None:
+            storage = Storage(path, mode=mode, format=format, storage_options=storage_options)
         # a modality of a MuDataShadow shares its parent's file handle and must not close it when collected
         self._state = ShadowState(
             storage,

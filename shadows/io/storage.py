@@ -17,6 +17,8 @@ import h5py
 import numpy as np
 import zarr
 
+from shadows.io import remote
+
 FORMATS = {"h5ad": "h5", "h5mu": "h5", "hdf5": "h5", "h5": "h5", "zarr": "zarr"}
 MODES = ("r", "r+")
 
@@ -90,11 +92,19 @@ class Storage:
         ``None`` to detect, or one of ``h5ad``, ``h5mu``, ``hdf5``, ``h5``, ``zarr``.
     """
 
-    def __init__(self, path: str | os.PathLike, mode: str = "r", format: str | None = None):
+    def __init__(
+        self, path: str | os.PathLike, mode: str = "r", format: str | None = None, storage_options: dict | None = None
+    ):
         if mode not in MODES:
             raise ValueError(f"Unknown mode {mode!r}; choose one of {list(MODES)}")
-        self.filename, self.inner = split_path(path)
-        self.kind = sniff_format(self.filename, format)
+        if remote.is_remote(path):  # a URL, fsspec or zarr store object: see shadows.remote
+            self.filename, self.inner = remote.locate(path, storage_options, format)
+            self.kind = self.filename.target.kind
+        elif storage_options:
+            raise TypeError(f"storage_options= is for remote stores (URLs), not the local path '{os.fspath(path)}'")
+        else:
+            self.filename, self.inner = split_path(path)
+            self.kind = sniff_format(self.filename, format)
         self.format = format
         self.mode = mode
         self.file: Any = None
@@ -128,7 +138,11 @@ class Storage:
 
     def _open(self, mode: str) -> None:
         self.mode = mode
-        if self.kind == "h5":
+        if self.is_remote:
+            self.file = (
+                remote.open_h5(self.filename, mode) if self.kind == "h5" else remote.open_zarr(self.filename, mode)
+            )
+        elif self.kind == "h5":
             try:
                 # locking: readers share the file; a writer that cannot get it fails at once (see write.py)
                 # no chunk cache: reads here are large sequential ranges or one-shot point selections, and the
@@ -172,6 +186,11 @@ class Storage:
         self.file = None
 
     @property
+    def is_remote(self) -> bool:
+        """Whether the file or store is remote (a URL, fsspec or zarr store object; see :mod:`shadows.remote`)."""
+        return isinstance(self.filename, remote.RemotePath)
+
+    @property
     def is_open(self) -> bool:
         """Whether the file handle is open."""
         if self.file is None:
@@ -191,14 +210,23 @@ class Storage:
             raise KeyError(f"'{self.filename}' has no group '{self.inner}'") from None
 
     def describe(self) -> str:
-        """The path for messages and reprs, with the inner group if any (``file.h5mu/mod/rna``)."""
+        """The path for messages and reprs, with the inner group if any (``file.h5mu/mod/rna``).
+
+        For a remote store: a :class:`~shadows.io.remote.RemotePath`, a ``str`` that re-opens the same store (its
+        URL, and the options to reach it) wherever it goes (views, dask tasks, pickles).
+        """
+        if self.is_remote:
+            return remote.RemotePath(self.filename.target, self.inner)
         return f"{self.filename}/{self.inner}" if self.inner else str(self.filename)
 
     def __getstate__(self) -> dict:
         return {"filename": self.filename, "inner": self.inner, "format": self.format, "mode": self.mode}
 
     def __setstate__(self, state: dict) -> None:
-        p = Path(state["filename"]) / state["inner"] if state["inner"] else state["filename"]
+        if isinstance(state["filename"], remote.RemotePath):
+            p = remote.RemotePath(state["filename"].target, state["inner"])
+        else:
+            p = Path(state["filename"]) / state["inner"] if state["inner"] else state["filename"]
         self.__init__(p, mode=state["mode"], format=state["format"])
 
     def child(self, inner: str) -> ChildStorage:
@@ -207,6 +235,8 @@ class Storage:
 
     def path_of(self, key: str) -> Path | str:
         """A path that a new :class:`Storage` can open to reach ``key`` below the root."""
+        if self.is_remote:
+            return remote.RemotePath(self.filename.target, "/".join(p for p in (self.inner, key) if p))
         return f"{self.describe()}/{key}" if key else self.describe()
 
 

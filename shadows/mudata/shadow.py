@@ -68,8 +68,17 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
         array_backend: str = "numpy",
         table_backend: str = "pandas",
         lazy: bool = False,
+        storage_options: dict | None = None,
     ):
-        self._setup(path, mode=mode, format=format, array_backend=array_backend, table_backend=table_backend, lazy=lazy)
+        self._setup(
+            path,
+            mode=mode,
+            format=format,
+            array_backend=array_backend,
+            table_backend=table_backend,
+            lazy=lazy,
+            storage_options=storage_options,
+        )
 
     @classmethod
     def _internal(
@@ -90,12 +99,15 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
         array_backend: str = "numpy",
         table_backend: str = "pandas",
         lazy: bool = False,
+        storage_options: dict | None = None,
         view: tuple | None = None,
         storage: Storage | None = None,
     ) -> None:
         check_backend_name(array_backend, "array")
         check_backend_name(table_backend, "table")
-        st = storage if storage is not None else Storage(path, mode=mode, format=format)
+        st = (
+            storage if storage is not None else Storage(path, mode=mode, format=format, storage_options=storage_options)
+        )
         self._storage = st
         self._owns_storage = type(st) is Storage
         where = st.describe()

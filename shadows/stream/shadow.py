@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from shadows.core.mapping import ALIGNMENT
 from shadows.core.state import state_of
+from shadows.io.remote import is_remote
 from shadows.progress import progress_bar
 from shadows.settings import settings
 from shadows.stream.blocks import MatrixPart, in_memory_blocks, is_matrix, iter_major, part_of, prefetched
@@ -258,15 +259,21 @@ def write_subset(
     """
     if file_format not in ("h5ad", "zarr"):
         raise ValueError(f"file_format must be 'h5ad' or 'zarr', got {file_format!r}")
-    dst = Path(os.fspath(path))
-    refuse_own_file(state_of(shadow).storage, dst)
+    remote_dst = is_remote(path)  # a URL or zarr store object: written by shadows.stream.remote_output
+    dst = None if remote_dst else Path(os.fspath(path))
+    if dst is not None:
+        refuse_own_file(state_of(shadow).storage, dst)
     opts = (options or WriteOptions()).override(chunk_size, compression, compression_opts)
     for name in [as_dense] if isinstance(as_dense, str) else as_dense:
         opts.formats[name] = "dense"
     opts.convert_strings = opts.convert_strings and convert_strings_to_categoricals
-    if opts.tmpdir is None:
+    if opts.tmpdir is None and dst is not None:
         opts.tmpdir = dst.parent
     check_output_names(shadow, opts)  # before the output exists: a refused name leaves nothing behind
+    if remote_dst:
+        from shadows.stream.remote_output import write_subset_remote
+
+        return write_subset_remote(shadow, path, file_format, zarr_format, overwrite, opts, progress)
     out = Output(dst, "h5" if file_format == "h5ad" else "zarr", zarr_format, overwrite=overwrite)
     from shadows.stream.anndata_writer import write_anndata
 

@@ -159,7 +159,9 @@ def _apply(shadow: AnnDataShadow, plan: Plan) -> None:
     completed = False
     try:
         if plan:
-            if state_of(shadow).storage.kind == "h5":
+            if state_of(shadow).storage.is_remote:  # h5 refused at reopen("r+") (see shadows.io.remote.open_h5)
+                from shadows.writeback.remote_zarr import apply_remote_zarr as apply
+            elif state_of(shadow).storage.kind == "h5":
                 from shadows.writeback.hdf5 import apply_h5 as apply
             else:
                 from shadows.writeback.zarr import apply_zarr as apply
@@ -364,7 +366,7 @@ def _leftover_columns(shadow: AnnDataShadow, g: Any, name: str, order: list[str]
     """
     on_disk = {str(k) for k in g.keys()}
     storage = state_of(shadow).storage
-    if storage.kind == "zarr":
+    if storage.kind == "zarr" and not storage.is_remote:  # a remote store was listed by zarr (g.keys())
         directory = Path(storage.filename, storage.inner or "", name)
         if directory.is_dir():
             on_disk |= {p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")}

@@ -1,0 +1,598 @@
+"""Remote stores: h5ad/h5mu files and zarr stores on S3, GCS, HTTP or any fsspec filesystem.
+
+A user names a remote store by a URL (``s3://``, ``gs://``, ``https://``, ``memory://``... with
+``storage_options=``), an fsspec object (``OpenFile``, an open fsspec file, ``FSMap``, a ``(filesystem, path)``
+pair), a zarr store object (``FsspecStore``, ``ObjectStore``) or any open binary file-like object.  :func:`locate`
+turns each into a :class:`Target` (how to reach the store again: the filesystem and path, never an open handle, so
+that it pickles into dask workers and other processes) and finds where the file or store starts and what it is.
+
+Reads go through h5py (on a :class:`RangeFile`, a file-like object with a block cache sized for HDF5's small
+metadata reads) and through zarr's own async stores (concurrent chunk fetches).  The local accelerators
+(:mod:`shadows.rawread`, :mod:`shadows.zarrchunks`, :mod:`shadows.rawcopy`) never see these: they serve only the
+``sec2`` driver and ``LocalStore``.  Every request is counted (:func:`counting`).
+
+Storage keeps the :class:`RemotePath` (a ``str`` carrying its :class:`Target`) as its ``filename``; whatever code
+re-opens a connection from ``storage.describe()`` (views, lazy arrays, dask tasks, pickles) re-opens the same
+remote store with the same options.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import h5py
+
+__all__ = ["Counts", "RangeFile", "RemotePath", "Target", "counting", "is_remote", "locate"]
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+_ZARR_META = ("zarr.json", ".zgroup", ".zmetadata")
+_H5_SUFFIXES = (".h5ad", ".h5mu", ".h5", ".hdf5")
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+# --- accounting -------------------------------------------------------------------------------------------------------
+@dataclass
+class Counts:
+    """Requests made and bytes fetched from remote stores while a :func:`counting` block ran."""
+
+    requests: int = 0
+    bytes: int = 0
+    by_store: dict[str, list[int]] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"Counts(requests={self.requests}, bytes={self.bytes})"
+
+
+_counters: list[Counts] = []
+_count_lock = threading.Lock()
+
+
+def _count(where: str, nbytes: int) -> None:
+    if not _counters:
+        return
+    with _count_lock:
+        for c in _counters:
+            c.requests += 1
+            c.bytes += nbytes
+            st = c.by_store.setdefault(where, [0, 0])
+            st[0] += 1
+            st[1] += nbytes
+
+
+@contextmanager
+def counting() -> Iterator[Counts]:
+    """Count the requests and bytes fetched from remote stores (by this process, all threads) inside the block.
+
+    Examples
+    --------
+    >>> with shadows.remote.counting() as c:  # doctest: +SKIP
+    ...     s[:, "CD3E"].X
+    >>> c.requests, c.bytes  # doctest: +SKIP
+    """
+    c = Counts()
+    with _count_lock:
+        _counters.append(c)
+    try:
+        yield c
+    finally:
+        with _count_lock:
+            _counters.remove(c)
+
+
+# --- naming a remote store ------------------------------------------------------------------------------------------
+@dataclass
+class Target:
+    """How to reach a remote file or store: a filesystem and a path in it, or a zarr store / file object given."""
+
+    url: str  # what messages and repr show
+    fs: Any = None  # an fsspec filesystem (pickles as its constructor's options)
+    path: str = ""  # the file's or store's path in ``fs``
+    store: Any = None  # a zarr store object given by the user
+    fileobj: Any = None  # an open file-like object given by the user
+    kind: str | None = None  # "h5" or "zarr" once known
+
+    def with_kind(self, kind: str) -> Target:
+        """The same target, known to be an HDF5 file (``"h5"``) or a zarr store (``"zarr"``)."""
+        return Target(self.url, self.fs, self.path, self.store, self.fileobj, kind)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if state["fileobj"] is not None:
+            try:  # a file-like object is handed to the other process only if it pickles (fsspec files do)
+                import pickle
+
+                pickle.dumps(state["fileobj"])
+            except Exception as e:
+                raise TypeError(
+                    f"'{self.url}' was opened from a file object that cannot be pickled ({e}); open it by URL "
+                    "(with storage_options=) to send it to another process"
+                ) from None
+        return state
+
+
+class RemotePath(str):
+    """A remote store's URL, plus the group inside it, that remembers how to reach it (its :class:`Target`).
+
+    It is what ``Storage.filename`` and ``Storage.describe()`` are for a remote store, so that every place that
+    re-opens a connection from them (views, lazy arrays, dask tasks, pickles) reaches the same store with the same
+    options.
+    """
+
+    target: Target
+    inner: str
+
+    def __new__(cls, target: Target, inner: str = "") -> RemotePath:
+        text = f"{target.url.rstrip('/')}/{inner}" if inner else target.url
+        obj = super().__new__(cls, text)
+        obj.target, obj.inner = target, inner
+        return obj
+
+    def __reduce__(self):
+        return (RemotePath, (self.target, self.inner))
+
+
+def is_remote(source: Any) -> bool:
+    """Whether ``source`` names a remote store (anything :func:`locate` takes that is not a local path)."""
+    if isinstance(source, RemotePath):
+        return True
+    if isinstance(source, str):
+        return _is_url(source)
+    if isinstance(source, tuple):
+        return len(source) == 2 and hasattr(source[0], "protocol")
+    if hasattr(source, "__fspath__") or isinstance(source, bytes):
+        return False
+    return _kind_of_object(source) is not None
+
+
+def _is_url(s: str) -> bool:
+    return (bool(_URL.match(s)) or "::" in s) and not s.startswith("file://")
+
+
+def _kind_of_object(obj: Any) -> str | None:
+    import zarr
+
+    if isinstance(obj, zarr.storage.LocalStore):
+        return None
+    if isinstance(obj, zarr.abc.store.Store):
+        return "store"
+    mod = type(obj).__module__ or ""
+    if mod.startswith("fsspec") or hasattr(obj, "fs") and hasattr(obj, "path") and hasattr(obj, "open"):
+        if hasattr(obj, "fs") and hasattr(obj, "root") and hasattr(obj, "__getitem__"):
+            return "mapper"
+        if hasattr(obj, "fs") and hasattr(obj, "path") and hasattr(obj, "open") and not hasattr(obj, "read"):
+            return "openfile"
+    if hasattr(obj, "read") and hasattr(obj, "seek"):
+        return "fileobj"
+    return None
+
+
+def locate(source: Any, storage_options: dict | None = None, format: str | None = None) -> tuple[RemotePath, str]:
+    """The remote store ``source`` names, as a :class:`RemotePath` of its root, and the group path inside it.
+
+    Raises
+    ------
+    FileNotFoundError
+        Nothing there (key, bucket or URL missing), naming the URL.
+    ValueError
+        Something there that is neither an HDF5 file nor a zarr store.
+    PermissionError, OSError
+        Credentials refused, endpoint unreachable... naming the URL and the cause.
+    """
+    if isinstance(source, RemotePath):
+        if source.target.kind is not None:
+            return RemotePath(source.target), source.inner
+        target, inner = source.target, source.inner
+        if target.fs is not None and target.store is None and target.fileobj is None:
+            return _find_root(target.fs, _join(target.path, inner), target.url, format)
+        return RemotePath(target.with_kind(_sniff_given(target, format))), inner
+    if storage_options and not isinstance(source, str):
+        raise TypeError(f"storage_options= goes with a URL, not with a {type(source).__name__}")
+    if isinstance(source, str):
+        import fsspec
+
+        try:
+            fs, path = fsspec.core.url_to_fs(source, **(storage_options or {}))
+        except ImportError as e:
+            raise ImportError(f"Cannot open '{source}': {e}") from e
+        return _find_root(fs, path, source, format)
+    if isinstance(source, tuple):
+        fs, path = source
+        return _find_root(fs, fs._strip_protocol(path), fs.unstrip_protocol(path), format)
+    kind = _kind_of_object(source)
+    if kind == "mapper":
+        return _find_root(source.fs, source.root, source.fs.unstrip_protocol(source.root), format)
+    if kind == "openfile" or (kind == "fileobj" and _is_fsspec_file(source)):
+        fs, path = source.fs, source.path
+        return _find_root(fs, path, fs.unstrip_protocol(path), format)
+    if kind == "store":
+        url = _store_url(source)
+        return RemotePath(Target(url, store=source).with_kind("zarr")), ""
+    if kind == "fileobj":
+        url = str(getattr(source, "name", None) or f"<{type(source).__name__} object>")
+        target = Target(url, fileobj=source)
+        return RemotePath(target.with_kind(_sniff_given(target, format))), ""
+    raise TypeError(f"Cannot open a {type(source).__name__}: expected a path, a URL, an fsspec or zarr store object")
+
+
+def _is_fsspec_file(obj: Any) -> bool:
+    return hasattr(obj, "fs") and isinstance(getattr(obj, "path", None), str) and hasattr(obj.fs, "cat_file")
+
+
+def _store_url(store: Any) -> str:
+    fs, path = getattr(store, "fs", None), getattr(store, "path", None)
+    if fs is not None and path is not None:
+        try:
+            return fs.unstrip_protocol(path)
+        except Exception:
+            pass
+    inner = getattr(store, "store", None)  # obstore: the ObjectStore's underlying store
+    prefix = getattr(inner, "prefix", None)
+    url = getattr(inner, "url", None)
+    return str(url or prefix or repr(store))
+
+
+def _join(path: str, inner: str) -> str:
+    return f"{path.rstrip('/')}/{inner}" if inner else path
+
+
+def _sniff_given(target: Target, format: str | None) -> str:
+    from shadows.io.storage import FORMATS
+
+    if format is not None:
+        return FORMATS[format]
+    if target.store is not None:
+        return "zarr"
+    f = target.fileobj
+    pos = f.tell()
+    try:
+        f.seek(0)
+        head = f.read(8)
+    finally:
+        f.seek(pos)
+    if head == HDF5_SIGNATURE:
+        return "h5"
+    raise ValueError(f"'{target.url}' is not an HDF5 file (an h5ad or h5mu); a zarr store is opened by URL")
+
+
+# --- finding the root of a file or store ------------------------------------------------------------------------------
+def _find_root(fs: Any, path: str, url: str, format: str | None) -> tuple[RemotePath, str]:
+    """Walk from ``path`` up to the file (h5ad/h5mu) or the outermost zarr root; what remains is the inner group."""
+    from shadows.io.storage import FORMATS
+
+    want = FORMATS.get(format) if format is not None else None
+    if format is not None and want is None:
+        raise ValueError(f"Unknown format {format!r}; choose one of {sorted(FORMATS)}")
+    parts = path.rstrip("/").split("/")
+    floor = _floor(fs, parts)
+    with _errors_named(url):
+        for i in range(len(parts), floor, -1):
+            cand = "/".join(parts[:i])
+            kind = _kind_at(fs, cand, want)
+            if kind is None:
+                continue
+            if kind == "zarr":  # climb to the outermost zarr root: a MuData modality opens from its store's top
+                while i - 1 > floor and _is_zarr(fs, "/".join(parts[: i - 1])):
+                    i -= 1
+                cand = "/".join(parts[:i])
+            inner = "/".join(parts[i:])
+            root_url = fs.unstrip_protocol(cand) if not _URL.match(cand) else cand
+            return RemotePath(Target(root_url, fs=fs, path=cand, kind=kind)), inner
+    raise FileNotFoundError(f"No such file or zarr store: '{url}'")
+
+
+def _floor(fs: Any, parts: list[str]) -> int:
+    """How many leading parts of a path name the bucket or host (never a store itself)."""
+    if parts and parts[0].endswith(":") and len(parts) > 2 and parts[1] == "":  # http(s)://host/...
+        return 3
+    protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
+    if any(p in ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl") for p in protocols):
+        return 1  # the bucket
+    return 0
+
+
+def _kind_at(fs: Any, path: str, want: str | None) -> str | None:
+    """``"h5"``, ``"zarr"`` or ``None`` (nothing there) for ``path``; ValueError for something else."""
+    looks_h5 = path.lower().endswith(_H5_SUFFIXES)
+    if want != "zarr" and looks_h5 and (kind := _file_kind(fs, path, want)) is not None:
+        return kind
+    if want != "h5" and _is_zarr(fs, path):
+        return "zarr"
+    if want != "zarr" and not looks_h5:
+        return _file_kind(fs, path, want)
+    return None
+
+
+def _file_kind(fs: Any, path: str, want: str | None) -> str | None:
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return None
+    if info.get("type") != "file":
+        return None
+    if want == "h5":
+        return "h5"
+    head = fs.cat_file(path, start=0, end=2056)  # the signature is at 0, or after a user block (h5mu: 512)
+    _count(path, len(head))
+    if any(head[o : o + 8] == HDF5_SIGNATURE for o in (0, 512, 1024, 2048)):
+        return "h5"
+    raise ValueError(f"'{fs.unstrip_protocol(path)}' is neither an HDF5 file (h5ad, h5mu) nor a zarr store")
+
+
+def _is_zarr(fs: Any, path: str) -> bool:
+    for name in _ZARR_META:
+        try:
+            info = fs.info(f"{path}/{name}")
+        except FileNotFoundError:
+            continue
+        if info.get("type") == "file":
+            return True
+    return False
+
+
+@contextmanager
+def _errors_named(url: str) -> Iterator[None]:
+    """Errors of a filesystem raised again with the URL and what probably went wrong."""
+    try:
+        yield
+    except (FileNotFoundError, ValueError) as e:
+        if url in str(e):
+            raise
+        raise type(e)(f"'{url}': {e}") from e
+    except PermissionError as e:
+        raise PermissionError(
+            f"Access to '{url}' was refused ({e}): check the credentials (storage_options key/secret/token, "
+            "anon=..., or the environment)"
+        ) from e
+    except Exception as e:
+        raise OSError(f"Cannot reach '{url}': {_cause(e)}") from e
+
+
+def _cause(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}"
+    low = text.lower()
+    if any(w in low for w in ("credential", "accessdenied", "access denied", "forbidden", "403", "signature")):
+        return text + " (check the credentials: storage_options key/secret/token, anon=..., or the environment)"
+    if any(w in low for w in ("connect", "endpoint", "timeout", "resolve")):
+        return text + " (is the endpoint right and reachable? storage_options client_kwargs/endpoint_url)"
+    return text
+
+
+# --- opening ----------------------------------------------------------------------------------------------------------
+def open_h5(root: RemotePath, mode: str) -> h5py.File:
+    """An h5py File on the remote file, read-only; writing into an HDF5 file over object storage is refused."""
+    t = root.target
+    if mode != "r":
+        raise RemoteWriteError(
+            f"Cannot open '{t.url}' for writing: an HDF5 file (h5ad/h5mu) cannot be updated in place on object "
+            "storage or over HTTP (HDF5 rewrites parts of the file where they are; an object is replaced whole). "
+            "Write to a local copy instead (download it, then open the local file with mode='r+'), or convert it "
+            "to zarr (shadow.write_zarr(...) or shadows.convert) and write into the zarr store."
+        )
+    f = t.fileobj if t.fileobj is not None else RangeFile(t.fs, t.path, t.url)
+    try:
+        return h5py.File(f, "r", rdcc_nbytes=0)
+    except Exception as e:
+        raise OSError(f"Cannot open '{t.url}' as HDF5: {e}") from e
+
+
+class RemoteWriteError(OSError):
+    """A write into a remote store that cannot be done there (an HDF5 file on object storage)."""
+
+
+def open_zarr(root: RemotePath, mode: str) -> Any:
+    """The zarr root group of the remote store (zarr's own async store: chunks are fetched concurrently)."""
+    import zarr
+
+    t = root.target
+    store = t.store if t.store is not None else zarr_store(t.fs, t.path, read_only=mode == "r")
+    if t.store is not None and getattr(store, "read_only", False) and mode != "r":
+        store = store.with_read_only(False)
+    with _errors_named(t.url):
+        try:
+            return zarr.open_group(CountingStore(store, t.url), mode=mode)
+        except (FileNotFoundError, PermissionError, ValueError):
+            raise
+        except Exception as e:
+            raise OSError(f"Cannot open '{t.url}' as a zarr store: {e}") from e
+
+
+def zarr_store(fs: Any, path: str, read_only: bool) -> Any:
+    """A ``zarr.storage.FsspecStore`` on ``fs`` at ``path`` (a synchronous filesystem is wrapped for zarr)."""
+    from zarr.storage import FsspecStore
+
+    if not getattr(fs, "async_impl", False):
+        from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+
+        fs = AsyncFileSystemWrapper(fs, asynchronous=True)
+    elif not getattr(fs, "asynchronous", False):
+        fs = type(fs)(**{**fs.storage_options, "asynchronous": True})
+    return FsspecStore(fs, path=path, read_only=read_only)
+
+
+def _counting_store_class() -> type:
+    from zarr.storage import WrapperStore
+
+    class _CountingStore(WrapperStore):
+        """A zarr store that counts what it fetches and names the store's URL in every failure: a failed read is
+        an error, never a chunk of fill values."""
+
+        def __init__(self, store: Any, url: str):
+            super().__init__(store)
+            self._url = url
+
+        def __reduce__(self):
+            return (CountingStore, (self._store, self._url))
+
+        def _with_store(self, store: Any) -> Any:
+            return CountingStore(store, self._url)
+
+        def with_read_only(self, read_only: bool = False) -> Any:
+            return CountingStore(self._store.with_read_only(read_only), self._url)
+
+        async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+            try:
+                out = await self._store.get(key, prototype, byte_range)
+            except (FileNotFoundError, KeyError):
+                raise
+            except Exception as e:
+                raise OSError(f"Reading '{key}' of '{self._url}' failed: {type(e).__name__}: {e}") from e
+            _count(self._url, len(out) if out is not None else 0)
+            return out
+
+        async def get_partial_values(self, prototype: Any, key_ranges: Any) -> Any:
+            key_ranges = list(key_ranges)
+            try:
+                out = await self._store.get_partial_values(prototype, key_ranges)
+            except Exception as e:
+                raise OSError(f"Reading from '{self._url}' failed: {type(e).__name__}: {e}") from e
+            for b in out:
+                _count(self._url, len(b) if b is not None else 0)
+            return out
+
+        def __repr__(self) -> str:
+            return f"CountingStore({self._url!r})"
+
+    return _CountingStore
+
+
+_CountingStoreClass: type | None = None
+
+
+def CountingStore(store: Any, url: str) -> Any:  # noqa: N802 - a class made on first use (zarr imported late)
+    """``store`` wrapped so that every request is counted (:func:`counting`) and every failure names ``url``."""
+    global _CountingStoreClass
+    if _CountingStoreClass is None:
+        _CountingStoreClass = _counting_store_class()
+    return _CountingStoreClass(store, url)
+
+
+# --- the read cache for HDF5 ------------------------------------------------------------------------------------------
+# HDF5 reads its metadata (object headers, B-tree nodes, local and global heaps) in pieces of tens to hundreds of
+# bytes, scattered through an h5ad file (anndata writes each element's header next to its data).  A request per
+# piece costs a round trip each (about 150 for opening a file and reading its shape); blocks of BLOCK bytes around
+# them bring that to a handful.  Measured on the 100k x 5k h5ad over HTTP (docs/benchmarks.md, "Remote stores"):
+# 64 kB blocks fetch 0.4 MB for open + shape in 9 requests; 1 MB blocks fetch 9 MB.  Reads of at least BLOCK bytes
+# (the values of a selection) are fetched exactly as asked, in one request, and not cached: partial reads stay
+# partial.
+BLOCK = 64 * 1024
+CACHE_BLOCKS = 512  # 32 MB of metadata blocks at most per open file
+
+
+class RangeFile:
+    """A read-only binary file over an fsspec filesystem: exact ranged requests for large reads, an LRU cache of
+    aligned blocks for small ones (HDF5's metadata).  What h5py's ``fileobj`` driver reads from."""
+
+    def __init__(self, fs: Any, path: str, url: str, size: int | None = None):
+        self.fs, self.path, self.url = fs, path, url
+        if size is None:
+            with _errors_named(url):
+                size = int(fs.info(path)["size"])
+        self.size = size
+        self.pos = 0
+        self._blocks: OrderedDict[int, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self.closed = False
+
+    # file protocol ---------------------------------------------------------------------------------------------------
+    def seek(self, offset: int, whence: int = 0) -> int:
+        """Move the position (``whence`` as for :meth:`io.IOBase.seek`); nothing is fetched."""
+        self.pos = offset if whence == 0 else self.pos + offset if whence == 1 else self.size + offset
+        return self.pos
+
+    def tell(self) -> int:
+        """The current position."""
+        return self.pos
+
+    def seekable(self) -> bool:
+        """Always ``True``: every read is a ranged request."""
+        return True
+
+    def readable(self) -> bool:
+        """Always ``True``."""
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        """Read ``n`` bytes (the rest of the file if ``n < 0``) from the current position."""
+        if n is None or n < 0:
+            n = self.size - self.pos
+        out = self.pread(self.pos, n)
+        self.pos += len(out)
+        return out
+
+    def readinto(self, buf: Any) -> int:
+        """Read into ``buf`` from the current position; the number of bytes read."""
+        mv = memoryview(buf).cast("B")
+        data = self.pread(self.pos, len(mv))
+        mv[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        """Forget the cached blocks; the filesystem's connections stay with fsspec."""
+        self.closed = True
+        self._blocks.clear()
+
+    def __reduce__(self):
+        return (RangeFile, (self.fs, self.path, self.url, self.size))
+
+    # reading ----------------------------------------------------------------------------------------------------------
+    def pread(self, start: int, n: int) -> bytes:
+        """``n`` bytes at ``start``: one exact request if large, else from the block cache (see ``BLOCK``)."""
+        end = min(start + n, self.size)
+        if end <= start:
+            return b""
+        if end - start >= BLOCK:
+            return self._fetch(start, end)
+        first, last = start // BLOCK, (end - 1) // BLOCK
+        with self._lock:
+            got = {b: self._blocks.get(b) for b in range(first, last + 1)}
+            for b in got:
+                if got[b] is not None:
+                    self._blocks.move_to_end(b)
+        missing = [b for b, v in got.items() if v is None]
+        if missing:
+            lo, hi = missing[0], missing[-1]
+            data = self._fetch(lo * BLOCK, min((hi + 1) * BLOCK, self.size))
+            with self._lock:
+                for b in range(lo, hi + 1):
+                    got[b] = data[(b - lo) * BLOCK : (b - lo + 1) * BLOCK]
+                    self._blocks[b] = got[b]
+                while len(self._blocks) > CACHE_BLOCKS:
+                    self._blocks.popitem(last=False)
+        joined = b"".join(got[b] for b in range(first, last + 1))
+        off = start - first * BLOCK
+        return joined[off : off + (end - start)]
+
+    def _fetch(self, start: int, end: int) -> bytes:
+        try:
+            data = self.fs.cat_file(self.path, start=start, end=end)
+        except Exception as e:
+            raise OSError(f"Reading bytes {start}-{end} of '{self.url}' failed: {type(e).__name__}: {e}") from e
+        if len(data) != end - start:
+            raise OSError(f"Reading bytes {start}-{end} of '{self.url}': got {len(data)} bytes")
+        _count(self.url, len(data))
+        return data
+
+
+def locate_output(dest: Any, storage_options: dict | None = None) -> Target:
+    """Where a new store goes: a URL (with ``storage_options``), an ``FSMap``, a zarr store object (nothing is
+    looked up: the destination need not exist)."""
+    if isinstance(dest, RemotePath):
+        return dest.target
+    if isinstance(dest, str):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(dest, **(storage_options or {}))
+        return Target(dest, fs=fs, path=path, kind="zarr")
+    kind = _kind_of_object(dest)
+    if kind == "mapper":
+        return Target(dest.fs.unstrip_protocol(dest.root), fs=dest.fs, path=dest.root, kind="zarr")
+    if kind == "store":
+        return Target(_store_url(dest), store=dest, kind="zarr")
+    raise TypeError(f"Cannot write a zarr store to a {type(dest).__name__}: give a URL, an FSMap or a zarr store")

@@ -1,0 +1,278 @@
+"""Remote stores (shadows.remote): shadows over S3 (moto on 127.0.0.1) and HTTP (a Range server on 127.0.0.1) read
+what anndata reads from the local copy; views, pickles, dask (threads and worker processes), write-back to zarr on
+S3, the refusal to write into a remote h5ad, and the errors for bad URLs and endpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+from oracle import assert_element_equal, read_oracle, write_adata
+from remote_servers import RangeServer, S3Server
+from stream_data import rich
+
+pytest.importorskip("s3fs")
+pytest.importorskip("moto.server")
+
+import fsspec  # noqa: E402
+import zarr  # noqa: E402
+
+from shadows import AnnDataShadow  # noqa: E402
+from shadows.remote import counting  # noqa: E402
+
+BUCKET = "shadows-test-remote"
+TAGS = ("h5ad", "zarr2", "zarr3")  # zarr3 is sharded where anndata shards (0.13)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write_all(directory: Path) -> dict[str, Path]:
+    a = rich(40, 15, "csr", seed=3)
+    out = {"h5ad": Path(write_adata(a, directory / "a.h5ad")), "zarr2": Path(write_adata(a, directory / "a2.zarr", 2))}
+    shard = getattr(ad.settings, "auto_shard_zarr_v3", None)
+    if shard is not None:
+        ad.settings.auto_shard_zarr_v3 = True
+    try:
+        out["zarr3"] = Path(write_adata(a, directory / "a3.zarr", 3))
+    finally:
+        if shard is not None:
+            ad.settings.auto_shard_zarr_v3 = shard
+    return out
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory):
+    """An S3 server holding the files, an HTTP server serving them, and anndata's readings of the local copies."""
+    d = tmp_path_factory.mktemp("remote")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        local = _write_all(d)
+    s3 = S3Server().start()
+    http = RangeServer(d)
+    try:
+        fs = s3.filesystem()
+        fs.mkdir(BUCKET)
+        for p in local.values():
+            fs.put(str(p), f"{BUCKET}/{p.name}", recursive=p.is_dir())
+        fs.pipe(f"{BUCKET}/text.h5ad", b"not an HDF5 file\n" * 10)
+        oracle = {tag: read_oracle(p) for tag, p in local.items()}
+        yield {"s3": s3, "fs": fs, "http": http, "local": local, "oracle": oracle}
+    finally:
+        http.stop()
+        s3.stop()
+
+
+def url_of(servers, where: str, tag: str) -> tuple[str, dict | None]:
+    name = servers["local"][tag].name
+    if where == "s3":
+        return f"s3://{BUCKET}/{name}", servers["s3"].storage_options
+    return f"{servers['http'].url}/{name}", None
+
+
+def _dense(x) -> np.ndarray:
+    return np.ravel(np.asarray(x.todense() if hasattr(x, "todense") else x))
+
+
+def assert_same(s, ref) -> None:
+    assert tuple(s.shape) == tuple(ref.shape)
+    for name in ("obs", "var", "X"):
+        assert_element_equal(getattr(s, name), getattr(ref, name), name)
+    for g in ("obsm", "layers"):
+        for k in getattr(ref, g).keys():
+            if k is not None:
+                assert_element_equal(getattr(s, g)[k], getattr(ref, g)[k], f"{g}/{k}")
+
+
+@pytest.mark.parametrize("where", ["s3", "http"])
+@pytest.mark.parametrize("tag", TAGS)
+def test_every_element_equals_anndata(servers, where, tag):
+    url, so = url_of(servers, where, tag)
+    ref = servers["oracle"][tag]
+    with AnnDataShadow(url, storage_options=so) as s:
+        assert url in repr(s)
+        assert_same(s, ref)
+        assert_element_equal(dict(s.uns), dict(ref.uns), "uns")
+        s.clear_cache()
+        s.reopen("r")
+        assert_element_equal(s.obsm["X_pca"] if "X_pca" in ref.obsm else s.X, ref.obsm.get("X_pca", ref.X), "again")
+
+
+@pytest.mark.parametrize("where,tag", [("s3", "h5ad"), ("s3", "zarr3"), ("http", "h5ad"), ("http", "zarr2")])
+def test_views_equal_anndata_views(servers, where, tag):
+    url, so = url_of(servers, where, tag)
+    ref = servers["oracle"][tag]
+    mask = np.arange(ref.n_obs) % 3 == 0
+    genes = list(ref.var_names[[4, 0, 7]])
+    s = AnnDataShadow(url, storage_options=so)
+    for make in (lambda x: x[mask], lambda x: x[:, genes], lambda x: x[mask, genes], lambda x: x[5:30][::2, genes]):
+        v, rv = make(s), make(ref).copy()
+        assert isinstance(v, AnnDataShadow)
+        assert_same(v, rv)
+
+
+def test_fsspec_and_zarr_objects(servers):
+    fs, so, ref = servers["fs"], servers["s3"].storage_options, servers["oracle"]
+    with fs.open(f"{BUCKET}/a.h5ad", "rb") as f:
+        assert_same(AnnDataShadow(f), ref["h5ad"])
+    assert_same(AnnDataShadow(fsspec.open(f"s3://{BUCKET}/a.h5ad", "rb", **so)), ref["h5ad"])
+    assert_same(AnnDataShadow((fs, f"{BUCKET}/a.h5ad")), ref["h5ad"])
+    assert_same(AnnDataShadow(fs.get_mapper(f"{BUCKET}/a2.zarr")), ref["zarr2"])
+    store = zarr.storage.FsspecStore.from_url(f"s3://{BUCKET}/a3.zarr", storage_options=so, read_only=True)
+    assert_same(AnnDataShadow(store), ref["zarr3"])
+    fsspec.filesystem("memory").put(str(servers["local"]["zarr2"]), "/test_remote/a2.zarr", recursive=True)
+    assert_same(AnnDataShadow("memory://test_remote/a2.zarr"), ref["zarr2"])
+
+
+def test_partial_reads_stay_partial_and_are_counted(servers):
+    """counting() sees every byte the server sent; one embedding fetches less than the whole store."""
+    srv = servers["http"]
+    s = AnnDataShadow(f"{srv.url}/a3.zarr")
+    srv.reset()
+    with counting() as c:
+        x = s[2:30].obsm["X_pca"]
+    assert_element_equal(x, servers["oracle"]["zarr3"][2:30].obsm["X_pca"], "obsm")
+    n_req, n_bytes = srv.totals()
+    assert c.bytes == n_bytes and 0 < c.requests <= n_req  # the server also answers HEAD requests (sizes)
+    whole = sum(p.stat().st_size for p in servers["local"]["zarr3"].rglob("*") if p.is_file())
+    assert n_bytes < whole
+
+
+def test_pickled_view_reads_in_a_fresh_process(servers):
+    for where, tag in (("s3", "h5ad"), ("http", "zarr3")):
+        url, so = url_of(servers, where, tag)
+        ref = servers["oracle"][tag]
+        v = AnnDataShadow(url, storage_options=so)[::2, [0, 3]]
+        blob = pickle.dumps(v)
+        assert len(blob) < 16384
+        code = (
+            "import pickle, sys; v = pickle.loads(sys.stdin.buffer.read()); sys.stdout.buffer.write(pickle.dumps(v.X))"
+        )
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        p = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, timeout=120, env=env)
+        assert p.returncode == 0, p.stderr.decode()[-2000:]
+        assert_element_equal(pickle.loads(p.stdout), ref[::2, [0, 3]].X, "X")
+
+
+def test_dask_backend_threads_and_worker_processes(servers):
+    distributed = pytest.importorskip("dask.distributed")
+    import dask
+
+    url, so = url_of(servers, "s3", "zarr3")
+    ref = servers["oracle"]["zarr3"]
+    s = AnnDataShadow(url, storage_options=so, array_backend="dask")
+    want = np.asarray(ref.X.sum(axis=0)).ravel()
+    np.testing.assert_allclose(_dense(s.X.sum(axis=0).compute()), want, rtol=1e-6)
+    with dask.config.set({"distributed.worker.multiprocessing-method": "fork"}):
+        cluster = distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        )
+    try:
+        with distributed.Client(cluster):
+            h = AnnDataShadow(*url_of(servers, "s3", "h5ad")[:1], storage_options=so, array_backend="dask")
+            got = h[::2].X.sum(axis=0).compute()
+            want = np.asarray(servers["oracle"]["h5ad"][::2].X.sum(axis=0)).ravel()
+            np.testing.assert_allclose(_dense(got), want, rtol=1e-6)
+    finally:
+        cluster.close()
+
+
+@pytest.mark.parametrize("tag", ["zarr2", "zarr3"])
+def test_write_back_to_s3_zarr_reads_back_with_anndata(servers, tag):
+    fs, so = servers["fs"], servers["s3"].storage_options
+    key = f"{BUCKET}/writeback_{tag}.zarr"
+    fs.put(str(servers["local"][tag]), key, recursive=True)
+    before = servers["oracle"][tag]
+    x_new = np.random.default_rng(0).normal(size=(before.n_obs, 3)).astype(np.float32)
+    col = np.array([f"c{i % 3}" for i in range(before.n_obs)])
+    s = AnnDataShadow(f"s3://{key}", storage_options=so)
+    s.obsm["X_new"] = x_new
+    s.obs["cluster"] = col
+    s.layers["twice"] = before.X * 2
+    s.uns["note"] = {"by": "test_remote"}
+    s.reopen("r+").write().reopen("r")
+    fresh = {**so, "skip_instance_cache": True, "use_listings_cache": False}
+    after = ad.read_zarr(zarr.storage.FsspecStore.from_url(f"s3://{key}", storage_options=fresh, read_only=True))
+    assert_element_equal(after.obsm["X_new"], x_new, "obsm/X_new")
+    assert [str(c) for c in after.obs["cluster"]] == list(col)
+    assert_element_equal(after.layers["twice"], before.X * 2, "layers/twice")
+    assert after.uns["note"]["by"] == "test_remote"
+    assert_element_equal(after.X, before.X, "X")
+    assert_element_equal(after.obs[list(before.obs.columns)], before.obs, "old obs")
+    assert_element_equal(s.obsm["X_new"], x_new, "the shadow after write")
+
+
+def test_view_streamed_to_s3_zarr(servers):
+    so = servers["s3"].storage_options
+    s = AnnDataShadow(url_of(servers, "s3", "h5ad")[0], storage_options=so)
+    dest = f"s3://{BUCKET}/streamed.zarr"
+    s[::3, [0, 2, 5]].write_zarr(zarr.storage.FsspecStore.from_url(dest, storage_options=so, read_only=False))
+    back = ad.read_zarr(zarr.storage.FsspecStore.from_url(dest, storage_options=so, read_only=True))
+    rv = servers["oracle"]["h5ad"][::3, [0, 2, 5]].copy()
+    assert_element_equal(back.X, rv.X, "X")
+    assert_element_equal(back.obs, rv.obs, "obs")
+    with pytest.raises(FileExistsError, match="streamed.zarr"):  # an existing store is not replaced unasked
+        s[:5].write_zarr(zarr.storage.FsspecStore.from_url(dest, storage_options=so, read_only=False))
+
+
+def test_writing_into_remote_h5ad_is_refused(servers):
+    fs, so = servers["fs"], servers["s3"].storage_options
+    url = f"s3://{BUCKET}/a.h5ad"
+    digest = hashlib.sha256(fs.cat_file(f"{BUCKET}/a.h5ad")).hexdigest()
+    s = AnnDataShadow(url, storage_options=so)
+    s.obsm["X_new"] = np.zeros((s.n_obs, 2))
+    with pytest.raises(OSError, match="HDF5") as e:
+        s.reopen("r+")
+    assert url in str(e.value) and "zarr" in str(e.value) and "local" in str(e.value)
+    with pytest.raises(OSError, match="HDF5"):
+        AnnDataShadow(url, storage_options=so, mode="r+")
+    assert hashlib.sha256(fs.cat_file(f"{BUCKET}/a.h5ad")).hexdigest() == digest
+    assert_element_equal(s.obs, servers["oracle"]["h5ad"].obs, "still readable")
+
+
+def test_errors_name_the_url(servers):
+    so = servers["s3"].storage_options
+    for url in (f"s3://{BUCKET}/missing.h5ad", f"s3://{BUCKET}/missing.zarr", "s3://no-such-bucket-here/x.h5ad"):
+        with pytest.raises(FileNotFoundError, match=url):
+            AnnDataShadow(url, storage_options=so)
+    missing = f"{servers['http'].url}/missing.h5ad"
+    with pytest.raises(FileNotFoundError, match=missing):
+        AnnDataShadow(missing)
+    with pytest.raises(ValueError, match=f"s3://{BUCKET}/text.h5ad"):
+        AnnDataShadow(f"s3://{BUCKET}/text.h5ad", storage_options=so)
+    with pytest.raises(TypeError, match="storage_options"):
+        AnnDataShadow(str(servers["local"]["h5ad"]), storage_options=so)
+
+
+def test_dead_endpoint_names_the_url(servers):
+    import socket
+
+    with socket.socket() as dead:
+        dead.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        endpoint = f"http://127.0.0.1:{dead.getsockname()[1]}"
+        url = f"s3://{BUCKET}/a.h5ad"
+        so = {"client_kwargs": {"endpoint_url": endpoint}, "config_kwargs": {"retries": {"max_attempts": 1}}}
+        with pytest.raises(OSError, match=url):
+            AnnDataShadow(url, storage_options=so)
+
+
+@pytest.mark.parametrize("tag", ["h5ad", "zarr3"])
+def test_http_errors_after_open_are_errors_not_fill_values(servers, tag):
+    url, _ = url_of(servers, "http", tag)
+    s = AnnDataShadow(url)
+    servers["http"].fail_status = 503
+    try:
+        with pytest.raises(OSError, match=url):
+            s.reopen("r")  # a fresh connection (a small h5ad may sit whole in the cache of the first one)
+            s.obsm["X_pca"]
+    finally:
+        servers["http"].fail_status = 0
+    assert_element_equal(
+        s.reopen("r").obsm["X_pca"], servers["oracle"][tag].obsm["X_pca"], "after the server recovered"
+    )
