@@ -109,3 +109,27 @@ def undocumented() -> list[str]:
 def test_every_public_definition_has_a_docstring():
     missing = undocumented()
     assert not missing, f"{len(missing)} public definitions have no docstring:\n" + "\n".join(missing)
+
+
+def test_no_import_cycles_but_the_facade_delegation():
+    """No group of modules imports each other (imports inside functions count), except through the façade's
+    delegation that ``pyproject.toml`` declares (``ignore_imports`` of the layers contract)."""
+    import tomllib
+
+    import grimp
+    import networkx as nx
+
+    config = tomllib.loads((PKG.parent / "pyproject.toml").read_text())["tool"]["importlinter"]
+    declared = {
+        tuple(part.strip() for part in entry.split("->"))
+        for contract in config["contracts"]
+        for entry in contract.get("ignore_imports", [])
+    }
+    graph = grimp.build_graph("shadows", exclude_type_checking_imports=True)
+    edges = nx.DiGraph()
+    for importer in graph.modules:
+        for imported in graph.find_modules_directly_imported_by(importer):
+            if (importer, imported) not in declared:
+                edges.add_edge(importer, imported)
+    cycles = [sorted(c) for c in nx.strongly_connected_components(edges) if len(c) > 1]
+    assert not cycles, f"modules that import each other: {cycles}"

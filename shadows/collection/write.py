@@ -26,8 +26,9 @@ from shadows.collection.source import Stacked, chunk_bounds, plan_rows
 from shadows.core.mapping import untrack
 from shadows.settings import settings
 from shadows.spec import selection as ix
+from shadows.stream.elements import matrix_part
 from shadows.stream.matrix import WriteOptions, write_in_memory
-from shadows.stream.shadow import chunked, matrix_part
+from shadows.stream.shadow import chunked
 from shadows.stream.sink import DenseSink, Output, SparseSink, set_encoding
 
 if TYPE_CHECKING:

@@ -36,7 +36,7 @@ from shadows.core.connection import ConnectionMixin
 from shadows.core.keys import check_value
 from shadows.core.lazy_dict import LazyDict
 from shadows.core.mapping import ALIGNMENT, ElementMapping, TrackedDict, untrack
-from shadows.core.raw import RawShadow, RawSnapshot
+from shadows.core.raw import RawShadow, RawSnapshot, empty_columns_as_str
 from shadows.core.repr import html_repr, text_repr
 from shadows.core.state import ShadowState
 from shadows.io.storage import Storage, attr, is_array, is_group
@@ -1559,13 +1559,6 @@ def _take(value: Any, sels: tuple) -> Any:
             value = value[pos] if axis == 0 else value[:, pos]
         else:
             value = np.take(np.asarray(value), pos, axis=axis)
-    return value
-
-
-def empty_columns_as_str(value: Any) -> Any:
-    """An obs/var without columns gets string-typed empty columns, as AnnData's constructor leaves them."""
-    if isinstance(value, pd.DataFrame) and len(value.columns) == 0:
-        value.columns = value.columns.astype(str)
     return value
 
 

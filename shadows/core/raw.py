@@ -86,8 +86,6 @@ class RawShadow:
             )
             parts.axis_name = "var_names"  # the index column's name in polars/pyarrow tables
             parts.index = self._str_names(parts.index, parts.index_name)
-            from shadows.core.anndata import empty_columns_as_str
-
             return empty_columns_as_str(self._shadow._table(parts))
 
         return self._cached("var", read)
@@ -432,3 +430,10 @@ class RawSnapshot(RawShadow):
 
     def __repr__(self) -> str:
         return f"Raw AnnData with n_obs × n_vars = {self.n_obs} × {self.n_vars} (in memory, not yet written)"
+
+
+def empty_columns_as_str(value: Any) -> Any:
+    """An obs/var without columns gets string-typed empty columns, as AnnData's constructor leaves them."""
+    if isinstance(value, pd.DataFrame) and len(value.columns) == 0:
+        value.columns = value.columns.astype(str)
+    return value

@@ -242,7 +242,7 @@ def _join(path: str, inner: str) -> str:
 
 
 def _sniff_given(target: Target, format: str | None) -> str:
-    from shadows.io.storage import FORMATS
+    from shadows.io.kinds import FORMATS
 
     if format is not None:
         return FORMATS[format]
@@ -263,7 +263,7 @@ def _sniff_given(target: Target, format: str | None) -> str:
 # --- finding the root of a file or store ------------------------------------------------------------------------------
 def _find_root(fs: Any, path: str, url: str, format: str | None) -> tuple[RemotePath, str]:
     """Walk from ``path`` up to the file (h5ad/h5mu) or the outermost zarr root; what remains is the inner group."""
-    from shadows.io.storage import FORMATS
+    from shadows.io.kinds import FORMATS
 
     want = FORMATS.get(format) if format is not None else None
     if format is not None and want is None:

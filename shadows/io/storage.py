@@ -18,13 +18,7 @@ import numpy as np
 import zarr
 
 from shadows.io import remote
-
-FORMATS = {"h5ad": "h5", "h5mu": "h5", "hdf5": "h5", "h5": "h5", "zarr": "zarr"}
-MODES = ("r", "r+")
-
-
-class StorageError(OSError):
-    """The file or store cannot be opened as requested."""
+from shadows.io.kinds import FORMATS, MODES, StorageError
 
 
 def _is_zarr_dir(p: Path) -> bool:

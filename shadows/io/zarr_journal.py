@@ -61,7 +61,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from shadows.io.storage import StorageError
+from shadows.io.kinds import StorageError
 
 try:
     import fcntl

@@ -157,9 +157,9 @@ def log1p(
         path = f"layers/{layer}" if layer is not None else "X"
         if "log1p" in shadow.uns.keys():
             warnings.warn("adata.X seems to be already log-transformed.", UserWarning, stacklevel=2)
-        from shadows.stream.shadow import _pending_value, matrix_part
+        from shadows.stream.elements import matrix_part, pending_value
 
-        found, value = _pending_value(shadow, path)
+        found, value = pending_value(shadow, path)
         dtype = np.dtype(value.dtype if found else matrix_part(shadow, path).dtype)
         out_dtype = dtype if dtype.kind == "f" else np.dtype(np.float64)  # scanpy: integers become float
 
@@ -188,11 +188,11 @@ class _Source:
     """The matrix being normalised, read block by block for the passes that precede the write."""
 
     def __init__(self, shadow: Any, path: str, chunk_size: int | None, progress: bool | None):
-        from shadows.stream.shadow import _pending_value, matrix_part
+        from shadows.stream.elements import matrix_part, pending_value
 
         self.path = path
         self.chunk_size, self.progress = chunk_size, progress
-        found, value = _pending_value(shadow, path)
+        found, value = pending_value(shadow, path)
         if found:
             if value is None:
                 raise ValueError(f"'{path}' of '{state_of(shadow).storage.describe()}' is None")

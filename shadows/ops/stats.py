@@ -85,12 +85,12 @@ def stats(
     """
     if axis not in (0, 1):
         raise ValueError(f"axis must be 0 (per gene) or 1 (per cell), got {axis!r}")
-    from shadows.stream.shadow import _pending_value, matrix_part
+    from shadows.stream.elements import matrix_part, pending_value
 
     shadow, opened = open_source(source)
     try:
         path = f"layers/{layer}" if layer is not None else "X"
-        found, value = _pending_value(shadow, path)
+        found, value = pending_value(shadow, path)
         if found:
             if value is None:
                 raise ValueError(f"'{path}' of '{state_of(shadow).storage.describe()}' is None")

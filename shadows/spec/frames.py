@@ -8,7 +8,6 @@ memory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import anndata
@@ -17,6 +16,7 @@ import pandas as pd
 
 from shadows.io.storage import attr, is_array, is_group
 from shadows.spec.dense import read_dense
+from shadows.spec.frame_parts import FrameParts
 from shadows.spec.registry import ReadContext, read_element, register_reader, sel_at
 
 
@@ -134,33 +134,6 @@ def _stored_length(elem: Any) -> int:
         elem = elem["values"] if "values" in elem else None
     shape = getattr(elem, "shape", None)
     return int(shape[0]) if shape else 0
-
-
-@dataclass
-class FrameParts:
-    """A table read column by column: what every table backend is built from.
-
-    ``axis_name`` says what the rows are (``"obs_names"``, ``"var_names"``), set by the shadow for tables aligned to
-    an axis; table backends without a pandas index use it to name the index column (see
-    :func:`shadows.backends.tables.index_column`).
-    """
-
-    index: Any
-    index_name: str | None
-    columns: dict[str, Any] = field(default_factory=dict)
-    column_order: list[str] = field(default_factory=list)
-    axis_name: str | None = None
-
-    def to_pandas(self) -> pd.DataFrame:
-        """The table as a pandas DataFrame, columns in ``column_order``, index named ``index_name``."""
-        df = pd.DataFrame(
-            {k: self.columns[k] for k in self.column_order},
-            index=self.index,
-            columns=self.column_order if self.column_order else None,
-        )
-        if self.index_name is not None:
-            df.index.name = self.index_name
-        return df
 
 
 def read_frame_parts(

@@ -17,7 +17,7 @@ import pandas as pd
 
 from shadows.io.storage import decode_strings, is_h5
 from shadows.spec.dense import read_dense
-from shadows.spec.frames import FrameParts
+from shadows.spec.frame_parts import FrameParts
 from shadows.spec.registry import ReadContext, register_reader
 
 

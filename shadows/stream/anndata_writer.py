@@ -31,8 +31,8 @@ from shadows.io.storage import attr, is_group
 from shadows.progress import progress_bar
 from shadows.spec import read_element, read_frame_parts
 from shadows.stream.blocks import MatrixPart, is_matrix, part_of, span_cuts
+from shadows.stream.elements import pending_value, sels_for, stored_path
 from shadows.stream.matrix import WriteOptions, write_in_memory, write_stored
-from shadows.stream.shadow import _pending_value, sels_for, stored_path
 from shadows.stream.sink import set_encoding
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ def _planned_matrices(twin: AnnDataShadow, root: Any, budget: int) -> dict[str, 
         paths.append(raw_x)
     out = {}
     for path in paths:
-        if path not in ("raw/X", "raw.X") and _pending_value(twin, path)[0]:
+        if path not in ("raw/X", "raw.X") and pending_value(twin, path)[0]:
             continue
         stored = stored_path(twin, path)
         if stored not in root or not is_matrix(root[stored]):
@@ -185,7 +185,7 @@ class _Writer:
     def matrix(self, parent: Any, name: str, path: str, started: Callable[[], None] | None = None) -> None:
         """Write one matrix element; ``started``: see :func:`~shadows.stream.matrix.write_stored`."""
         twin, root, opts = self.twin, self.root, self.opts
-        found, value = _pending_value(twin, path)
+        found, value = pending_value(twin, path)
         if found:
             if value is not None:
                 write_in_memory(value, parent, name, path, opts)

@@ -32,7 +32,7 @@ from anndata.io import write_elem
 
 from shadows.io import commit_guard
 from shadows.io.storage import Storage
-from shadows.writeback.plan import FrameEdit, Op, Plan
+from shadows.writeback.steps import FrameEdit, Op, Plan
 
 _STAGED = "v"  # the name of the staged element inside its anonymous group
 

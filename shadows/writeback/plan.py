@@ -1,7 +1,7 @@
 """Writing back: push a shadow's pending in-memory changes into the file it is open on.
 
 ``shadow.reopen("r+").write()`` lands here.  This module decides *what* to write (a plan of element operations and
-dataframe edits, checked for overwrites before anything is touched); :mod:`shadows.write_h5` and
+dataframe edits, checked for overwrites before anything is touched); :mod:`shadows.writeback.hdf5` and
 :mod:`shadows.writeback.zarr` decide *how*, so that a writer killed at any moment leaves a file that anndata and mudata
 still read: every new element is first written where no reader looks (an anonymous HDF5 object, a zarr staging
 directory beside the store), then linked or renamed into place, and a replaced element is swapped as late as possible.
@@ -12,7 +12,6 @@ replaced or deleted elements: :func:`shadows.repack` rewrites a file compactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,76 +25,13 @@ from shadows.core.state import state_of
 from shadows.io import commit_guard
 from shadows.io.storage import attr, is_group
 from shadows.spec import encoding_of
+from shadows.writeback.steps import FrameEdit, Op, Plan
 from shadows.writeback.values import strings, values_equal, writable
 
 if TYPE_CHECKING:
     from shadows.core.anndata import AnnDataShadow
 
-DELETE = object()  # the value of an operation that removes an element
 _LEGACY_RAW = ("raw.X", "raw.var", "raw.varm")
-
-
-@dataclass
-class Op:
-    """One element to put at (or remove from) ``path``, a path below the shadow's root group."""
-
-    path: str
-    value: Any = DELETE
-    replaces: bool = False  # an element already on disk is replaced (needs overwrite=True)
-    also_remove: tuple[str, ...] = ()  # older copies removed with it (legacy layouts)
-    unit: tuple[str, str] | None = None  # the shadow's pending entry this operation (partly) settles
-
-    @property
-    def is_delete(self) -> bool:
-        """Whether the operation removes the element rather than putting one."""
-        return self.value is DELETE
-
-
-@dataclass
-class FrameEdit:
-    """Column changes of the dataframe group ``path`` (``obs`` or ``var``)."""
-
-    name: str
-    path: str
-    old_order: list[str]
-    new_order: list[str]
-    puts: dict[str, Any] = field(default_factory=dict)  # added and changed columns
-    changed: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    index_key: str = "_index"
-    index: Any = None  # new index values, or None when the index is unchanged
-    # columns on disk that column-order does not list (left by a writer killed between linking a column and
-    # naming it): invisible to readers, so replaced (in ``changed``) or removed (in ``removed``) without asking
-    leftovers: list[str] = field(default_factory=list)
-
-    @property
-    def hidden(self) -> list[str]:
-        """Columns that leave ``column-order`` while they are swapped or removed."""
-        return [c for c in self.old_order if c in self.changed or c in self.removed]
-
-
-@dataclass
-class Plan:
-    """What one write changes in the file: element operations, column edits of obs/var, and the pending entries settled.
-
-    A plan is false when there is nothing to write.
-    """
-
-    ops: list[Op] = field(default_factory=list)
-    frames: list[FrameEdit] = field(default_factory=list)
-    units: list[tuple[str, str]] = field(default_factory=list)  # pending entries this plan settles
-
-    def __bool__(self) -> bool:
-        return bool(self.ops or self.frames)
-
-    def overwrites(self) -> list[str]:
-        """The paths of elements (and obs/var columns and indexes) already on disk that the plan replaces."""
-        out = [op.path for op in self.ops if op.replaces and not op.is_delete]
-        for fe in self.frames:
-            out += [f"{fe.path}/{c} (column)" for c in fe.changed if c not in fe.leftovers]
-            if fe.index is not None:
-                out.append(f"{fe.path} index")
-        return out
 
 
 def write_pending(shadow: AnnDataShadow, *, overwrite: bool = False, clear_cache: bool = False) -> AnnDataShadow:

@@ -27,7 +27,7 @@ from shadows.io.remote_store import delete_all, invalidate, is_meta, list_keys, 
 from shadows.io.storage import Storage
 
 if TYPE_CHECKING:
-    from shadows.writeback.plan import Plan
+    from shadows.writeback.steps import Plan
 
 
 def _store_of(storage: Storage) -> Any:

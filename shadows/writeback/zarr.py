@@ -41,7 +41,7 @@ from shadows.io.zarr_journal import (
     write_journal,
     writer_lock,
 )
-from shadows.writeback.plan import FrameEdit, Plan
+from shadows.writeback.steps import FrameEdit, Plan
 
 __all__ = ["apply_zarr", "consolidated_kind", "writer_lock", "zarr_format_of"]
 
