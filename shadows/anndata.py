@@ -23,6 +23,8 @@ import scipy.sparse as sp
 
 from . import index as ix
 from .backends import check_backend_name, get_array_backend, get_table_backend
+from .lazy_x import is_dask_array, take_dask
+from .scanpy_dask import install as install_scanpy_dask
 from .compat import (
     NOT_A_REFERENCE,
     SlicedMatrix,
@@ -488,6 +490,8 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         if (before := self._edit_before()) is not None:
             return before.X  # muon's filter subsets X of before itself (see _axis_edit)
         k = ("X", "")
+        if self._array_backend != "numpy":
+            install_scanpy_dask()  # scanpy's dask route summing in float64, as its in-memory route (scanpy_dask)
         if k in self._pending:
             return self._pending[k]
         if k in self._inherited:
@@ -1424,6 +1428,8 @@ def suspend_views(storage: Storage) -> None:
 
 def _take(value: Any, sels: tuple) -> Any:
     """An in-memory value restricted to a selection per axis (a sparse value keeps its format)."""
+    if is_dask_array(value):  # a lazy X (the dask backend, or scanpy's transformations of it): stays lazy
+        return take_dask(value, sels)
     for axis, s in enumerate(sels):
         if s is None:
             continue

@@ -72,24 +72,34 @@ def _shaped(result: Any, shape: tuple, axis: int | None, keepdims: bool) -> np.n
     return r.reshape(out)
 
 
+_SCIPY = object()  # keepdims not passed: the caller expects scipy's own result (an np.matrix), as scanpy does
+
+
 class _Reductions:
-    """numpy's reduction signature (``keepdims``) on scipy matrices, as dask calls it on every chunk."""
+    """numpy's reduction signature (``keepdims``) on scipy matrices, as dask calls it on every chunk.
 
-    def sum(self, axis=None, dtype=None, out=None, keepdims=False):
-        ax = _one_axis(axis, self.ndim)
-        return _shaped(super().sum(axis=ax, dtype=dtype), self.shape, ax, keepdims)
+    Called without ``keepdims`` (``np.sum(chunk, axis=0)``, ``chunk.sum(axis=1)``), a chunk answers as scipy does
+    (a 2-d ``np.matrix``): scanpy's dask code drops ``keepdims`` and relies on that shape."""
 
-    def mean(self, axis=None, dtype=None, out=None, keepdims=False):
+    def sum(self, axis=None, dtype=None, out=None, keepdims=_SCIPY):
         ax = _one_axis(axis, self.ndim)
-        return _shaped(super().mean(axis=ax, dtype=dtype), self.shape, ax, keepdims)
+        r = super().sum(axis=ax, dtype=dtype)
+        return r if keepdims is _SCIPY else _shaped(r, self.shape, ax, keepdims)
 
-    def max(self, axis=None, out=None, keepdims=False, **kwargs):
+    def mean(self, axis=None, dtype=None, out=None, keepdims=_SCIPY):
         ax = _one_axis(axis, self.ndim)
-        return _shaped(super().max(axis=ax, **kwargs), self.shape, ax, keepdims)
+        r = super().mean(axis=ax, dtype=dtype)
+        return r if keepdims is _SCIPY else _shaped(r, self.shape, ax, keepdims)
 
-    def min(self, axis=None, out=None, keepdims=False, **kwargs):
+    def max(self, axis=None, out=None, keepdims=_SCIPY, **kwargs):
         ax = _one_axis(axis, self.ndim)
-        return _shaped(super().min(axis=ax, **kwargs), self.shape, ax, keepdims)
+        r = super().max(axis=ax, **kwargs)
+        return r if keepdims is _SCIPY else _shaped(r, self.shape, ax, keepdims)
+
+    def min(self, axis=None, out=None, keepdims=_SCIPY, **kwargs):
+        ax = _one_axis(axis, self.ndim)
+        r = super().min(axis=ax, **kwargs)
+        return r if keepdims is _SCIPY else _shaped(r, self.shape, ax, keepdims)
 
     def copy(self):
         # dask copies a single-chunk result before handing it out: compute() then gives a plain scipy matrix (which
@@ -192,7 +202,9 @@ def from_source(source: ElementSource, chunks: int | None = None) -> da.Array:
     n = chunk_length(source, chunks)
     spec = tuple(min(n, max(1, length)) if i == axis else -1 for i, length in enumerate(shape))
     if source.sparse_format is not None:
-        meta = (CSRChunk if source.sparse_format == "csr" else CSCChunk)((0, 0), dtype=source.dtype)
+        # a plain scipy meta: anndata picks its dask writer by the meta's exact type, scanpy its dask route by
+        # isinstance; the chunks themselves are CSRChunk/CSCChunk (numpy's reductions, see above)
+        meta = (sp.csr_matrix if source.sparse_format == "csr" else sp.csc_matrix)((0, 0), dtype=source.dtype)
     else:
         meta = np.empty((0,) * len(shape), dtype=source.dtype)
     name = f"shadows-{source.key.replace('/', '-')}-{tokenize(source, spec)}"
