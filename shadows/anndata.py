@@ -23,8 +23,6 @@ import scipy.sparse as sp
 
 from . import index as ix
 from .backends import check_backend_name, get_array_backend, get_table_backend
-from .lazy_x import is_dask_array, take_dask
-from .scanpy_dask import install as install_scanpy_dask
 from .compat import (
     NOT_A_REFERENCE,
     SlicedMatrix,
@@ -39,9 +37,11 @@ from .elements import ReadContext, encoding_of, read_element, read_frame_parts
 from .elements.frames import inferred_strings
 from .elements.legacy import categories_from_uns, legacy_uns_keys
 from .lazy import ElementSource, LazyArray, LazyDict
+from .lazy_x import is_dask_array, take_dask
 from .mapping import ALIGNMENT, ElementMapping, TrackedDict, untrack
 from .raw import RawShadow, RawSnapshot
 from .repr import html_repr, text_repr
+from .scanpy_dask import install as install_scanpy_dask
 from .storage import Storage, attr, is_array, is_group
 from .write import check_value
 

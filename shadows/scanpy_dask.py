@@ -32,6 +32,7 @@ def install() -> None:
         return
     _wrap_cov()
     _wrap_mean_var()
+    _wrap_axis_nnz()
 
 
 def _wrap_cov() -> None:
@@ -50,8 +51,7 @@ def _wrap_cov() -> None:
     def cov_float64(x: Any, *, return_gram: bool = False, dtype: Any = None) -> Any:
         if dtype is not None:
             return orig(x, return_gram=return_gram, dtype=dtype)
-        # the eigendecomposition then runs in float64 too (x_pca is cast to pca's `dtype` afterwards)
-        return orig(x, return_gram=return_gram, dtype=np.float64)
+        return dask_covariance(x, return_gram=return_gram)
 
     pca_dask._cov_sparse_dask = cov_float64
 
@@ -81,9 +81,115 @@ def _wrap_mean_var() -> None:
             mod._get_mean_var = mean_var
 
 
+def _wrap_axis_nnz() -> None:
+    if "nnz" in _INSTALLED:
+        return
+    _INSTALLED.add("nnz")
+    try:
+        import dask.array as da
+        from scanpy._utils import axis_nnz
+    except ImportError:
+        return
+    if not hasattr(axis_nnz, "register"):
+        return
+    axis_nnz.register(da.Array, dask_axis_nnz)
+
+
+def dask_axis_nnz(x: Any, /, axis: int) -> Any:
+    """Non-zeros per column (``axis=0``) or row of a dask array, one block at a time (lazy).
+
+    scanpy's own version maps blocks with ``drop_axis=axis``: along the chunked axis dask then concatenates every
+    block into one before counting, the whole matrix in memory (2.1 GB peak for a 763 MB 300,000 x 10,000 file).
+    """
+
+    def count(block: Any) -> np.ndarray:
+        n = block.getnnz(axis=axis) if hasattr(block, "getnnz") else np.count_nonzero(block, axis=axis)
+        n = np.asarray(n, dtype=np.int64)
+        return n[None, :] if axis == 0 else n[:, None]
+
+    if x.numblocks[axis] == 1:
+        return x.map_blocks(lambda b: count(b).ravel(), drop_axis=axis, dtype=np.int64, meta=np.empty(0, np.int64))
+    chunks = ((1,) * x.numblocks[0], x.chunks[1]) if axis == 0 else (x.chunks[0], (1,) * x.numblocks[1])
+    parts = x.map_blocks(count, chunks=chunks, dtype=np.int64, meta=np.empty((0, 0), np.int64))
+    return parts.sum(axis=axis)
+
+
+def _gram(block: Any) -> np.ndarray:
+    """``block.T @ block`` as a dense float64 array, without a sparse product in between.
+
+    scipy's ``block.T @ block`` of an 8,000-row block of 2,000 genes is a nearly dense sparse matrix (48 MB), then
+    ``toarray()`` (16 MB), then float64 (32 MB), per thread; this writes the float64 result directly."""
+    if not hasattr(block, "tocsr"):
+        b = np.asarray(block, dtype=np.float64)
+        return b.T @ b
+    m = block.tocsr()
+    return _csr_gram(m.indptr, m.indices, m.data, m.shape[1])
+
+
+def _csr_gram(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, n: int) -> np.ndarray:
+    from numba import njit
+
+    global _csr_gram_kernel
+    if _csr_gram_kernel is None:
+        _csr_gram_kernel = njit(cache=True, nogil=True)(_csr_gram_py)
+    return _csr_gram_kernel(indptr, indices, data, n)
+
+
+_csr_gram_kernel = None
+
+
+def _csr_gram_py(indptr, indices, data, n):  # noqa: ANN001, ANN202 - compiled by numba
+    g = np.zeros((n, n), dtype=np.float64)
+    for r in range(indptr.shape[0] - 1):
+        for i in range(indptr[r], indptr[r + 1]):
+            a, va = indices[i], np.float64(data[i])
+            for j in range(i, indptr[r + 1]):
+                b, vb = indices[j], np.float64(data[j])
+                if a <= b:
+                    g[a, b] += va * vb
+                else:
+                    g[b, a] += va * vb
+    for a in range(n):  # mirror the upper triangle
+        for b in range(a + 1, n):
+            g[b, a] = g[a, b]
+    return g
+
+
+def dask_covariance(x: Any, *, return_gram: bool = False) -> tuple:
+    """Covariance and column means of a dask array of row blocks, as scanpy's ``_cov_sparse_dask`` computes them,
+    summed in float64 and two blocks at a time.
+
+    scanpy's version sums the blocks' gram matrices in the matrix's dtype with dask's default fan-in: with
+    float64 2,000 x 2,000 grams (32 MB each) up to 16 of them were held at once, 451 MB of a 546 MB peak.
+    """
+    import dask
+
+    n_cols = x.shape[1]
+    if x.numblocks[1] != 1:
+        x = x.rechunk({1: -1})
+    nb = x.numblocks[0]
+    grams = x.map_blocks(
+        lambda b: _gram(b)[None],
+        new_axis=(1,),
+        chunks=((1,) * nb, (n_cols,), (n_cols,)),
+        dtype=np.float64,
+        meta=np.empty((0, 0, 0)),
+    ).sum(axis=0, split_every=2)
+
+    def col_sums(block: Any) -> np.ndarray:
+        return np.asarray(block.sum(axis=0), dtype=np.float64).reshape(1, -1)
+
+    sums = x.map_blocks(col_sums, chunks=((1,) * nb, (n_cols,)), dtype=np.float64, meta=np.empty((0, 0)))
+    gram, total = dask.compute(grams, sums.sum(axis=0, split_every=2))
+    gram /= x.shape[0]
+    mean = total / x.shape[0]
+    cov = gram.copy() if return_gram else gram
+    cov -= mean[:, None] @ mean[None, :]
+    return (cov, gram, mean) if return_gram else (cov, mean)
+
+
 def dask_mean_var(x: Any, *, axis: int = 0) -> tuple[Any, Any]:
     """Mean and unbiased variance of a dask array along ``axis``, summed in float64 block by block (lazy)."""
-    import dask.array as da
 
     def sums(block: Any) -> np.ndarray:
         b = block.astype(np.float64)
