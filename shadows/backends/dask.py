@@ -47,6 +47,11 @@ from shadows.spec.lazy_array import ElementSource, LazyArray
 #: ``array.chunk-size`` bytes per chunk.  Read each time an element is converted.
 DASK_CHUNKS: int | None = None
 
+#: Most bytes a chunk of a sparse matrix aims at when :data:`DASK_CHUNKS` is not set (below ``array.chunk-size``):
+#: scanpy's transformations hold several copies of a chunk per thread (read, normalised, log1p), so 128 MiB chunks
+#: peaked at 2.3 GB on a 763 MB file, 16 MiB ones (6,700 rows of 300 non-zeros) at under 300 MB.
+SPARSE_CHUNK_BYTES: int = 16 * 2**20
+
 
 # --- sparse chunks ----------------------------------------------------------------------------------------------
 
@@ -72,24 +77,34 @@ def _shaped(result: Any, shape: tuple, axis: int | None, keepdims: bool) -> np.n
     return r.reshape(out)
 
 
+_SCIPY = object()  # keepdims not passed: the caller expects scipy's own result (an np.matrix), as scanpy does
+
+
 class _Reductions:
-    """numpy's reduction signature (``keepdims``) on scipy matrices, as dask calls it on every chunk."""
+    """numpy's reduction signature (``keepdims``) on scipy matrices, as dask calls it on every chunk.
 
-    def sum(self, axis=None, dtype=None, out=None, keepdims=False):
-        ax = _one_axis(axis, self.ndim)
-        return _shaped(super().sum(axis=ax, dtype=dtype), self.shape, ax, keepdims)
+    Called without ``keepdims`` (``np.sum(chunk, axis=0)``, ``chunk.sum(axis=1)``), a chunk answers as scipy does
+    (a 2-d ``np.matrix``): scanpy's dask code drops ``keepdims`` and relies on that shape."""
 
-    def mean(self, axis=None, dtype=None, out=None, keepdims=False):
+    def sum(self, axis=None, dtype=None, out=None, keepdims=_SCIPY):
         ax = _one_axis(axis, self.ndim)
-        return _shaped(super().mean(axis=ax, dtype=dtype), self.shape, ax, keepdims)
+        r = super().sum(axis=ax, dtype=dtype)
+        return r if keepdims is _SCIPY else _shaped(r, self.shape, ax, keepdims)
 
-    def max(self, axis=None, out=None, keepdims=False, **kwargs):
+    def mean(self, axis=None, dtype=None, out=None, keepdims=_SCIPY):
         ax = _one_axis(axis, self.ndim)
-        return _shaped(super().max(axis=ax, **kwargs), self.shape, ax, keepdims)
+        r = super().mean(axis=ax, dtype=dtype)
+        return r if keepdims is _SCIPY else _shaped(r, self.shape, ax, keepdims)
 
-    def min(self, axis=None, out=None, keepdims=False, **kwargs):
+    def max(self, axis=None, out=None, keepdims=_SCIPY, **kwargs):
         ax = _one_axis(axis, self.ndim)
-        return _shaped(super().min(axis=ax, **kwargs), self.shape, ax, keepdims)
+        r = super().max(axis=ax, **kwargs)
+        return r if keepdims is _SCIPY else _shaped(r, self.shape, ax, keepdims)
+
+    def min(self, axis=None, out=None, keepdims=_SCIPY, **kwargs):
+        ax = _one_axis(axis, self.ndim)
+        r = super().min(axis=ax, **kwargs)
+        return r if keepdims is _SCIPY else _shaped(r, self.shape, ax, keepdims)
 
     def copy(self):
         # dask copies a single-chunk result before handing it out: compute() then gives a plain scipy matrix (which
@@ -128,6 +143,22 @@ def _concatenate(blocks: list, axis: int = 0) -> Any:
 
 concatenate_lookup.register(CSRChunk, _concatenate)
 concatenate_lookup.register(CSCChunk, _concatenate)
+
+
+def _plain(m: Any) -> Any:
+    if isinstance(m, _Reductions):
+        return (sp.csr_matrix if m.format == "csr" else sp.csc_matrix)(m, copy=False)
+    return m
+
+
+def with_scipy_meta(x: da.Array) -> da.Array:
+    """``x`` with plain scipy chunks and meta where its chunks are :class:`CSRChunk`/:class:`CSCChunk` (what
+    ``anndata.io.write_elem`` dispatches on: the exact type of the meta); any other array unchanged."""
+    meta = getattr(x, "_meta", None)
+    if not isinstance(meta, _Reductions):
+        return x
+    plain = (sp.csr_matrix if meta.format == "csr" else sp.csc_matrix)((0, 0), dtype=x.dtype)
+    return x.map_blocks(_plain, meta=plain, dtype=x.dtype)
 
 
 def as_chunk(m: Any) -> Any:
@@ -177,6 +208,8 @@ def chunk_length(source: ElementSource, chunks: int | None = None) -> int:
     n = chunks if chunks is not None else DASK_CHUNKS
     if n is None:
         target = parse_bytes(dask.config.get("array.chunk-size", "128MiB"))
+        if source.sparse_format is not None:
+            target = min(target, SPARSE_CHUNK_BYTES)
         n = int(target // max(1.0, _bytes_per_major(source, major_axis(source))))
     if not isinstance(n, int | np.integer) or n < 1:
         raise ValueError(f"dask chunk length must be a positive int, got {n!r}")
@@ -192,6 +225,8 @@ def from_source(source: ElementSource, chunks: int | None = None) -> da.Array:
     n = chunk_length(source, chunks)
     spec = tuple(min(n, max(1, length)) if i == axis else -1 for i, length in enumerate(shape))
     if source.sparse_format is not None:
+        # chunk-typed: dask's reductions (``X.sum(axis=0)``) compute the meta with numpy's keepdims; anndata's writer
+        # picks by the meta's exact type, so writers hand it :func:`with_scipy_meta` of the array
         meta = (CSRChunk if source.sparse_format == "csr" else CSCChunk)((0, 0), dtype=source.dtype)
     else:
         meta = np.empty((0,) * len(shape), dtype=source.dtype)

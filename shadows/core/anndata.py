@@ -35,9 +35,11 @@ from shadows.core.compat import (
 from shadows.core.connection import ConnectionMixin
 from shadows.core.keys import check_value
 from shadows.core.lazy_dict import LazyDict
+from shadows.core.lazy_x import is_dask_array, take_dask
 from shadows.core.mapping import ALIGNMENT, ElementMapping, TrackedDict, untrack
 from shadows.core.raw import RawShadow, RawSnapshot, empty_columns_as_str
 from shadows.core.repr import html_repr, text_repr
+from shadows.core.scanpy_dask import install as install_scanpy_dask
 from shadows.core.state import ShadowState
 from shadows.io.storage import Storage, attr, is_array, is_group
 from shadows.spec import encoding_of, read_element, read_frame_parts
@@ -513,6 +515,8 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         if (before := self._edit_before()) is not None:
             return before.X  # muon's filter subsets X of before itself (see _axis_edit)
         k = ("X", "")
+        if self._state.array_backend != "numpy":
+            install_scanpy_dask()  # scanpy's dask route summing in float64, as its in-memory route (scanpy_dask)
         if k in self._state.pending:
             return self._state.pending[k]
         if k in self._state.inherited:
@@ -1549,6 +1553,8 @@ def suspend_views(storage: Storage) -> None:
 
 def _take(value: Any, sels: tuple) -> Any:
     """An in-memory value restricted to a selection per axis (a sparse value keeps its format)."""
+    if is_dask_array(value):  # a lazy X (the dask backend, or scanpy's transformations of it): stays lazy
+        return take_dask(value, sels)
     for axis, s in enumerate(sels):
         if s is None:
             continue

@@ -135,6 +135,7 @@ def subset_in_place(shadow: AnnDataShadow, index: Any, axis: int) -> None:
     old, owned = shadow._state.storage, shadow._state.owns_storage
     # the view holds the parent's pending changes, sliced (as `_inherited`), and its own connection to the file
     shadow.__dict__.update(view.__dict__)
+    shadow._state = view._state.copy().bind(shadow)  # its own state now, owning the view's connection
     view._state.owns_storage = False
     if owned:
         old.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,9 @@ class Storage:
                 remote.open_h5(self.filename, mode) if self.kind == "h5" else remote.open_zarr(self.filename, mode)
             )
         elif self.kind == "h5":
+            if mode != "r":  # HDF5 refuses a writer while this process reads the file: lazy readers let go first
+                for release in RELEASE_READERS:
+                    release(self.filename)
             try:
                 # locking: readers share the file; a writer that cannot get it fails at once (see write.py)
                 # no chunk cache: reads here are large sequential ranges or one-shot point selections, and the
@@ -263,6 +267,11 @@ class ChildStorage(Storage):
     def close(self) -> None:
         """Close the parent connection (the whole file)."""
         self.parent.close()
+
+
+#: Callbacks ``f(filename)`` run before an HDF5 file is opened for writing: each closes the read-only connections
+#: it keeps to that file (shadows.spec.lazy_array: those of dask chunks and lazy arrays, reopened on their next read).
+RELEASE_READERS: list[Callable[[str], None]] = []
 
 
 def _is_lock_error(message: str) -> bool:

@@ -7,17 +7,21 @@ pickles: dask tasks built from it run in other processes.  :class:`LazyArray` is
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from shadows.io.storage import Storage, is_group
+from shadows.io.storage import RELEASE_READERS, Storage, is_group
 from shadows.spec import ReadContext, matrix_info, read_element
 from shadows.spec import selection as ix
 
 _local = threading.local()
+# every thread's read-only connections, so that a writer of the same file can close them (see release_readers)
+_ALL_CONNECTIONS: weakref.WeakSet[Storage] = weakref.WeakSet()
+_ALL_LOCK = threading.Lock()
 
 
 def _connection(path: str, fmt: str | None) -> Storage:
@@ -29,7 +33,23 @@ def _connection(path: str, fmt: str | None) -> Storage:
     st = conns.get(key)
     if st is None or not st.is_open:
         st = conns[key] = Storage(path, mode="r", format=fmt)
+        with _ALL_LOCK:
+            _ALL_CONNECTIONS.add(st)
     return st
+
+
+def release_readers(filename: str) -> None:
+    """Close every thread's read-only connection to ``filename`` (each reopens on its next read).
+
+    HDF5 refuses to open a file for writing that this process holds open read-only: dask's worker threads keep
+    their connections after a computation, so ``reopen("r+")`` of a shadow whose X is a dask array would fail."""
+    with _ALL_LOCK:
+        conns = [st for st in _ALL_CONNECTIONS if st.filename == filename]
+    for st in conns:
+        st.close()
+
+
+RELEASE_READERS.append(release_readers)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from shadows.settings import settings
 from shadows.stream.blocks import MatrixPart, iter_major
 from shadows.stream.sink import DenseSink, SparseSink
 from shadows.stream.transpose import SPOOL_BYTES_PER_VALUE, transposed_blocks
+from shadows.writeback.values import writable
 
 Transform = Callable[[Any, int, int, int], Any]
 FORMATS = ("csr", "csc", "dense")
@@ -241,4 +242,4 @@ def write_in_memory(value: Any, parent: Any, name: str, path: str, opts: WriteOp
         if path in opts.dtypes:
             value = value.astype(opts.dtypes[path])
         value = tf(value, 0, 0, value.shape[0])
-    anndata.io.write_elem(parent, name, value, dataset_kwargs=opts.dataset_kwargs)
+    anndata.io.write_elem(parent, name, writable(value), dataset_kwargs=opts.dataset_kwargs)

@@ -25,7 +25,11 @@ def writable(value: Any) -> Any:
     mod = type(value).__module__.split(".")[0]
     if mod in ("polars", "pyarrow") and hasattr(value, "to_pandas"):
         return value.to_pandas()
-    if mod == "dask" or mod == "awkward":
+    if mod == "dask":  # anndata writes these itself, choosing its writer by the chunks' exact type
+        from shadows.backends.dask import with_scipy_meta
+
+        return with_scipy_meta(value)
+    if mod == "awkward":
         return value  # anndata writes these itself
     if mod in ("torch", "jax", "jaxlib", "cupy"):
         if hasattr(value, "detach"):
