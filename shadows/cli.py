@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from shadows.core.anndata import AnnDataShadow
 from shadows.core.state import state_of
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -51,7 +52,6 @@ def open_shadow(path: str, mode: str = "r") -> Any:
         from shadows import __getattr__ as lazy_attribute  # MuDataShadow needs mudata: imported only for MuData files
 
         return lazy_attribute("MuDataShadow")(path, mode=mode)
-    from shadows.core.anndata import AnnDataShadow
 
     return AnnDataShadow(path, mode=mode)
 
@@ -148,7 +148,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     try:
         print(repr(shadow))
         print()
-        print(format_table(list(element_rows(state_of(shadow).storage.root))))
+        # a MuData file: its whole root; an AnnData (maybe a modality inside a .h5mu): its own group
+        root = state_of(shadow).storage.root if isinstance(shadow, AnnDataShadow) else shadow.file
+        print(format_table(list(element_rows(root))))
     finally:
         shadow.close()
     return EXIT_OK
@@ -186,7 +188,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_add_column_index(args: argparse.Namespace) -> int:
     """``shadows add-column-index FILE``: add (or with ``--drop`` remove) the column index of each matrix named."""
-    from shadows.core.anndata import AnnDataShadow
+
     from shadows.ops.column_index import add_column_index, drop_column_index
 
     with AnnDataShadow(args.file, mode="r+") as shadow:

@@ -279,7 +279,7 @@ def oracle_objs(objs, **kw):
 
 def test_open_reads_no_matrix_and_repr_lists_sources(three):
     coll = shadows.concat(three, join="inner", label="batch")
-    assert coll._cache == {}
+    assert coll._state.cache == {}
     for p in coll.parts:  # each file: names and lazy handles, no value of any matrix or table
         assert all(isinstance(v, shadows.LazyArray | pd.Index) for v in p._state.cache.values()), p._state.cache.keys()
     text = repr(coll)

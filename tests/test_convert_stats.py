@@ -53,7 +53,7 @@ def test_convert_x_alone_copies_the_rest_beside_it(tmp_path, fmt, monkeypatch):
     """With X the only matrix converted, every other element is copied while X converts (in another thread, HDF5
     copies without the GIL); keys that are not ASCII still keep their names."""
     from shadows.io.fast import h5copy as rawcopy
-    from shadows.stream.shadow import anndata_writer as stream_write
+    from shadows.stream import anndata_writer as stream_write
 
     a = rich(kind="csr", seed=3, light=True)
     a.obsm["émbedding"] = np.arange(a.n_obs * 2, dtype=np.float32).reshape(a.n_obs, 2)

@@ -249,8 +249,8 @@ def composed(ref, view_of_ref, idx2):
         return np.arange(n)[sel]
 
     o2, v2 = _normalize_indices(idx2, view_of_ref.obs_names, view_of_ref.var_names)
-    p_o = _pos(view_of_ref._state.oidx, ref.n_obs)[_pos(o2, view_of_ref.n_obs)]
-    p_v = _pos(view_of_ref._state.vidx, ref.n_vars)[_pos(v2, view_of_ref.n_vars)]
+    p_o = _pos(view_of_ref._oidx, ref.n_obs)[_pos(o2, view_of_ref.n_obs)]
+    p_v = _pos(view_of_ref._vidx, ref.n_vars)[_pos(v2, view_of_ref.n_vars)]
     with quiet():
         return ref[p_o, p_v]
 

@@ -235,7 +235,8 @@ def test_failed_repack_leaves_no_copy(tmp_path, source):
 # The child: imports, then takes its orders (code to run, and a commit point to pause at) on stdin.
 _CHILD = """
 import json, sys, time
-from shadows import commit_guard, sink
+from shadows.io import commit_guard
+from shadows.stream import sink
 import shadows
 from shadows import AnnDataShadow
 

@@ -36,9 +36,10 @@ _CHILD = textwrap.dedent(
     """
     import json, signal, sys, time
     import numpy as np
-    import shadows.write_h5 as wh
+    import shadows.writeback.hdf5 as wh
     import shadows.writeback.zarr as wz
-    from shadows import AnnDataShadow, commit_guard
+    from shadows import AnnDataShadow
+    from shadows.io import commit_guard
 
     print("ready", flush=True)
     cfg = json.loads(sys.stdin.readline())

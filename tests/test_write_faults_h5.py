@@ -7,7 +7,7 @@ signals to land in it), a replaced obsm entry, a deleted layer, obs columns adde
 index, a var column, a nested uns dict (a changed leaf, a new key, a removed key), X and raw.  It is interrupted:
 
 - in-process, by an exception (``KeyboardInterrupt`` or a ``RuntimeError``) raised at every pass through every commit
-  point of :mod:`shadows.write_h5` (``shadows.io.commit_guard``);
+  point of :mod:`shadows.writeback.hdf5` (``shadows.io.commit_guard``);
 - in a child process, by ``SIGKILL`` at every commit point and at random moments;
 - in a child process, by a real ``SIGINT`` (``os.kill``) at random moments.
 

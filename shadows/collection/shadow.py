@@ -28,6 +28,7 @@ from shadows.collection.source import Stacked
 from shadows.core.anndata import _ANNDATA_013, _as_view_frame, _LazyNames, _take
 from shadows.core.compat import NOT_A_REFERENCE, accessor_get
 from shadows.core.mapping import ElementMapping, untrack
+from shadows.core.state import ElementStores
 from shadows.spec import selection as ix
 
 _MATRIX_GROUPS = ("layers", "obsm", "obsp")
@@ -134,10 +135,7 @@ class CollectionShadow(anndata.AnnData):
         self._is_view = _view
         self._detached = False
         self._frames: dict[str, pd.DataFrame] = {}
-        self._cache: dict[tuple[str, str], Any] = {}
-        self._pending: dict[tuple[str, str], Any] = {}
-        self._inherited: dict[tuple[str, str], Any] = {}
-        self._deleted: set[tuple[str, str]] = set()
+        self._state = ElementStores()  # cache, pending, deleted, inherited (what the lazy mappings read)
         self._base: CollectionShadow | None = None  # where a view takes its tables from
         self._base_sel: tuple = (None, None)  # the view's selection relative to its base
 
@@ -369,10 +367,10 @@ class CollectionShadow(anndata.AnnData):
 
     def _get(self, group: str, key: str) -> Any:
         k = (group, key)
-        for store in (self._pending, self._inherited, self._cache):
+        for store in (self._state.pending, self._state.inherited, self._state.cache):
             if k in store:
                 return store[k]
-        if k in self._deleted:
+        if k in self._state.deleted:
             raise KeyError(f"{key!r} was deleted from {group}")
         if key not in self._disk_keys(group):
             raise KeyError(f"{group} of the collection has no key {key!r}; keys: {self._disk_keys(group)}")
@@ -382,7 +380,7 @@ class CollectionShadow(anndata.AnnData):
             value = _take(self._core.var_mapping(group)[key], (self._cols,) * (1 if group == "varm" else 2))
         else:
             value = self._read(f"{group}/{key}")
-        self._cache[k] = value
+        self._state.cache[k] = value
         return value
 
     def _set(self, group: str, key: str, value: Any) -> None:
@@ -392,20 +390,20 @@ class CollectionShadow(anndata.AnnData):
         shape = tuple(getattr(value, "shape", (len(value),) if hasattr(value, "__len__") else ()))
         if axes and shape[: len(want)] != want:
             raise ValueError(f"Value for {group}[{key!r}] has shape {shape}; expected {want} (this collection's)")
-        self._pending[(group, key)] = value
-        self._cache.pop((group, key), None)
-        self._deleted.discard((group, key))
+        self._state.pending[(group, key)] = value
+        self._state.cache.pop((group, key), None)
+        self._state.deleted.discard((group, key))
 
     def _delete(self, group: str, key: str) -> None:
         k = (group, key)
         known = key in self._disk_keys(group)
-        if k not in self._pending and k not in self._inherited and not known:
+        if k not in self._state.pending and k not in self._state.inherited and not known:
             raise KeyError(f"{group} of the collection has no key {key!r}")
         self._check_not_view(f"{group}[{key!r}]")
-        for store in (self._pending, self._inherited, self._cache):
+        for store in (self._state.pending, self._state.inherited, self._state.cache):
             store.pop(k, None)
         if known:
-            self._deleted.add(k)
+            self._state.deleted.add(k)
 
     def _check_not_view(self, what: str) -> None:
         if self.is_view:
@@ -450,18 +448,18 @@ class CollectionShadow(anndata.AnnData):
     def X(self) -> Any:
         """The data matrix of the concatenation (for a view, its rows and genes), read on first access."""
         k = ("X", "")
-        for store in (self._pending, self._inherited, self._cache):
+        for store in (self._state.pending, self._state.inherited, self._state.cache):
             if k in store:
                 return store[k]
         if not self._has_x():
             return None
-        self._cache[k] = self._read("X")
-        return self._cache[k]
+        self._state.cache[k] = self._read("X")
+        return self._state.cache[k]
 
     def _has_x(self) -> bool:
         """Whether the collection has an X (in memory, or in its files), without reading it."""
         k = ("X", "")
-        for store in (self._pending, self._inherited):
+        for store in (self._state.pending, self._state.inherited):
             if k in store:
                 return store[k] is not None
         return self._core.parts[0].X is not None  # a lazy shadow's X: a LazyArray, nothing read
@@ -478,8 +476,8 @@ class CollectionShadow(anndata.AnnData):
         if value is not None and tuple(getattr(value, "shape", ())[:2]) != self.shape:
             raise ValueError(f"X must have shape {self.shape}, got {getattr(value, 'shape', None)}")
         self._check_not_view("X")
-        self._pending[("X", "")] = value
-        self._cache.pop(("X", ""), None)
+        self._state.pending[("X", "")] = value
+        self._state.cache.pop(("X", ""), None)
 
     @property
     def raw(self) -> None:
@@ -517,7 +515,7 @@ class CollectionShadow(anndata.AnnData):
     def _matrix_numpy(self, layer: str | None, index: tuple) -> Any:
         """Part of X (or a layer) as numpy/scipy: in-memory values sliced, stored ones read for that part only."""
         k = ("layers", layer) if layer is not None else ("X", "")
-        for store in (self._pending, self._inherited):
+        for store in (self._state.pending, self._state.inherited):
             if k in store:
                 return store[k][index]
         view = self[index]
@@ -543,7 +541,7 @@ class CollectionShadow(anndata.AnnData):
             raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
         path = f"layers/{layer}" if layer is not None else "X"
         k = ("layers", layer) if layer is not None else ("X", "")
-        value = self._pending.get(k, self._inherited.get(k))
+        value = self._state.pending.get(k, self._state.inherited.get(k))
         src = self.stacked(path) if value is None else None
         n = self.n_obs
         for start in range(0, n, chunk_size):
@@ -573,13 +571,13 @@ class CollectionShadow(anndata.AnnData):
             )
         else:
             view._base, view._base_sel = self, (o, v)
-        view._deleted = set(self._deleted)
-        for (group, key), value in {**self._inherited, **self._pending}.items():
+        view._state.deleted = set(self._state.deleted)
+        for (group, key), value in {**self._state.inherited, **self._state.pending}.items():
             if value is None:
-                view._inherited[(group, key)] = None
+                view._state.inherited[(group, key)] = None
                 continue
             axes = {"X": (0, 1), "layers": (0, 1), "obsm": (0,), "varm": (1,), "obsp": (0, 0), "varp": (1, 1)}
-            view._inherited[(group, key)] = _take(value, tuple((o, v)[a] for a in axes.get(group, ())))
+            view._state.inherited[(group, key)] = _take(value, tuple((o, v)[a] for a in axes.get(group, ())))
         return view
 
     def _base_n(self, axis: int) -> int:
@@ -611,6 +609,7 @@ class CollectionShadow(anndata.AnnData):
             return
         view._detach()
         self.__dict__.update(view.__dict__)
+        self._state = view._state.copy()
 
     # --- whole-object conversions -----------------------------------------------------------------------------------
     def to_memory(self) -> anndata.AnnData:
@@ -638,8 +637,9 @@ class CollectionShadow(anndata.AnnData):
             return self
         twin = CollectionShadow.__new__(CollectionShadow)
         twin.__dict__.update(self.__dict__)
+        twin._state = self._state.copy()
         twin._array_backend = "numpy"
-        twin._cache = {}
+        twin._state.cache = {}
         return twin
 
     def write_h5ad(self, filename: os.PathLike | str, **kwargs: Any) -> None:

@@ -115,7 +115,7 @@ def _refuse_existing(dst: Path) -> None:
 def _matrix(coll: CollectionShadow, parent: Any, name: str, path: str, opts: WriteOptions) -> None:
     """Write one matrix element: in-memory values through anndata, stored ones block by block."""
     key = ("X", "") if path == "X" else tuple(path.split("/", 1))
-    for store in (coll._pending, coll._inherited):
+    for store in (coll._state.pending, coll._state.inherited):
         if key in store:
             if store[key] is not None:
                 write_in_memory(store[key], parent, name, path, opts)

@@ -78,9 +78,9 @@ def check_value(shadow: AnnDataShadow, group: str, key: Any, value: Any, *, assi
 
 def _where(shadow: Any) -> str:
     """The file a shadow is open on, or a collection's sources (shadows.concat), for error messages."""
-    state = getattr(shadow, "_state", None)
-    if state is not None:
-        return state.describe()
+    describe = getattr(getattr(shadow, "_state", None), "describe", None)  # a collection's state has no file
+    if describe is not None:
+        return describe()
     return ", ".join(getattr(shadow, "sources", [])) or type(shadow).__name__
 
 

@@ -33,7 +33,34 @@ if TYPE_CHECKING:
     from shadows.core.mapping import ElementMapping
 
 
-class ShadowState:
+class ElementStores:
+    """The four stores of a shadow's elements, keyed by ``(group, key)``: what the lazy mappings
+    (:class:`~shadows.core.mapping.ElementMapping`) read and change, for an AnnData shadow and a collection alike.
+
+    Attributes
+    ----------
+    cache
+        Values read from the file (dropped by ``clear_cache``).
+    pending
+        Values set or changed in memory and not yet written.
+    deleted
+        Elements deleted in memory and not yet in the file.
+    inherited
+        What a view took over from its parent's pending values, already sliced.
+    """
+
+    def __init__(self) -> None:
+        self.cache: dict[tuple[str, str], Any] = {}
+        self.pending: dict[tuple[str, str], Any] = {}
+        self.deleted: set[tuple[str, str]] = set()
+        self.inherited: dict[tuple[str, str], Any] = {}
+
+    def copy(self) -> ElementStores:
+        """A shallow copy (the stores themselves are shared, as a twin of the shadow shares its values)."""
+        return copy.copy(self)
+
+
+class ShadowState(ElementStores):
     """The state of one :class:`~shadows.AnnDataShadow` (see the module docstring).
 
     Attributes
@@ -63,13 +90,10 @@ class ShadowState:
         table_backend: str = "pandas",
         lazy: bool = False,
     ):
+        super().__init__()
         self.storage = storage
         self.owns_storage = owns_storage
         self.array_backend, self.table_backend, self.lazy = array_backend, table_backend, lazy
-        self.cache: dict[tuple[str, str], Any] = {}
-        self.pending: dict[tuple[str, str], Any] = {}
-        self.deleted: set[tuple[str, str]] = set()
-        self.inherited: dict[tuple[str, str], Any] = {}
         self.frame_fp: dict[str, dict[str, int]] = {}
         # obs_names/var_names as read (the same object: no copy, no hash): a renamed axis is a pending change.  A hash
         # of the names, as the columns have, cost the UMAP-by-gene memory test 8 MB of pyarrow buffers on pandas 3
@@ -109,10 +133,6 @@ class ShadowState:
         return bool(self.pending or self.deleted or self.inherited) or (
             owner._frame_changed("obs") or owner._frame_changed("var")
         )
-
-    def copy(self) -> ShadowState:
-        """A shallow copy (the element stores are shared, as a twin of the shadow shares its values)."""
-        return copy.copy(self)
 
     # --- what the state asks its shadow ------------------------------------------------------------------------------
     @property
