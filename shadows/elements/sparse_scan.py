@@ -27,8 +27,9 @@ _CANDIDATE_FRACTION = 1 / 16
 # h5py read calls (about 20 us each) through gaps up to 2**15 values.
 RAW_GAP = 4096
 H5PY_GAP = 2**15
-# indptr entries read at a time when it is not cached (8 MB at int64).
-_INDPTR_PIECE = 2**20
+# indptr entries read at a time when it is not cached (512 kB at int64, and as much for their hit counts: the
+# pieces, not the answer, would otherwise set the peak of one gene of 300k cells)
+_INDPTR_PIECE = 2**16
 
 
 class Membership:
