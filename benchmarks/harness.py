@@ -400,9 +400,7 @@ def summarize(row: dict) -> dict:
     for peer, pr in runs.items():
         if peer == "shadows":
             continue
-        pairs = [
-            (a["time_s"], b["time_s"]) for a, b in zip(s, pr, strict=False) if "time_s" in a and "time_s" in b
-        ]
+        pairs = [(a["time_s"], b["time_s"]) for a, b in zip(s, pr, strict=False) if "time_s" in a and "time_s" in b]
         perr = [x["error"] for x in pr if "error" in x]
         info = {"n": len(pairs)}
         if pairs:
@@ -419,7 +417,13 @@ def summarize(row: dict) -> dict:
         if peer != "floor":
             fa = next((x.get("fingerprint") for x in s if "fingerprint" in x), None)
             fb = next((x.get("fingerprint") for x in pr if "fingerprint" in x), None)
-            if fa and fb and "sum" in fa and "sum" in fb and (fa["shape"] != fb["shape"] or abs(fa["sum"] - fb["sum"]) > 1e-6 * max(1.0, abs(fb["sum"]))):
+            if (
+                fa
+                and fb
+                and "sum" in fa
+                and "sum" in fb
+                and (fa["shape"] != fb["shape"] or abs(fa["sum"] - fb["sum"]) > 1e-6 * max(1.0, abs(fb["sum"])))
+            ):
                 out["flags"].append(f"result differs from {peer}: {fa} vs {fb}")
         out["peers"][peer] = info
     return out
@@ -443,7 +447,7 @@ def table(rows: list[dict]) -> str:
         sm = summarize(row)
         p = sm["peers"]
 
-        def ms(k):
+        def ms(k, p=p):
             v = p.get(k, {}).get("ms")
             return f"{v:,.1f}" if v is not None else "—"
 
@@ -484,8 +488,10 @@ def main(argv: list[str] | None = None) -> int:
                 with open(args.json, "a") as f:
                     f.write(json.dumps(row) + "\n")
     n, m, d = SHAPES[args.shape]
-    print(f"\n{n:,} x {m:,} ({d:.1%}), {args.mode}, {args.repeat} rounds, {time.time() - t0:.0f} s, "
-          f"load average {load0[0]:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(
+        f"\n{n:,} x {m:,} ({d:.1%}), {args.mode}, {args.repeat} rounds, {time.time() - t0:.0f} s, "
+        f"load average {load0[0]:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
     print(table(rows))
     return 0
 
