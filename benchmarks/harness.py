@@ -154,7 +154,13 @@ def _floor_op(spec: dict):
             return h5py.File(path, "r")
 
     if case == "open":
-        return lambda: tuple(root()["X"].attrs["shape"])
+        # the shape of an AnnData is the lengths of obs and var (X may be absent): their index arrays' lengths
+
+        def shape():
+            r = root()
+            return tuple(r[f"{ax}/{r[ax].attrs['_index']}"].shape[0] for ax in ("obs", "var"))
+
+        return shape
     if case == "obs":
 
         def obs():  # the column's codes and categories, and the index it is labelled with

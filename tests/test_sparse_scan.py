@@ -176,3 +176,11 @@ def test_gene_memory_independent_of_cells(tmp_path):
     # (positions, starts, ends, counts: 40 bytes a cell) would add 12 MB here
     limit = 1.2 * r["answer"] + 2 * budget + 2**20
     assert r["peak"] <= limit, f"peak {r['peak'] / 2**20:.2f} MiB > {limit / 2**20:.2f} MiB (answer {r['answer']} B)"
+
+
+@pytest.mark.parametrize("genes", [[42], [0, 9999]], ids=["one", "two-far"])
+def test_prefetched_hits(files, genes):
+    """Chunks of 2**19 values: more than 16 separate hit ranges per chunk, asked of the kernel ahead (WILLNEED)."""
+    with shadows.settings.override(fast_io=True, memory_budget=2**24):
+        got = AnnDataShadow(files["csr"])[:, genes].X
+    assert_element_equal(got, files["adata"][:, genes].X, f"genes {genes} with prefetched hit ranges")
