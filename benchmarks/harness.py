@@ -377,6 +377,7 @@ def measure_case(shape: str, fmt: str, case: str, mode: str, repeat: int, timeou
             spec = {"tool": tool, "case": case, "fmt": fmt, "path": str(path), "n_obs": n, "n_vars": m, "mode": mode}
             if case == "convert":
                 spec["out"] = str(work / f"converted_{tool}.h5ad")
+                Path(spec["out"]).unlink(missing_ok=True)  # (the measured write creates it)
             if mode == "warm" and resident(path) < 0.95:  # (re-read only what another process pushed out)
                 warm(path)
             res = run_one(spec, timeout)
