@@ -188,12 +188,18 @@ def _floor_op(spec: dict):
     major = (case in ("cells6", "cells1000")) == (fmt != "csc")  # the selection is along the stored major axis
     if not major:
         return lambda: (X["indptr"][:], X["indices"][:], X["data"][:])
-    if case in ("cells6", "cells1000"):
+    by_name = case not in ("cells6", "cells1000")  # genes are asked for by name: their positions are looked up
+    if not by_name:
         sel = _cells(n_obs, case)
     else:
         sel = np.array([int(GENE[3:])]) if case == "gene1" else np.sort([int(g[3:]) for g in _genes200(n_vars)])
 
     def ranges():
+        if by_name:  # the var index read and searched, as any reader asked for genes by name must
+            names = f[f"var/{f['var'].attrs['_index']}"][:]
+            want = [GENE] if case == "gene1" else _genes200(n_vars)
+            look = {v.decode() if isinstance(v, bytes) else str(v): i for i, v in enumerate(names)}
+            assert sorted(look[g] for g in want) == sorted(sel.tolist())
         if isinstance(sel, slice):
             ip = X["indptr"][sel.start : sel.stop + 1]
             return X["indices"][ip[0] : ip[-1]], X["data"][ip[0] : ip[-1]]
