@@ -31,6 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from streamed import write_streamed_h5ad  # noqa: E402,F401  (the atlas-scale writer, re-exported here)
+
 N_OBS = 100_000
 N_VARS = 5_000
 DENSITY = 0.1

@@ -8,7 +8,7 @@ that it pickles into dask workers and other processes) and finds where the file 
 
 Reads go through h5py (on a :class:`RangeFile`, a file-like object with a block cache sized for HDF5's small
 metadata reads) and through zarr's own async stores (concurrent chunk fetches).  The local accelerators
-(:mod:`shadows.rawread`, :mod:`shadows.zarrchunks`, :mod:`shadows.rawcopy`) never see these: they serve only the
+(:mod:`shadows.io.fast.pread`, :mod:`shadows.io.fast.zarr_chunks`, :mod:`shadows.io.fast.h5copy`) never see these: they serve only the
 ``sec2`` driver and ``LocalStore``.  Every request is counted (:func:`counting`).
 
 Storage keeps the :class:`RemotePath` (a ``str`` carrying its :class:`Target`) as its ``filename``; whatever code

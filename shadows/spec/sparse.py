@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import h5py
 import numpy as np
 import scipy.sparse as sp
 
@@ -28,6 +27,7 @@ from shadows.progress import progress_bar
 from shadows.settings import settings
 from shadows.spec import selection as ix
 from shadows.spec.registry import ReadContext, corrupt, register_reader, sel_at, where_of
+from shadows.spec.sparse_scan import Membership, RangeRead, out_indptr, read_hits
 from shadows.spec.whole import read_all, wants_bar
 
 # A copy of the matrix in the other orientation, kept inside the matrix's own group (anndata reads only data,
@@ -38,8 +38,6 @@ COLUMN_INDEX = "shadows_column_index"
 _MAJOR_GAP_NNZ = 32 * 1024
 # Within a scanned chunk, read ``data`` as one block when hits are denser than 1 in this many values.
 _DENSE_HITS = 64
-# Up to this many wanted minor positions, comparisons beat a gather from a table of wanted positions.
-_FEW_TARGETS = 2
 # zarr reads of scattered major positions spanning up to this many values in all are awaited together.
 _CONCURRENT_ZARR = 2**22
 # Up to this many major positions, read only their indptr entries when indptr is not cached yet.
@@ -161,12 +159,9 @@ def _read_points(arr: Any, pos: np.ndarray, block_len: int, reader: _ChunkReader
         return dec.take(pos) if dec is not None else np.asarray(arr.get_coordinate_selection(pos))
     if dense:
         return np.take(read_range(arr, lo, hi), pos - lo)
-    # one HDF5 point selection: a single read call for all hits (h5py's fancy indexing would make one per run)
-    out = np.empty(len(pos), dtype=arr.dtype)
-    fspace = arr.id.get_space()
-    fspace.select_elements(pos.reshape(-1, 1))
-    arr.id.read(h5py.h5s.create_simple((len(pos),)), fspace, out)
-    return out
+    # coalesced ranges, never a read call per value (an HDF5 point selection makes one read syscall per point)
+    raw = reader.raw if reader is not None else None
+    return read_hits(arr, pos, reader.buf if raw is not None else None, RangeRead(arr, raw))
 
 
 class _Appender:
@@ -328,7 +323,9 @@ class SparseReader:
                 return (sp.csr_matrix if self.format == "csr" else sp.csc_matrix)(m)
         maj_u, maj_inv = ix.sorted_unique(major, n_major)
         min_u, min_inv = ix.sorted_unique(minor, n_minor)
-        maj_pos = ix.positions(maj_u, n_major)
+        span = _contiguous(maj_u, n_major) if minor is not None else None
+        # a contiguous range of major positions (all cells of a gene) scans as one range: no per-position arrays
+        maj_pos = ix.positions(maj_u, n_major) if span is None else None
         min_out = None
         if min_inv is not None and len(min_inv) == len(min_u):
             # an unsorted selection without repeats: the scan writes output positions directly (no reorder copy)
@@ -336,10 +333,13 @@ class SparseReader:
             min_out[min_inv] = np.arange(len(min_inv))
             min_inv = None
         min_pos = None if minor is None else ix.positions(min_u, n_minor)
-        data, indices, indptr = self._read_major_minor(maj_pos, min_pos, min_out)
+        if span is None:
+            data, indices, indptr = self._read_major_minor(maj_pos, min_pos, min_out)
+        else:
+            data, indices, indptr = self._scan_range(*span, min_pos, min_out)
         n_min_out = n_minor if minor is None else ix.length(min_u, n_minor)
         cls = sp.csr_matrix if self.format == "csr" else sp.csc_matrix
-        shape = (len(maj_pos), n_min_out)
+        shape = (ix.length(maj_u, n_major), n_min_out)
         m = cls((data, indices, indptr), shape=shape if self.format == "csr" else shape[::-1])
         if maj_inv is not None or min_inv is not None:
             # restore order and repeats: the gathers run on the (small) selected matrix only
@@ -405,6 +405,26 @@ class SparseReader:
             )
         return starts, ends
 
+    def _scan_range(self, a: int, b: int, min_pos: np.ndarray, min_out: np.ndarray | None):
+        """Minor positions ``min_pos`` of major positions ``a:b``: one scan of the stored range
+        ``indptr[a]:indptr[b]``; the result's ``indptr`` from the hits' stored positions (see ``out_indptr``)."""
+        cache = self.ctx.indptr_cache if self.ctx is not None else {}
+        ip = cache.get(self.group.name)
+        arr = indptr_array(self.group, (self.format, self.shape)) if ip is None else None
+
+        def piece(lo: int, hi: int) -> np.ndarray:
+            if ip is not None:
+                return ip[lo:hi]
+            return np.asarray(_read_range(arr, lo, hi, None if is_h5(arr) else decoder(arr)), dtype=np.int64)
+
+        ends = piece(a, a + 1) if a == b else np.concatenate([piece(a, a + 1), piece(b, b + 1)])
+        starts, ends = self._checked_bounds(ends[:1], ends[-1:])
+        positions = _Appender(np.int64)
+        data, minor, _ = self._scan_minor(np.zeros(1, np.int64), starts, ends, min_pos, min_out, positions)
+        hit_pos = positions.result()
+        indptr = out_indptr(hit_pos, piece, a, b, self.group, corrupt)
+        return data, minor, indptr
+
     def _read_major_minor(self, maj_pos: np.ndarray, min_pos: np.ndarray | None, min_out: np.ndarray | None = None):
         starts, ends = self._bounds(maj_pos)
         if min_pos is None:
@@ -434,12 +454,16 @@ class SparseReader:
             ranges = [(arr, lo, hi) for _, _, lo, hi in blocks for arr in (self.data, self.indices)]
             if sum(hi - lo for _, lo, hi in ranges) <= _CONCURRENT_ZARR:
                 got = _zarr_ranges(ranges)
+        # HDF5: each array's layout looked up (and its file opened) once for all blocks, not once per block (200
+        # scattered columns of a CSC matrix made 400 lookups of about 0.2 ms each)
+        total = sum(hi - lo for _, _, lo, hi in blocks)
+        raw = [RangeReader(a, total * a.dtype.itemsize) if is_h5(a) else None for a in (self.data, self.indices)]
         for k, (i0, i1, lo, hi) in enumerate(blocks):
             if got is not None:
                 d, i = got[2 * k], got[2 * k + 1]
             else:
-                d = _read_range(self.data, lo, hi, dec_data)
-                i = _read_range(self.indices, lo, hi, dec_indices)
+                d = raw[0].read(lo, hi) if raw[0] is not None else _read_range(self.data, lo, hi, dec_data)
+                i = raw[1].read(lo, hi) if raw[1] is not None else _read_range(self.indices, lo, hi, dec_indices)
             st, en = starts[i0:i1], ends[i0:i1]
             if hi - lo != int((en - st).sum()):  # the block spans unselected rows: cut them out
                 keep = ix.ranges_to_positions(st - lo, en - st)
@@ -459,6 +483,7 @@ class SparseReader:
         ends: np.ndarray,
         min_pos: np.ndarray,
         min_out: np.ndarray | None = None,
+        positions: _Appender | None = None,
     ):
         """Scan ``indices`` of the selected major ranges in bounded chunks; keep hits on the wanted minor positions.
 
@@ -469,15 +494,11 @@ class SparseReader:
         n_minor = self.shape[1] if self.format == "csr" else self.shape[0]
         if len(min_pos) == 0:  # no minor position wanted (e.g. a MuData view keeping none of a modality's features)
             return np.zeros(0, self.dtype), np.zeros(0, np.int32), np.zeros(len(maj_pos) + 1, np.int64)
-        few = len(min_pos) <= _FEW_TARGETS
+        member = Membership(min_pos, n_minor)
         out_pos = np.arange(len(min_pos)) if min_out is None else min_out
         # output positions by stored minor position; int16 where it fits keeps the kept pieces small
         lut = np.zeros(n_minor, dtype=np.int16 if len(min_pos) < 2**15 else np.int32)
         lut[min_pos] = out_pos
-        wanted = None
-        if not few:
-            wanted = np.zeros(n_minor, dtype=bool)  # a one-byte gather per scanned value finds the hits
-            wanted[min_pos] = True
         step = scan_step(self.budget)
         if is_h5(self.indices):
             step = max(2**16, step // 2)  # two chunks in flight (see below): each half as long
@@ -508,20 +529,13 @@ class SparseReader:
             chunk: np.ndarray, c0: int, c1: int, i0: int, i1: int, mask_buf: np.ndarray, vals: np.ndarray | None
         ) -> None:
             st, en = starts[i0:i1], ends[i0:i1]
-            if few:
-                mask = chunk == min_pos[0]
-                for t in min_pos[1:]:
-                    mask |= chunk == t
-            else:
-                # np.take into a reused buffer: about twice as fast as fancy indexing, and no allocation
-                try:
-                    mask = np.take(wanted, chunk, out=mask_buf[: len(chunk)])
-                except IndexError:
-                    raise corrupt(
-                        self.group, f"indices hold {int(chunk.max())}, beyond the {n_minor} positions of the minor axis"
-                    ) from None
-            hit = np.flatnonzero(mask)
-            del mask
+            # comparisons for a few wanted positions or clusters of them, else a table (see sparse_scan)
+            try:
+                hit = member.hits(chunk, mask_buf)
+            except IndexError:
+                raise corrupt(
+                    self.group, f"indices hold {int(chunk.max())}, beyond the {n_minor} positions of the minor axis"
+                ) from None
             # read the next chunk's values ahead while hits are dense; for zarr chunks, decoded whole for any hit,
             # while there are hits at all
             progress["dense"] = len(hit) > 0 if decoded else len(hit) * _DENSE_HITS >= c1 - c0
@@ -545,6 +559,9 @@ class SparseReader:
             out_minor.reserve(len(hit), expected)
             out_data.reserve(len(hit), expected)
             out_minor.append(np.take(lut, np.take(chunk, hit)))
+            if positions is not None:
+                positions.reserve(len(hit), expected)
+                positions.append(hit + c0)
             if vals is not None:  # the caller read this chunk's values already
                 out_data.append(np.take(vals, hit))
             else:
@@ -560,7 +577,7 @@ class SparseReader:
         # add memory
         threaded = len(jobs) > 1 and values.in_place
         n_slots = 2 if threaded else 1
-        masks = [np.empty(step if wanted is not None else 0, dtype=bool) for _ in range(n_slots)]
+        masks = [np.empty(step, dtype=bool) for _ in range(n_slots)]
         slots = [(_ChunkReader(self.indices, step), masks[i], _ChunkReader(self.data, step)) for i in range(n_slots)]
         # while the chunks searched so far hit densely (every chunk does for a few hundred genes of a CSR matrix),
         # the next chunk's values are read along with its indices, by the reading thread: the searching thread,
@@ -581,6 +598,17 @@ class SparseReader:
         minor, data = out_minor.result(), out_data.result()
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         return data, minor, indptr
+
+
+def _contiguous(sel: ix.Sel, n: int) -> tuple[int, int] | None:
+    """``(a, b)`` where ``sel`` is all of ``range(a, b)`` in order (``None``, a slice of step 1), else ``None``."""
+    if sel is None:
+        return 0, n
+    if isinstance(sel, slice):
+        a, b, step = sel.indices(n)
+        if step == 1:
+            return a, max(a, b)
+    return None
 
 
 def scan_step(budget: int) -> int:

@@ -19,7 +19,7 @@ from shadows.io.remote_store import copy_all, delete_all, exists_any, invalidate
 
 
 class RemoteOutput:
-    """A new zarr store at a remote destination (what :class:`shadows.sink.Output` is for local paths).
+    """A new zarr store at a remote destination (what :class:`shadows.stream.sink.Output` is for local paths).
 
     The store is written into a local staging directory first (zarr writes one object per request: uploading
     them afterwards, many at a time, is what makes a remote output fast), then uploaded by :meth:`commit` in the
@@ -79,7 +79,7 @@ class RemoteOutput:
 def write_subset_remote(
     shadow: Any, dest: Any, file_format: str, zarr_format: int | None, overwrite: bool, opts: Any, progress: bool | None
 ) -> RemotePath:
-    """:func:`shadows.stream.write_subset` into a remote zarr store (after its checks of names and options)."""
+    """:func:`shadows.stream.shadow.write_subset` into a remote zarr store (after its checks of names and options)."""
     from shadows.stream.anndata_writer import write_anndata
 
     if opts.tmpdir is None or not os.path.isdir(opts.tmpdir):
