@@ -246,21 +246,31 @@ class Core:
             if self.label is not None:
                 df[self.label] = self.label_col()
             self.cache["obs"] = _str_columns(df)
+            for k in [k for k in self.cache if isinstance(k, tuple) and k[0] == "obs_column"]:
+                del self.cache[k]  # the whole table holds them now
         return self.cache["obs"]
 
-    def obs_column(self, key: str) -> pd.Series:
-        """One column of the concatenated obs, reading only that column of each file."""
+    def obs_column(self, key: str, index: bool = True) -> pd.Series:
+        """One column of the concatenated obs, reading only that column of each file (once: it is kept).
+
+        ``index=False`` leaves the cell names out (a range index): building a million names costs more than
+        reading a categorical column."""
         if "obs" in self.cache:
-            return self.cache["obs"][key]
+            col = self.cache["obs"][key]
+            return col if index else col.reset_index(drop=True)
         if key == self.label:
-            return pd.Series(self.label_col(), index=self.obs_names(), name=key)
-        frames = []
-        for p in self.parts:
-            frames.append(_one_column(p, key))
-        df = pd.concat(admerge.unify_dtypes(frames), join=self.join, ignore_index=True)
-        if key not in df.columns:
-            raise KeyError(f"{key!r} is not an obs column of the collection (columns: {self.obs_keys()})")
-        col = df[key]
+            values = pd.Series(self.label_col(), name=key)
+        elif ("obs_column", key) in self.cache:
+            values = self.cache[("obs_column", key)]
+        else:
+            if key not in self.obs_keys():
+                raise KeyError(f"{key!r} is not an obs column of the collection (columns: {self.obs_keys()})")
+            frames = [_one_column(p, key) for p in self.parts]
+            values = pd.concat(admerge.unify_dtypes(frames), join=self.join, ignore_index=True)[key]
+            self.cache[("obs_column", key)] = values
+        if not index:
+            return values
+        col = values.copy(deep=False)
         col.index = self.obs_names()
         return col
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import anndata
@@ -24,6 +25,7 @@ import scipy.sparse as sp
 
 from shadows.backends import check_backend_name, get_array_backend
 from shadows.collection.core import Core, expand_sources
+from shadows.collection.obs import LazyFrame
 from shadows.collection.source import Stacked
 from shadows.core.anndata import _ANNDATA_013, _as_view_frame, _LazyNames, _take
 from shadows.core.compat import NOT_A_REFERENCE, accessor_get
@@ -141,6 +143,17 @@ class CollectionShadow(anndata.AnnData):
         self._base: CollectionShadow | None = None  # where a view takes its tables from
         self._base_sel: tuple = (None, None)  # the view's selection relative to its base
 
+    @property
+    def _state(self) -> SimpleNamespace:
+        """What :mod:`shadows.core`'s helpers read of a shadow's state: the element stores
+        (:class:`~shadows.core.mapping.ElementMapping`) and ``describe()`` (error messages)."""
+        return SimpleNamespace(
+            pending=self._pending,
+            deleted=self._deleted,
+            inherited=self._inherited,
+            describe=lambda: ", ".join(self._core.names),
+        )
+
     # --- identity ---------------------------------------------------------------------------------------------------
     @property
     def sources(self) -> list[str]:
@@ -202,9 +215,10 @@ class CollectionShadow(anndata.AnnData):
     def _frame(self, name: str) -> pd.DataFrame:
         if name in self._frames:
             return self._frames[name]
-        if self._base is None:
-            df = self._core.obs() if name == "obs" else self._core.var()
-            df = df.copy()  # assignments change this collection's table, not the shared one
+        if self._base is None and name == "obs":
+            df = LazyFrame(_ObsColumns(self._core))  # columns read when asked for; all at once when needed
+        elif self._base is None:
+            df = self._core.var().copy()  # assignments change this collection's table, not the shared one
         else:
             sel = self._base_sel[0 if name == "obs" else 1]
             src = self._base._frame(name)
@@ -446,10 +460,9 @@ class CollectionShadow(anndata.AnnData):
     def obs_vector(self, k: str, *, layer: str | None = None) -> Any:
         """Values of obs column ``k`` (that column alone is read from each file), or of gene ``k`` across cells."""
         if k in self.obs_keys():
-            if "obs" in self._frames or self._base is not None:
+            col = self._lazy_obs_column(k)
+            if col is None:
                 col = self.obs[k]
-            else:
-                col = self._core.obs_column(k)
             return col.array if _ANNDATA_013 else col.values
         names = self.var_names
         if k not in names:
@@ -457,6 +470,24 @@ class CollectionShadow(anndata.AnnData):
         j = int(names.get_loc(k))
         m = self._matrix_numpy(layer, (slice(None), slice(j, j + 1)))
         return np.ravel(m.toarray() if sp.issparse(m) else np.asarray(m))
+
+    def _lazy_obs_column(self, k: str) -> pd.Series | None:
+        """Column ``k`` of obs (of this view's rows) read alone, while the whole table is not in memory (else
+        ``None``): one column of each file, without the cell names."""
+        base = self._base if self._base is not None else self
+        frame = base._frames.get("obs")
+        if "obs" in self._frames and self._base is not None:
+            return None  # a view's own table (read already)
+        if frame is not None and not (isinstance(frame, LazyFrame) and not frame.is_loaded):
+            return None  # the table is in memory (perhaps changed): it answers
+        col = self._core.obs_column(k, index=False)
+        if self._base is None:
+            return col
+        sel = self._base_sel[0]
+        col = col.iloc[ix.positions(sel, len(col))] if sel is not None else col
+        if anndata.settings.remove_unused_categories and isinstance(col.dtype, pd.CategoricalDtype):
+            col = col.cat.remove_unused_categories()  # as anndata's views do
+        return col
 
     def var_vector(self, k: str, *, layer: str | None = None) -> Any:
         """Values of var column ``k``, or of cell ``k`` across genes (that row alone is read)."""
@@ -645,6 +676,25 @@ class CollectionShadow(anndata.AnnData):
         return self is other
 
     __hash__ = object.__hash__
+
+
+class _ObsColumns:
+    """A collection's obs read through its :class:`~shadows.collection.core.Core` (see :class:`LazyFrame`)."""
+
+    def __init__(self, core: Core):
+        self._core = core
+
+    def keys(self) -> list[str]:
+        return self._core.obs_keys()
+
+    def names(self) -> pd.Index:
+        return self._core.obs_names()
+
+    def column(self, key: str) -> pd.Series:
+        return self._core.obs_column(key)
+
+    def frame(self) -> pd.DataFrame:
+        return self._core.obs().copy()  # assignments change this collection's table, not the shared one
 
 
 def _take_rows(value: Any, rows: ix.Sel, is_view: bool) -> Any:
