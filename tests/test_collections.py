@@ -57,6 +57,8 @@ def file_specs(draw, i: int) -> dict:
         "graph": draw(st.sampled_from([None, "csr", "dense"])),
         "store": draw(st.sampled_from(STORE_FORMATS)),
         "seed": draw(st.integers(0, 2**31)),
+        # raw: its own genes (a superset of X's or others), CSR or dense; joined only if every file has one
+        "raw": draw(st.sampled_from([None, None, "csr", "dense", "csc"])),
     }
 
 
@@ -83,6 +85,11 @@ def make_adata(spec: dict) -> ad.AnnData:
     if spec["graph"] is not None:
         g = sp.random(n, n, density=0.4, format="csr", random_state=spec["seed"] % 1000)
         a.obsp["graph"] = g if spec["graph"] == "csr" else g.toarray()
+    if spec.get("raw") is not None:
+        raw_genes = sorted(set(genes) | set(GENES[spec["seed"] % 3 :: 3]))
+        r = ((rng.random((n, len(raw_genes))) < 0.5) * rng.integers(1, 9, (n, len(raw_genes)))).astype(np.float32)
+        m = {"csr": sp.csr_matrix, "csc": sp.csc_matrix, "dense": np.asarray}[spec["raw"]](r)
+        a.raw = ad.AnnData(X=m, obs=obs, var=pd.DataFrame({"n": np.arange(len(raw_genes))}, index=raw_genes))
     a.uns["file"] = spec["i"]
     a.uns["shared"] = {"k": 1}
     return a
@@ -422,12 +429,22 @@ def test_inner_join_without_shared_genes_warns(tmp_path):
     assert coll.shape == (10, 0)
 
 
-def test_raw_is_not_joined_and_says_so(tmp_path):
-    a = make_adata(_spec(0))
-    a.raw = a.copy()
-    paths = [write_adata(a, tmp_path / "raw.h5ad"), *write_files([_spec(1)], tmp_path)]
-    with pytest.warns(UserWarning, match="raw is not joined"):
-        coll = shadows.concat(paths)
+def test_raw_joined_as_anndata(tmp_path):
+    specs = [_spec(0, raw="csr"), _spec(1, raw="dense", genes=GENES[3:], store=("zarr", 2)), _spec(2, raw="csc")]
+    paths = write_files(specs, tmp_path)
+    for join in ("inner", "outer"):
+        got, want = open_both(paths, {"join": join, "index_unique": "-"})
+        assert got.raw.shape == want.raw.shape and got._cache.get(("raw", "")).__dict__["_x"] is None  # not read yet
+        assert_element_equal(got.raw.var, want.raw.var, "raw.var")
+        assert_element_equal(got.raw.X, want.raw.X, f"raw.X ({join})")
+        assert_element_equal(got[[3, 12, 7]].raw.X, want[[3, 12, 7]].raw.X, "raw.X of a view")
+        g = want.raw.var_names[1]
+        assert_element_equal(got.raw.obs_vector(g), want.raw.obs_vector(g), "raw.obs_vector")
+        assert_element_equal(got.raw[:4, [g]].X, want.raw[:4, [g]].X, "raw[...]")
+    # only some files with raw: none, with anndata's warning
+    some = [paths[0], *write_files([_spec(3)], tmp_path / "noraw")]
+    with pytest.warns(UserWarning, match="Only some AnnData objects have `.raw`"):
+        coll = shadows.concat(some)
     assert coll.raw is None and coll.parts[0].raw is not None
 
 

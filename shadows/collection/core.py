@@ -131,7 +131,7 @@ class Core:
 
     # --- the join ---------------------------------------------------------------------------------------------------
     def _join_var(self) -> tuple[pd.Index, list[np.ndarray | None]]:
-        file_vars = [p.var_names for p in self.parts]
+        file_vars = self.file_var_names()
         joined = admerge.merge_indices(file_vars, join=self.join)
         colmaps: list[np.ndarray | None] = []
         for name, v in zip(self.names, file_vars, strict=True):
@@ -164,14 +164,30 @@ class Core:
             )
 
     def _check_raw(self) -> None:
-        with_raw = [n for n, p in zip(self.names, self.parts, strict=True) if p.raw is not None]
-        if with_raw:
+        """anndata.concat joins raw only if every file has one, and warns if only some do."""
+        has_raw = [p.raw is not None for p in self.parts]
+        self.has_raw = all(has_raw)
+        if any(has_raw) and not self.has_raw:
             warnings.warn(
-                f"raw is not joined: the collection has no raw ({len(with_raw)} of the {len(self.parts)} files have "
-                "one; read it per file through collection.parts[i].raw)",
+                "Only some AnnData objects have `.raw` attribute, not concatenating `.raw` attributes. (files with "
+                f"raw: {[n for n, h in zip(self.names, has_raw, strict=True) if h]})",
                 UserWarning,
                 stacklevel=4,
             )
+
+    def file_var_names(self) -> list[pd.Index]:
+        """Each file's var names (what is joined)."""
+        return [p.var_names for p in self.parts]
+
+    def raw(self) -> Core | None:
+        """The join of the files' ``raw`` (as ``anndata.concat`` joins it), or ``None`` unless every file has one."""
+        if not self.has_raw:
+            return None
+        if "raw" not in self.cache:
+            from shadows.collection.raw import RawCore
+
+            self.cache["raw"] = RawCore(self)
+        return self.cache["raw"]
 
     @property
     def n_obs(self) -> int:
@@ -353,7 +369,7 @@ class Core:
             )
         if group == "obsm":
             return self._obsm(sources)
-        reindexers = [admerge.gen_reindexer(self.var_names, p.var_names) for p in self.parts]
+        reindexers = [admerge.gen_reindexer(self.var_names, v) for v in self.file_var_names()]
         standins = [
             standin(s.sparse_format, s.dtype, s.shape[1]) if s is not None else admerge.MissingVal for s in sources
         ]

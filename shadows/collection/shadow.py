@@ -410,6 +410,10 @@ class CollectionShadow(anndata.AnnData):
         src = self.stacked(path)
         if not isinstance(src, Stacked):
             return src
+        return self._read_source(src)
+
+    def _read_source(self, src: Stacked) -> Any:
+        """The values of a :class:`Stacked` source, in this collection's array backend."""
         name = self._array_backend
         if name == "numpy":
             return src.read()
@@ -452,9 +456,18 @@ class CollectionShadow(anndata.AnnData):
         self._cache.pop(("X", ""), None)
 
     @property
-    def raw(self) -> None:
-        """Not joined: a collection has no ``raw`` (read each file's ``raw`` through :attr:`parts`)."""
-        return None
+    def raw(self) -> Any:
+        """The files' ``raw`` joined as ``anndata.concat`` joins it (only if every file has one), for this
+        collection's (view's) cells and every raw gene; its X is read per file on first access."""
+        if ("raw", "") in self._cache:
+            return self._cache[("raw", "")]
+        core = self._core.raw()
+        if core is None:
+            return None
+        from shadows.collection.raw import CollectionRaw
+
+        self._cache[("raw", "")] = CollectionRaw(self, core)
+        return self._cache[("raw", "")]
 
     # --- vectors ----------------------------------------------------------------------------------------------------
     def obs_vector(self, k: str, *, layer: str | None = None) -> Any:
@@ -604,6 +617,8 @@ class CollectionShadow(anndata.AnnData):
         }
         for g in ("obsm", "varm", "obsp", "varp", "layers"):
             kwargs[g] = {k: numpy._get(g, k) for k in numpy._mapping(g).keys() if k is not None}
+        if numpy.raw is not None:
+            kwargs["raw"] = {"X": numpy.raw.X, "var": numpy.raw.var.copy()}
         return anndata.AnnData(**kwargs)
 
     def copy(self, filename: os.PathLike | None = None) -> anndata.AnnData:
