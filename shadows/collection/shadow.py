@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from shadows.backends import check_backend_name, get_array_backend
+from shadows.backends import check_backend_name, get_array_backend, get_table_backend
 from shadows.collection.core import Core, expand_sources
 from shadows.collection.obs import LazyFrame
 from shadows.collection.source import Stacked
@@ -49,6 +49,7 @@ def concat(
     pairwise: bool = False,
     format: str | None = None,
     array_backend: str = "numpy",
+    table_backend: str = "pandas",
 ) -> CollectionShadow:
     """Concatenate AnnData files along obs as one lazy shadow, as ``anndata.concat`` does in memory.
 
@@ -82,6 +83,9 @@ def concat(
         Format of path sources (``"h5ad"``, ``"zarr"``...; default: detected per file).
     array_backend
         Type of the arrays handed out (``"numpy"``, ``"dask"``, ``"jax"``, ``"torch"``...).
+    table_backend
+        Type of ``obs`` and ``var`` handed out (``"pandas"``, ``"polars"``, ``"pyarrow"``); the collection itself
+        (views, writes, ``obs_vector``) works on pandas tables.
 
     Returns
     -------
@@ -96,6 +100,7 @@ def concat(
     if axis not in ("obs", 0):
         raise NotImplementedError(f"shadows.concat joins files along obs only (axis='obs'), got axis={axis!r}")
     check_backend_name(array_backend, "array")
+    check_backend_name(table_backend, "table")
     items, keys = expand_sources(sources, keys)
     core = Core(
         items,
@@ -109,7 +114,7 @@ def concat(
         pairwise=pairwise,
         format=format,
     )
-    return CollectionShadow(core, array_backend=array_backend)
+    return CollectionShadow(core, array_backend=array_backend, table_backend=table_backend)
 
 
 class CollectionShadow(anndata.AnnData):
@@ -125,6 +130,7 @@ class CollectionShadow(anndata.AnnData):
         core: Core,
         *,
         array_backend: str = "numpy",
+        table_backend: str = "pandas",
         _rows: ix.Sel = None,
         _cols: ix.Sel = None,
         _view: bool = False,
@@ -132,6 +138,7 @@ class CollectionShadow(anndata.AnnData):
         # AnnData's constructor is not run: every element is answered by the properties below
         self._core = core
         self._array_backend = array_backend
+        self._table_backend = table_backend
         self._rows, self._cols = _rows, _cols  # global selections: rows of the stacked files, joined var
         self._is_view = _view
         self._detached = False
@@ -231,8 +238,9 @@ class CollectionShadow(anndata.AnnData):
 
     @property
     def obs(self) -> pd.DataFrame:
-        """The concatenated cell annotations (for a view: its rows); read from every file on first access."""
-        return self._frame("obs")
+        """The concatenated cell annotations (for a view: its rows): a column is read from every file when asked
+        for (``coll.obs["donor"]``), the whole table when anything else needs it."""
+        return self._as_table("obs")
 
     @obs.setter
     def obs(self, value: pd.DataFrame) -> None:
@@ -241,7 +249,21 @@ class CollectionShadow(anndata.AnnData):
     @property
     def var(self) -> pd.DataFrame:
         """The joined genes (columns as ``merge`` keeps them: none by default)."""
-        return self._frame("var")
+        return self._as_table("var")
+
+    def _as_table(self, name: str) -> Any:
+        """A table in the collection's table backend (the pandas table itself for ``"pandas"``)."""
+        df = self._frame(name)
+        if self._table_backend == "pandas":
+            return df
+        from shadows.backends.tables import parts_from_pandas
+
+        backend = get_table_backend(self._table_backend)
+        if not backend.from_parts:
+            return backend.convert(pd.DataFrame(df))
+        parts = parts_from_pandas(pd.DataFrame(df))
+        parts.axis_name = f"{name}_names"  # how table backends without an index name the index column
+        return backend.convert(parts)
 
     @var.setter
     def var(self, value: pd.DataFrame) -> None:
@@ -271,7 +293,7 @@ class CollectionShadow(anndata.AnnData):
 
     @obs_names.setter
     def obs_names(self, names: Any) -> None:
-        obs = self.obs.copy()
+        obs = self._frame("obs").copy()
         obs.index = pd.Index(names)
         self.obs = obs
 
@@ -281,17 +303,17 @@ class CollectionShadow(anndata.AnnData):
 
     @var_names.setter
     def var_names(self, names: Any) -> None:
-        var = self.var.copy()
+        var = self._frame("var").copy()
         var.index = pd.Index(names)
         self.var = var
 
     def obs_keys(self) -> list[str]:
-        if "obs" in self._frames or (self._base is not None and "obs" in self._base._frames):
-            return [str(c) for c in self.obs.columns]
+        if not self._obs_on_disk():
+            return [str(c) for c in self._frame("obs").columns]
         return list(self._core.obs_keys())
 
     def var_keys(self) -> list[str]:
-        return [str(c) for c in self.var.columns]
+        return [str(c) for c in self._frame("var").columns]
 
     def obsm_keys(self) -> list[str]:
         return list(self.obsm.keys())
@@ -475,7 +497,7 @@ class CollectionShadow(anndata.AnnData):
         if k in self.obs_keys():
             col = self._lazy_obs_column(k)
             if col is None:
-                col = self.obs[k]
+                col = self._frame("obs")[k]
             return col.array if _ANNDATA_013 else col.values
         names = self.var_names
         if k not in names:
@@ -484,15 +506,18 @@ class CollectionShadow(anndata.AnnData):
         m = self._matrix_numpy(layer, (slice(None), slice(j, j + 1)))
         return np.ravel(m.toarray() if sp.issparse(m) else np.asarray(m))
 
+    def _obs_on_disk(self) -> bool:
+        """Whether obs is still only in the files (no table read whole, none assigned): columns are read alone."""
+        if "obs" in self._frames and self._base is not None:
+            return False  # a view's own table (read already)
+        frame = (self._base if self._base is not None else self)._frames.get("obs")
+        return frame is None or (isinstance(frame, LazyFrame) and not frame.is_loaded)
+
     def _lazy_obs_column(self, k: str) -> pd.Series | None:
         """Column ``k`` of obs (of this view's rows) read alone, while the whole table is not in memory (else
         ``None``): one column of each file, without the cell names."""
-        base = self._base if self._base is not None else self
-        frame = base._frames.get("obs")
-        if "obs" in self._frames and self._base is not None:
-            return None  # a view's own table (read already)
-        if frame is not None and not (isinstance(frame, LazyFrame) and not frame.is_loaded):
-            return None  # the table is in memory (perhaps changed): it answers
+        if not self._obs_on_disk():
+            return None
         col = self._core.obs_column(k, index=False)
         if self._base is None:
             return col
@@ -505,7 +530,7 @@ class CollectionShadow(anndata.AnnData):
     def var_vector(self, k: str, *, layer: str | None = None) -> Any:
         """Values of var column ``k``, or of cell ``k`` across genes (that row alone is read)."""
         if k in self.var_keys():
-            col = self.var[k]
+            col = self._frame("var")[k]
             return col.array if _ANNDATA_013 else col.values
         names = self.obs_names
         if k not in names:
@@ -543,6 +568,32 @@ class CollectionShadow(anndata.AnnData):
             end = min(n, start + chunk_size)
             yield (value[start:end] if value is not None else src.read(slice(start, end, 1))), start, end
 
+    def matrix_blocks(self, layer: str | None = None, chunk_size: int | None = None) -> tuple[tuple, np.dtype, Any]:
+        """``(shape, dtype, blocks)`` of X (or ``layer``): ``blocks`` yields ``(start, stop, rows)`` (numpy or
+        scipy) in bounded memory, each file's rows read through its own view (what :func:`shadows.stats` reads)."""
+        from shadows.collection.write import row_blocks
+        from shadows.stream.blocks import in_memory_blocks
+
+        numpy = self._as_numpy()
+        path = f"layers/{layer}" if layer is not None else "X"
+        k = ("layers", layer) if layer is not None else ("X", "")
+        for store in (numpy._pending, numpy._inherited):
+            if k in store:
+                value = store[k]
+                if value is None:
+                    raise ValueError(f"{path} of the collection is None")
+                return (
+                    value.shape,
+                    value.dtype,
+                    in_memory_blocks(sp.csr_matrix(value) if sp.issparse(value) else value, 0, chunk_size),
+                )
+        if layer is not None and layer not in numpy._disk_keys("layers"):
+            raise KeyError(f"The collection has no layer {layer!r}; layers: {numpy._disk_keys('layers')}")
+        if layer is None and not numpy._has_x():
+            raise ValueError(f"The collection ({', '.join(self._core.names[:3])}...) has no X")
+        src = numpy.stacked(path)
+        return src.shape, src.dtype, row_blocks(numpy, src, path, chunk_size)
+
     # --- views ------------------------------------------------------------------------------------------------------
     def __getitem__(self, index: Any) -> CollectionShadow:
         """A view: reads only the rows (of the files) and genes it selects."""
@@ -554,6 +605,7 @@ class CollectionShadow(anndata.AnnData):
         view = CollectionShadow(
             self._core,
             array_backend=self._array_backend,
+            table_backend=self._table_backend,
             _rows=ix.compose(self._rows, o, self._core.n_obs),
             _cols=ix.compose(self._cols, v, len(self._core.var_names)),
             _view=True,
@@ -611,8 +663,8 @@ class CollectionShadow(anndata.AnnData):
         numpy = self._as_numpy()
         kwargs: dict[str, Any] = {
             "X": numpy.X,
-            "obs": pd.DataFrame(self.obs).copy(),
-            "var": pd.DataFrame(self.var).copy(),
+            "obs": pd.DataFrame(self._frame("obs")).copy(),
+            "var": pd.DataFrame(self._frame("var")).copy(),
             "uns": untrack(dict(self.uns.items())),
         }
         for g in ("obsm", "varm", "obsp", "varp", "layers"):
