@@ -22,9 +22,9 @@ import numpy as np
 from shadows.io.fast.pread import Layout, pread_into, workers
 
 # A gap up to this many bytes between two wanted ranges is read into scratch instead of starting a new call: a
-# call costs about as much as copying 20-30 KB from the page cache (measured: 2.5 µs per preadv of 2 KB, 0.1 ms per
-# MB copied, on the benchmark machine).
-_GAP_BYTES = 32 * 1024
+# call costs about as much as copying 9-10 KB from the page cache (measured on the benchmark machine, best of 7:
+# 6-9 µs per preadv of 2 KB at random offsets, 1.1-1.5 GB/s for large reads).
+_GAP_BYTES = 8 * 1024
 # Buffers per call (Linux's IOV_MAX is 1024; a wanted range and the gap before it take two).
 _IOV = min(1024, os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024) // 2
 # Bytes per call, so that the calls of one large read are shared out among the threads.
