@@ -98,7 +98,10 @@ def concat(
     >>> t.X  # the T cells' rows of each file, nothing else  # doctest: +SKIP
     """
     if axis not in ("obs", 0):
-        raise NotImplementedError(f"shadows.concat joins files along obs only (axis='obs'), got axis={axis!r}")
+        raise NotImplementedError(
+            f"shadows.concat joins files along obs only (axis='obs' or 0), got axis={axis!r}; to join along var, "
+            "read the files (AnnDataShadow(path).to_memory()) and use anndata.concat(..., axis='var')"
+        )
     check_backend_name(array_backend, "array")
     check_backend_name(table_backend, "table")
     items, keys = expand_sources(sources, keys)
