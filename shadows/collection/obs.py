@@ -98,7 +98,10 @@ class LazyFrame(pd.DataFrame):
     def columns(self) -> pd.Index:  # type: ignore[override]
         loader = self._lazy()
         if loader is not None:
-            return pd.Index(loader.keys(), dtype=object)
+            # the labels as pandas makes them for a table of these columns (str dtype in pandas 3), and string-typed
+            # when there are none, as anndata leaves an empty table's columns
+            cols = pd.DataFrame(columns=loader.keys()).columns
+            return cols if len(cols) else cols.astype(str)
         return pd.DataFrame.columns.__get__(self)
 
     @columns.setter
