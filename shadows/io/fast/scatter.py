@@ -2,11 +2,11 @@
 
 Why this exists: the rows a filter keeps (one cell in ten, say) are short ranges of a file's ``data`` and
 ``indices`` (2 KB each for a cell with 500 stored values), a few rows apart.  Read one by one, each costs a system
-call and Python's overhead around it (about 3 µs, the time to copy 20 KB from the page cache); read as one block
-and then cut, every byte of the skipped rows is copied twice.  ``preadv`` reads one stretch of the file into a
-list of buffers: here each wanted range goes straight to its place in the output and each short gap into a
-scratch buffer that is thrown away, so a run of nearby rows costs one call and no second copy.  Long gaps start a
-new call; calls are shared out to the threads of :mod:`shadows.io.fast.pread`.
+call and Python's overhead around it (6-9 µs measured, the time to copy about 9 KB from the page cache); read as
+one block and then cut, every byte of the skipped rows is copied, and the kept ones twice.  ``preadv`` reads one
+stretch of the file into a list of buffers: here each wanted range goes straight to its place in the output and
+each short gap into a scratch buffer that is thrown away, so a run of nearby rows costs one call and no second
+copy.  Long gaps start a new call; calls are shared out to the threads of :mod:`shadows.io.fast.pread`.
 
 :func:`read_ranges` serves a dataset with a raw :class:`~shadows.io.fast.pread.Layout` only (callers get one from
 :func:`shadows.io.fast.pread.layout`, which returns ``None`` where fast I/O is off); others read through h5py.
@@ -25,8 +25,18 @@ from shadows.io.fast.pread import Layout, pread_into, workers
 # call costs about as much as copying 9-10 KB from the page cache (measured on the benchmark machine, best of 7:
 # 6-9 µs per preadv of 2 KB at random offsets, 1.1-1.5 GB/s for large reads).
 _GAP_BYTES = 8 * 1024
-# Buffers per call (Linux's IOV_MAX is 1024; a wanted range and the gap before it take two).
-_IOV = min(1024, os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024) // 2
+
+
+def _iov_max() -> int:
+    try:
+        n = os.sysconf("SC_IOV_MAX")
+    except (AttributeError, ValueError, OSError):  # no sysconf, or no such name: POSIX's minimum
+        n = 16
+    return min(1024, n if n > 0 else 16)  # (Linux: 1024)
+
+
+# Pieces per call (a wanted range and the gap before it take two buffers of IOV_MAX).
+_IOV = max(1, _iov_max() // 2)
 # Bytes per call, so that the calls of one large read are shared out among the threads.
 _CALL_BYTES = 4 * 2**20
 # Reads below this many bytes in all run in the calling thread.
