@@ -57,6 +57,8 @@ def file_specs(draw, i: int) -> dict:
         "graph": draw(st.sampled_from([None, "csr", "dense"])),
         "store": draw(st.sampled_from(STORE_FORMATS)),
         "seed": draw(st.integers(0, 2**31)),
+        # raw: its own genes (a superset of X's or others), CSR or dense; joined only if every file has one
+        "raw": draw(st.sampled_from([None, None, "csr", "dense", "csc"])),
     }
 
 
@@ -83,6 +85,11 @@ def make_adata(spec: dict) -> ad.AnnData:
     if spec["graph"] is not None:
         g = sp.random(n, n, density=0.4, format="csr", random_state=spec["seed"] % 1000)
         a.obsp["graph"] = g if spec["graph"] == "csr" else g.toarray()
+    if spec.get("raw") is not None:
+        raw_genes = sorted(set(genes) | set(GENES[spec["seed"] % 3 :: 3]))
+        r = ((rng.random((n, len(raw_genes))) < 0.5) * rng.integers(1, 9, (n, len(raw_genes)))).astype(np.float32)
+        m = {"csr": sp.csr_matrix, "csc": sp.csc_matrix, "dense": np.asarray}[spec["raw"]](r)
+        a.raw = ad.AnnData(X=m, obs=obs, var=pd.DataFrame({"n": np.arange(len(raw_genes))}, index=raw_genes))
     a.uns["file"] = spec["i"]
     a.uns["shared"] = {"k": 1}
     return a
@@ -422,12 +429,24 @@ def test_inner_join_without_shared_genes_warns(tmp_path):
     assert coll.shape == (10, 0)
 
 
-def test_raw_is_not_joined_and_says_so(tmp_path):
-    a = make_adata(_spec(0))
-    a.raw = a.copy()
-    paths = [write_adata(a, tmp_path / "raw.h5ad"), *write_files([_spec(1)], tmp_path)]
-    with pytest.warns(UserWarning, match="raw is not joined"):
-        coll = shadows.concat(paths)
+def test_raw_joined_as_anndata(tmp_path):
+    specs = [_spec(0, raw="csr"), _spec(1, raw="dense", genes=GENES[3:], store=("zarr", 2)), _spec(2, raw="csc")]
+    paths = write_files(specs, tmp_path)
+    for join in ("inner", "outer"):
+        got, want = open_both(paths, {"join": join, "index_unique": "-"})
+        assert (
+            got.raw.shape == want.raw.shape and got._state.cache.get(("raw", "")).__dict__["_x"] is None
+        )  # not read yet
+        assert_element_equal(got.raw.var, want.raw.var, "raw.var")
+        assert_element_equal(got.raw.X, want.raw.X, f"raw.X ({join})")
+        assert_element_equal(got[[3, 12, 7]].raw.X, want[[3, 12, 7]].raw.X, "raw.X of a view")
+        g = want.raw.var_names[1]
+        assert_element_equal(got.raw.obs_vector(g), want.raw.obs_vector(g), "raw.obs_vector")
+        assert_element_equal(got.raw[:4, [g]].X, want.raw[:4, [g]].X, "raw[...]")
+    # only some files with raw: none, with anndata's warning
+    some = [paths[0], *write_files([_spec(3)], tmp_path / "noraw")]
+    with pytest.warns(UserWarning, match="Only some AnnData objects have `.raw`"):
+        coll = shadows.concat(some)
     assert coll.raw is None and coll.parts[0].raw is not None
 
 
@@ -564,3 +583,150 @@ def test_streamed_write_in_bounded_memory(big_files, tmp_path):
 def test_views_and_writes_thorough(tmp_path, case, data):
     test_views_equal_anndata_views.hypothesis.inner_test(tmp_path, case, data)
     test_streamed_write_reads_back_as_anndata_concat.hypothesis.inner_test(tmp_path, case, data)
+
+
+# --- everything a shadow does, on a collection -----------------------------------------------------------------------
+def test_obs_is_read_column_by_column(three):
+    coll = shadows.concat(three, join="outer", label="batch")
+    want = oracle(three, join="outer", label="batch")
+    obs = coll.obs
+    assert "a" in obs and "nope" not in obs and len(obs) == want.n_obs and obs.shape == want.obs.shape
+    assert list(obs.columns) == list(want.obs.columns)
+    assert_element_equal(obs["a"], want.obs["a"], "obs['a']")
+    assert_element_equal(obs.b, want.obs.b, "obs.b")
+    assert "obs" not in coll._core.cache  # columns answered one by one: the tables were not read whole
+    view = coll[np.asarray(obs["a"] == want.obs["a"].iloc[0])]
+    assert_element_equal(
+        view.obs_vector("b"), want[np.asarray(want.obs["a"] == want.obs["a"].iloc[0])].obs_vector("b"), "b"
+    )
+    assert "obs" not in coll._core.cache
+    assert_element_equal(pd.DataFrame(coll.obs), want.obs, "obs")  # the whole table, as anndata.concat's
+    assert "obs" in coll._core.cache
+
+
+def test_stats_equal_numpy(three):
+    want = oracle(three, join="outer")
+    coll = shadows.concat(three, join="outer")
+    for sub, w in ((coll, want), (coll[[14, 0, 7, 3, 9]], want[[14, 0, 7, 3, 9]])):
+        for axis in (0, 1):
+            got = shadows.stats(sub, axis=axis, chunk_size=2)
+            X = w.X.toarray() if sp.issparse(w.X) else np.asarray(w.X)
+            np.testing.assert_allclose(got["sum"], X.sum(axis))
+            np.testing.assert_allclose(got["var"], X.var(axis, ddof=1))
+            np.testing.assert_array_equal(got["nnz"], (X != 0).sum(axis))
+            np.testing.assert_array_equal(got["max"], X.max(axis))
+    coll.X = coll.X * 2  # an in-memory value is reduced too
+    np.testing.assert_allclose(shadows.stats(coll)["sum"], 2 * np.asarray(want.X.sum(0)).ravel())
+
+
+def test_dask_chunks_lie_within_one_file(three):
+    pytest.importorskip("dask")
+    coll = shadows.concat(three, join="outer", array_backend="dask")
+    bounds = set(np.cumsum((0, *coll.X.chunks[0])).tolist())
+    assert {0, 5, 10, 15} <= bounds  # every file boundary is a chunk boundary
+    assert_element_equal(sp.csr_matrix(coll.X.compute()), oracle(three, join="outer").X, "dask X")
+
+
+@pytest.mark.parametrize("backend", ["polars", "pyarrow"])
+def test_table_backends(three, backend):
+    pytest.importorskip(backend)
+    from shadows.backends import get_table_backend
+    from shadows.backends.tables import parts_from_pandas
+
+    coll = shadows.concat(three, join="outer", table_backend=backend)
+    want = oracle(three, join="outer")
+    for got, w in ((coll.obs, want.obs), (coll[[1, 12]].obs, want[[1, 12]].obs)):
+        parts = parts_from_pandas(pd.DataFrame(w))
+        parts.axis_name = "obs_names"
+        expected = get_table_backend(backend).convert(parts)
+        assert type(got) is type(expected)
+        pd.testing.assert_frame_equal(got.to_pandas(), expected.to_pandas())  # (NaN == NaN here)
+    assert_element_equal(coll.obs_vector("a"), want.obs_vector("a"), "obs_vector")
+
+
+def test_scanpy_normalize_and_log1p_on_a_view(three):
+    sc = pytest.importorskip("scanpy")
+    coll = shadows.concat(three, join="outer")
+    want = oracle(three, join="outer")
+    rows = [0, 3, 6, 11, 14]
+    view, wview = coll[rows], want[rows]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for v in (view, wview):
+            sc.pp.normalize_total(v)
+            sc.pp.log1p(v)
+    assert_element_equal(view.X, wview.X, "normalized")
+    assert dict(view.uns["log1p"]) == dict(wview.uns["log1p"])
+
+
+# --- the fast path of a filter: rows of CSR files read into one matrix ----------------------------------------------
+@pytest.mark.parametrize("fast", [True, False])
+def test_filter_rows_read_into_one_matrix(tmp_path, fast, monkeypatch):
+    from shadows.io.fast import scatter
+
+    monkeypatch.setattr(scatter, "_IOV", 3)  # many calls, each of a few pieces
+    monkeypatch.setattr(scatter, "_CALL_BYTES", 256)
+    monkeypatch.setattr(shadows.settings, "fast_io", fast)
+    rng = np.random.default_rng(5)
+    paths, mems = [], []
+    for i in range(3):
+        X = sp.random(300, 40, density=0.3, format="csr", dtype=np.float32, random_state=i)
+        a = ad.AnnData(X=X, obs=pd.DataFrame(index=[f"c{i}_{k}" for k in range(300)]))
+        a.var_names = [f"g{k}" for k in range(40)]
+        p = tmp_path / f"f{i}.h5ad"
+        # chunked (anndata's default), contiguous, compressed: raw reads, raw reads, the reader's own path
+        kw = [{}, {"chunks": None, "maxshape": None}, {"compression": "gzip"}][i]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            a.write_h5ad(p, compression=kw.get("compression"))
+        if i == 1:  # rewrite X contiguous
+            import h5py
+
+            with h5py.File(p, "r+") as f:
+                for k in ("data", "indices"):
+                    v = f["X"][k][:]
+                    del f["X"][k]
+                    f["X"].create_dataset(k, data=v)
+        paths.append(str(p))
+        mems.append(a)
+    want = ad.concat(mems)
+    coll = shadows.concat(paths)
+    for rows in (
+        np.sort(rng.choice(900, 90, replace=False)),  # a 10 % filter
+        rng.random(900) < 0.5,
+        rng.choice(900, 50),  # unsorted, with repeats
+        slice(250, 650),
+        [],
+    ):
+        got = coll[rows].X
+        assert_element_equal(got, want[rows].X, f"rows {rows!r:.40}")
+        assert got.indices.dtype == got.indptr.dtype == np.int32
+
+
+def test_scatter_reads_ranges_of_chunked_and_contiguous_datasets(tmp_path, monkeypatch):
+    import h5py
+
+    from shadows.io.fast import pread, scatter
+
+    monkeypatch.setattr(scatter, "_GAP_BYTES", 64)
+    values = np.arange(10_000, dtype=np.int64)
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f.create_dataset("contiguous", data=values)
+        f.create_dataset("chunked", data=values, chunks=(333,))
+    rng = np.random.default_rng(0)
+    with h5py.File(tmp_path / "d.h5", "r") as f:
+        for name in ("contiguous", "chunked"):
+            lay = pread.layout(f[name])
+            assert lay is not None
+            for iov, call in ((512, 4 * 2**20), (2, 100)):
+                monkeypatch.setattr(scatter, "_IOV", iov)
+                monkeypatch.setattr(scatter, "_CALL_BYTES", call)
+                starts = np.sort(rng.choice(9_900, 200, replace=False))
+                ends = starts + rng.integers(0, 60, 200)
+                out = np.empty(int((ends - starts).sum()), dtype=np.int64)
+                scatter.read_ranges(lay, starts, ends, out)
+                np.testing.assert_array_equal(
+                    out, np.concatenate([values[a:b] for a, b in zip(starts, ends, strict=True)])
+                )
+            with pytest.raises(IndexError):
+                scatter.read_ranges(lay, np.array([9_990]), np.array([10_001]), np.empty(11, np.int64))

@@ -131,7 +131,7 @@ class Core:
 
     # --- the join ---------------------------------------------------------------------------------------------------
     def _join_var(self) -> tuple[pd.Index, list[np.ndarray | None]]:
-        file_vars = [p.var_names for p in self.parts]
+        file_vars = self.file_var_names()
         joined = admerge.merge_indices(file_vars, join=self.join)
         colmaps: list[np.ndarray | None] = []
         for name, v in zip(self.names, file_vars, strict=True):
@@ -164,14 +164,32 @@ class Core:
             )
 
     def _check_raw(self) -> None:
-        with_raw = [n for n, p in zip(self.names, self.parts, strict=True) if p.raw is not None]
-        if with_raw:
+        """anndata.concat joins raw only if every file has one, and warns if only some do."""
+        has_raw = [p.raw is not None for p in self.parts]
+        self.has_raw = all(has_raw)
+        if any(has_raw) and not self.has_raw:
             warnings.warn(
-                f"raw is not joined: the collection has no raw ({len(with_raw)} of the {len(self.parts)} files have "
-                "one; read it per file through collection.parts[i].raw)",
+                "Only some AnnData objects have `.raw` attribute, not concatenating `.raw` attributes. (files with "
+                f"raw: {[n for n, h in zip(self.names, has_raw, strict=True) if h]})",
                 UserWarning,
                 stacklevel=4,
             )
+
+    def file_var_names(self) -> list[pd.Index]:
+        """Each file's var names (what is joined)."""
+        return [p.var_names for p in self.parts]
+
+    # the class of the join of the files' raw: shadows.collection.raw.RawCore, set there (it subclasses Core, so
+    # this module cannot import it without importing itself)
+    raw_core: type | None = None
+
+    def raw(self) -> Core | None:
+        """The join of the files' ``raw`` (as ``anndata.concat`` joins it), or ``None`` unless every file has one."""
+        if not self.has_raw:
+            return None
+        if "raw" not in self.cache:
+            self.cache["raw"] = self.raw_core(self)
+        return self.cache["raw"]
 
     @property
     def n_obs(self) -> int:
@@ -249,21 +267,31 @@ class Core:
             if self.label is not None:
                 df[self.label] = self.label_col()
             self.cache["obs"] = _str_columns(df)
+            for k in [k for k in self.cache if isinstance(k, tuple) and k[0] == "obs_column"]:
+                del self.cache[k]  # the whole table holds them now
         return self.cache["obs"]
 
-    def obs_column(self, key: str) -> pd.Series:
-        """One column of the concatenated obs, reading only that column of each file."""
+    def obs_column(self, key: str, index: bool = True) -> pd.Series:
+        """One column of the concatenated obs, reading only that column of each file (once: it is kept).
+
+        ``index=False`` leaves the cell names out (a range index): building a million names costs more than
+        reading a categorical column."""
         if "obs" in self.cache:
-            return self.cache["obs"][key]
+            col = self.cache["obs"][key]
+            return col if index else col.reset_index(drop=True)
         if key == self.label:
-            return pd.Series(self.label_col(), index=self.obs_names(), name=key)
-        frames = []
-        for p in self.parts:
-            frames.append(_one_column(p, key))
-        df = pd.concat(admerge.unify_dtypes(frames), join=self.join, ignore_index=True)
-        if key not in df.columns:
-            raise KeyError(f"{key!r} is not an obs column of the collection (columns: {self.obs_keys()})")
-        col = df[key]
+            values = pd.Series(self.label_col(), name=key)
+        elif ("obs_column", key) in self.cache:
+            values = self.cache[("obs_column", key)]
+        else:
+            if key not in self.obs_keys():
+                raise KeyError(f"{key!r} is not an obs column of the collection (columns: {self.obs_keys()})")
+            frames = [_one_column(p, key) for p in self.parts]
+            values = pd.concat(admerge.unify_dtypes(frames), join=self.join, ignore_index=True)[key]
+            self.cache[("obs_column", key)] = values
+        if not index:
+            return values
+        col = values.copy(deep=False)
         col.index = self.obs_names()
         return col
 
@@ -349,7 +377,7 @@ class Core:
             )
         if group == "obsm":
             return self._obsm(sources)
-        reindexers = [admerge.gen_reindexer(self.var_names, p.var_names) for p in self.parts]
+        reindexers = [admerge.gen_reindexer(self.var_names, v) for v in self.file_var_names()]
         standins = [
             standin(s.sparse_format, s.dtype, s.shape[1]) if s is not None else admerge.MissingVal for s in sources
         ]

@@ -22,8 +22,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from shadows.backends import check_backend_name, get_array_backend
+from shadows.backends import check_backend_name, get_array_backend, get_table_backend
 from shadows.collection.core import Core, expand_sources
+from shadows.collection.obs import LazyFrame
+from shadows.collection.raw import CollectionRaw  # also sets Core.raw_core
 from shadows.collection.source import Stacked
 from shadows.core.anndata import _ANNDATA_013, _as_view_frame, _LazyNames, _take
 from shadows.core.compat import NOT_A_REFERENCE, accessor_get
@@ -48,6 +50,7 @@ def concat(
     pairwise: bool = False,
     format: str | None = None,
     array_backend: str = "numpy",
+    table_backend: str = "pandas",
 ) -> CollectionShadow:
     """Concatenate AnnData files along obs as one lazy shadow, as ``anndata.concat`` does in memory.
 
@@ -81,6 +84,9 @@ def concat(
         Format of path sources (``"h5ad"``, ``"zarr"``...; default: detected per file).
     array_backend
         Type of the arrays handed out (``"numpy"``, ``"dask"``, ``"jax"``, ``"torch"``...).
+    table_backend
+        Type of ``obs`` and ``var`` handed out (``"pandas"``, ``"polars"``, ``"pyarrow"``); the collection itself
+        (views, writes, ``obs_vector``) works on pandas tables.
 
     Returns
     -------
@@ -93,8 +99,12 @@ def concat(
     >>> t.X  # the T cells' rows of each file, nothing else  # doctest: +SKIP
     """
     if axis not in ("obs", 0):
-        raise NotImplementedError(f"shadows.concat joins files along obs only (axis='obs'), got axis={axis!r}")
+        raise NotImplementedError(
+            f"shadows.concat joins files along obs only (axis='obs' or 0), got axis={axis!r}; to join along var, "
+            "read the files (AnnDataShadow(path).to_memory()) and use anndata.concat(..., axis='var')"
+        )
     check_backend_name(array_backend, "array")
+    check_backend_name(table_backend, "table")
     items, keys = expand_sources(sources, keys)
     core = Core(
         items,
@@ -108,7 +118,7 @@ def concat(
         pairwise=pairwise,
         format=format,
     )
-    return CollectionShadow(core, array_backend=array_backend)
+    return CollectionShadow(core, array_backend=array_backend, table_backend=table_backend)
 
 
 class CollectionShadow(anndata.AnnData):
@@ -124,6 +134,7 @@ class CollectionShadow(anndata.AnnData):
         core: Core,
         *,
         array_backend: str = "numpy",
+        table_backend: str = "pandas",
         _rows: ix.Sel = None,
         _cols: ix.Sel = None,
         _view: bool = False,
@@ -131,6 +142,7 @@ class CollectionShadow(anndata.AnnData):
         # AnnData's constructor is not run: every element is answered by the properties below
         self._core = core
         self._array_backend = array_backend
+        self._table_backend = table_backend
         self._rows, self._cols = _rows, _cols  # global selections: rows of the stacked files, joined var
         self._is_view = _view
         self._detached = False
@@ -207,9 +219,10 @@ class CollectionShadow(anndata.AnnData):
     def _frame(self, name: str) -> pd.DataFrame:
         if name in self._frames:
             return self._frames[name]
-        if self._base is None:
-            df = self._core.obs() if name == "obs" else self._core.var()
-            df = df.copy()  # assignments change this collection's table, not the shared one
+        if self._base is None and name == "obs":
+            df = LazyFrame(_ObsColumns(self._core))  # columns read when asked for; all at once when needed
+        elif self._base is None:
+            df = self._core.var().copy()  # assignments change this collection's table, not the shared one
         else:
             sel = self._base_sel[0 if name == "obs" else 1]
             src = self._base._frame(name)
@@ -222,8 +235,9 @@ class CollectionShadow(anndata.AnnData):
 
     @property
     def obs(self) -> pd.DataFrame:
-        """The concatenated cell annotations (for a view, its rows), read from every file on first access."""
-        return self._frame("obs")
+        """The concatenated cell annotations (for a view, its rows); a column is read from every file when asked
+        for (``coll.obs["donor"]``), the whole table when anything else needs it."""
+        return self._as_table("obs")
 
     @obs.setter
     def obs(self, value: pd.DataFrame) -> None:
@@ -238,8 +252,22 @@ class CollectionShadow(anndata.AnnData):
 
     @property
     def var(self) -> pd.DataFrame:
-        """The joined genes (with the columns ``merge`` keeps, none by default)."""
-        return self._frame("var")
+        """The joined genes (columns as ``merge`` keeps them, none by default)."""
+        return self._as_table("var")
+
+    def _as_table(self, name: str) -> Any:
+        """A table in the collection's table backend (the pandas table itself for ``"pandas"``)."""
+        df = self._frame(name)
+        if self._table_backend == "pandas":
+            return df
+        from shadows.backends.tables import parts_from_pandas
+
+        backend = get_table_backend(self._table_backend)
+        if not backend.from_parts:
+            return backend.convert(pd.DataFrame(df))
+        parts = parts_from_pandas(pd.DataFrame(df))
+        parts.axis_name = f"{name}_names"  # how table backends without an index name the index column
+        return backend.convert(parts)
 
     @var.setter
     def var(self, value: pd.DataFrame) -> None:
@@ -278,7 +306,7 @@ class CollectionShadow(anndata.AnnData):
     @obs_names.setter
     def obs_names(self, names: Any) -> None:
         """Set the cell names (a new ``obs`` index, held in memory)."""
-        obs = self.obs.copy()
+        obs = self._frame("obs").copy()
         obs.index = pd.Index(names)
         self.obs = obs
 
@@ -290,19 +318,19 @@ class CollectionShadow(anndata.AnnData):
     @var_names.setter
     def var_names(self, names: Any) -> None:
         """Set the gene names (a new ``var`` index, held in memory)."""
-        var = self.var.copy()
+        var = self._frame("var").copy()
         var.index = pd.Index(names)
         self.var = var
 
     def obs_keys(self) -> list[str]:
         """The obs column names, from the files' metadata when ``obs`` has not been read (nothing is read)."""
-        if "obs" in self._frames or (self._base is not None and "obs" in self._base._frames):
-            return [str(c) for c in self.obs.columns]
+        if not self._obs_on_disk():
+            return [str(c) for c in self._frame("obs").columns]
         return list(self._core.obs_keys())
 
     def var_keys(self) -> list[str]:
         """The var column names (those ``merge`` keeps)."""
-        return [str(c) for c in self.var.columns]
+        return [str(c) for c in self._frame("var").columns]
 
     def obsm_keys(self) -> list[str]:
         """The ``obsm`` keys of the collection (as ``join`` joins the files' keys)."""
@@ -431,6 +459,10 @@ class CollectionShadow(anndata.AnnData):
         src = self.stacked(path)
         if not isinstance(src, Stacked):
             return src
+        return self._read_source(src)
+
+    def _read_source(self, src: Stacked) -> Any:
+        """The values of a :class:`Stacked` source, in this collection's array backend."""
         name = self._array_backend
         if name == "numpy":
             return src.read()
@@ -480,18 +512,24 @@ class CollectionShadow(anndata.AnnData):
         self._state.cache.pop(("X", ""), None)
 
     @property
-    def raw(self) -> None:
-        """Always ``None``, as raw is not joined (read each file's ``raw`` through :attr:`parts`)."""
-        return None
+    def raw(self) -> Any:
+        """The files' ``raw`` joined as ``anndata.concat`` joins it (only if every file has one), for this
+        collection's (view's) cells and every raw gene; its X is read per file on first access."""
+        if ("raw", "") in self._state.cache:
+            return self._state.cache[("raw", "")]
+        core = self._core.raw()
+        if core is None:
+            return None
+        self._state.cache[("raw", "")] = CollectionRaw(self, core)
+        return self._state.cache[("raw", "")]
 
     # --- vectors ----------------------------------------------------------------------------------------------------
     def obs_vector(self, k: str, *, layer: str | None = None) -> Any:
         """Values of obs column ``k`` (that column alone is read from each file), or of gene ``k`` across cells."""
         if k in self.obs_keys():
-            if "obs" in self._frames or self._base is not None:
-                col = self.obs[k]
-            else:
-                col = self._core.obs_column(k)
+            col = self._lazy_obs_column(k)
+            if col is None:
+                col = self._frame("obs")[k]
             return col.array if _ANNDATA_013 else col.values
         names = self.var_names
         if k not in names:
@@ -500,10 +538,31 @@ class CollectionShadow(anndata.AnnData):
         m = self._matrix_numpy(layer, (slice(None), slice(j, j + 1)))
         return np.ravel(m.toarray() if sp.issparse(m) else np.asarray(m))
 
+    def _obs_on_disk(self) -> bool:
+        """Whether obs is still only in the files (no table read whole, none assigned): columns are read alone."""
+        if "obs" in self._frames and self._base is not None:
+            return False  # a view's own table (read already)
+        frame = (self._base if self._base is not None else self)._frames.get("obs")
+        return frame is None or (isinstance(frame, LazyFrame) and not frame.is_loaded)
+
+    def _lazy_obs_column(self, k: str) -> pd.Series | None:
+        """Column ``k`` of obs (of this view's rows) read alone, while the whole table is not in memory (else
+        ``None``): one column of each file, without the cell names."""
+        if not self._obs_on_disk():
+            return None
+        col = self._core.obs_column(k, index=False)
+        if self._base is None:
+            return col
+        sel = self._base_sel[0]
+        col = col.iloc[ix.positions(sel, len(col))] if sel is not None else col
+        if anndata.settings.remove_unused_categories and isinstance(col.dtype, pd.CategoricalDtype):
+            col = col.cat.remove_unused_categories()  # as anndata's views do
+        return col
+
     def var_vector(self, k: str, *, layer: str | None = None) -> Any:
         """Values of var column ``k``, or of cell ``k`` across genes (that row alone is read)."""
         if k in self.var_keys():
-            col = self.var[k]
+            col = self._frame("var")[k]
             return col.array if _ANNDATA_013 else col.values
         names = self.obs_names
         if k not in names:
@@ -548,6 +607,32 @@ class CollectionShadow(anndata.AnnData):
             end = min(n, start + chunk_size)
             yield (value[start:end] if value is not None else src.read(slice(start, end, 1))), start, end
 
+    def matrix_blocks(self, layer: str | None = None, chunk_size: int | None = None) -> tuple[tuple, np.dtype, Any]:
+        """``(shape, dtype, blocks)`` of X (or ``layer``): ``blocks`` yields ``(start, stop, rows)`` (numpy or
+        scipy) in bounded memory, each file's rows read through its own view (what :func:`shadows.stats` reads)."""
+        from shadows.collection.write import row_blocks
+        from shadows.stream.blocks import in_memory_blocks
+
+        numpy = self._as_numpy()
+        path = f"layers/{layer}" if layer is not None else "X"
+        k = ("layers", layer) if layer is not None else ("X", "")
+        for store in (numpy._state.pending, numpy._state.inherited):
+            if k in store:
+                value = store[k]
+                if value is None:
+                    raise ValueError(f"{path} of the collection is None")
+                return (
+                    value.shape,
+                    value.dtype,
+                    in_memory_blocks(sp.csr_matrix(value) if sp.issparse(value) else value, 0, chunk_size),
+                )
+        if layer is not None and layer not in numpy._disk_keys("layers"):
+            raise KeyError(f"The collection has no layer {layer!r}; layers: {numpy._disk_keys('layers')}")
+        if layer is None and not numpy._has_x():
+            raise ValueError(f"The collection ({', '.join(self._core.names[:3])}...) has no X")
+        src = numpy.stacked(path)
+        return src.shape, src.dtype, row_blocks(numpy, src, path, chunk_size)
+
     # --- views ------------------------------------------------------------------------------------------------------
     def __getitem__(self, index: Any) -> CollectionShadow:
         """A view: reads only the rows (of the files) and genes it selects."""
@@ -559,6 +644,7 @@ class CollectionShadow(anndata.AnnData):
         view = CollectionShadow(
             self._core,
             array_backend=self._array_backend,
+            table_backend=self._table_backend,
             _rows=ix.compose(self._rows, o, self._core.n_obs),
             _cols=ix.compose(self._cols, v, len(self._core.var_names)),
             _view=True,
@@ -617,12 +703,14 @@ class CollectionShadow(anndata.AnnData):
         numpy = self._as_numpy()
         kwargs: dict[str, Any] = {
             "X": numpy.X,
-            "obs": pd.DataFrame(self.obs).copy(),
-            "var": pd.DataFrame(self.var).copy(),
+            "obs": pd.DataFrame(self._frame("obs")).copy(),
+            "var": pd.DataFrame(self._frame("var")).copy(),
             "uns": untrack(dict(self.uns.items())),
         }
         for g in ("obsm", "varm", "obsp", "varp", "layers"):
             kwargs[g] = {k: numpy._get(g, k) for k in numpy._mapping(g).keys() if k is not None}
+        if numpy.raw is not None:
+            kwargs["raw"] = {"X": numpy.raw.X, "var": numpy.raw.var.copy()}
         return anndata.AnnData(**kwargs)
 
     def copy(self, filename: os.PathLike | None = None) -> anndata.AnnData:
@@ -703,6 +791,25 @@ class CollectionShadow(anndata.AnnData):
         return self is other
 
     __hash__ = object.__hash__
+
+
+class _ObsColumns:
+    """A collection's obs read through its :class:`~shadows.collection.core.Core` (see :class:`LazyFrame`)."""
+
+    def __init__(self, core: Core):
+        self._core = core
+
+    def keys(self) -> list[str]:
+        return self._core.obs_keys()
+
+    def names(self) -> pd.Index:
+        return self._core.obs_names()
+
+    def column(self, key: str) -> pd.Series:
+        return self._core.obs_column(key)
+
+    def frame(self) -> pd.DataFrame:
+        return self._core.obs().copy()  # assignments change this collection's table, not the shared one
 
 
 def _take_rows(value: Any, rows: ix.Sel, is_view: bool) -> Any:

@@ -24,6 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata._core import merge as admerge
 
+from shadows.collection import gather
 from shadows.spec import selection as ix
 from shadows.spec.lazy_array import ElementSource
 
@@ -152,6 +153,8 @@ class Stacked:
         n_rows = ix.length(rows, total)
         if self.pairwise:
             blocks = self._pairwise_blocks(plan)
+        elif gather.servable(self, plan):  # CSR rows of CSR files: read into one preallocated matrix
+            return self._stack([gather.read_csr(self, plan, n_rows)], plan.order, n_rows)
         else:
             blocks = [self._block(f, local) for f, local in plan.pieces]
         return self._stack(blocks, plan.order, n_rows)

@@ -91,6 +91,9 @@ def write_collection(
                 if key is not None:
                     _matrix(numpy, sub, str(key), f"{group}/{key}", opts)
                     release_memory()
+        if numpy.raw is not None:
+            _raw(numpy.raw, root, opts)
+            release_memory()
         for group in ("varm", "varp"):
             values = {str(k): numpy._get(group, k) for k in numpy._mapping(group).keys()}
             anndata.io.write_elem(root, group, values, dataset_kwargs=opts.dataset_kwargs)
@@ -103,6 +106,35 @@ def write_collection(
             anndata.io.write_elem(root, name, df, dataset_kwargs=opts.dataset_kwargs)
         _refuse_existing(dst)  # checked again: the destination may have appeared while writing
         return out.commit()
+
+
+def _raw(raw: Any, root: Any, opts: WriteOptions) -> None:
+    """The joined raw (X streamed in blocks of rows, var and an empty varm), as anndata writes a ``Raw``."""
+    group = root.create_group("raw")
+    set_encoding(group, "raw", "0.1.0")
+    src = raw.stacked()
+    if isinstance(src, Stacked):
+        _stream(group, "X", src, opts)
+    else:
+        anndata.io.write_elem(group, "X", src, dataset_kwargs=opts.dataset_kwargs)
+    anndata.io.write_elem(group, "var", pd.DataFrame(raw.var), dataset_kwargs=opts.dataset_kwargs)
+    anndata.io.write_elem(group, "varm", {}, dataset_kwargs=opts.dataset_kwargs)
+
+
+def _stream(parent: Any, name: str, src: Stacked, opts: WriteOptions) -> None:
+    """Write a stacked element in blocks of output rows (each read from the files holding them)."""
+    kw = opts.dataset_kwargs
+    step = opts.chunk_size or _rows_per_block(src)
+    bounds = chunk_bounds(plan_rows(src.rows, src.offsets), src.offsets, step)
+    if src.fmt == "csr":
+        sink: Any = SparseSink(parent, name, "csr", src.shape, src.dtype, nnz=None, **kw)
+        for a, b in bounds:
+            sink.append_block(src.read(slice(a, b, 1)))
+    else:
+        sink = DenseSink(parent, name, src.shape, src.dtype, **kw)
+        for a, b in bounds:
+            sink.write(0, a, b, src.read(slice(a, b, 1)))
+    sink.close()
 
 
 def _refuse_existing(dst: Path) -> None:

@@ -87,6 +87,8 @@ def stats(
         raise ValueError(f"axis must be 0 (per gene) or 1 (per cell), got {axis!r}")
     from shadows.stream.elements import matrix_part, pending_value
 
+    if callable(getattr(source, "matrix_blocks", None)):  # a collection of files (shadows.concat): its row blocks
+        return _collection_stats(source, axis, layer, chunk_size, as_frame)
     shadow, opened = open_source(source)
     try:
         path = f"layers/{layer}" if layer is not None else "X"
@@ -126,6 +128,22 @@ def stats(
     finally:
         if opened:
             shadow.close()
+
+
+def _collection_stats(coll: Any, axis: int, layer: str | None, chunk_size: int | None, as_frame: bool) -> Any:
+    """:func:`stats` of a collection: the rows of each file, block by block, into one :class:`Reducer`."""
+    shape, dtype, blocks = coll.matrix_blocks(layer, chunk_size)
+    acc = Reducer(shape, axis, dtype)
+    try:
+        for a, b, block in blocks:
+            acc.add(block, 0, a, b)
+            del block
+    finally:
+        acc.close()
+    result = acc.result()
+    if as_frame:
+        return pd.DataFrame(result, index=pd.Index(coll.var_names if axis == 0 else coll.obs_names))
+    return result
 
 
 @dataclass

@@ -116,6 +116,11 @@ class ElementSource:
             self.path, self.key, tuple(new), shape, self.dtype, self.sparse_format, self.format, self.stored_shape
         )
 
+    def open(self) -> tuple[Any, ReadContext]:
+        """The stored element (on this thread's read-only connection) and a read context sharing its caches."""
+        st = _connection(self.path, self.format)
+        return st.root[self.key], ReadContext(indptr_cache=st.indptr_cache)
+
     def read(self, sub: tuple = ()) -> Any:
         """Read the selected part (further restricted by ``sub``) as numpy / scipy."""
         src = self.subselect(sub) if sub else self

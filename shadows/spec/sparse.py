@@ -392,6 +392,10 @@ class SparseReader:
         ip = self.indptr
         return ip[maj_pos], ip[maj_pos + 1]
 
+    def bounds(self, maj_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Start and end (in stored values) of each of the sorted major positions ``maj_pos``."""
+        return self._bounds(np.asarray(maj_pos, dtype=np.int64))
+
     def _checked_bounds(self, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Entries of ``indptr`` read piecewise (a whole one is checked in ``check_indptr``): within ``indices``."""
         n_stored = self.indices.shape[0]

@@ -95,6 +95,12 @@ def _workers() -> ThreadPoolExecutor:
         return _pool
 
 
+def workers() -> tuple[ThreadPoolExecutor, int]:
+    """The reading threads and how many there are (the caller of a parallel read reads too)."""
+    pool = _workers()
+    return pool, _pool_size
+
+
 def layout(ds: Any, find: bool = True) -> Layout | None:
     """The raw layout of an h5py dataset, or ``None`` when it must be read through h5py.
 
