@@ -90,6 +90,9 @@ def cases(n_obs: int, var_names: list[str]):
 
 
 def open_shadow(url: str):
+    from shadows.io.remote import forget_blocks
+
+    forget_blocks()  # each case opens the store afresh, as a new process would
     from shadows import AnnDataShadow
 
     return AnnDataShadow(url)
