@@ -67,6 +67,8 @@ def answer_bytes(paths: dict, n_obs: int) -> dict[str, int]:
 
 
 def cases(n_obs: int, var_names: list[str]):
+    """``label -> (file kind, operation)``: the file kind is ``csr``, ``csc`` or ``csr_index`` (CSR with shadows'
+    column index)."""
     cells = sorted(c % n_obs for c in CELLS6)
     a = n_obs // 2
     gene, genes = var_names[42], var_names[1000:1200]
@@ -85,34 +87,121 @@ def cases(n_obs: int, var_names: list[str]):
         "6 scattered cells": ("csr", lambda s: to_np(s[cells].X)),
         "1000 contiguous cells": ("csr", lambda s: to_np(s[a : a + 1000].X)),
         "1 gene of CSC": ("csc", lambda s: to_np(s[:, gene].X)),
+        "1 gene through the column index": ("csr_index", lambda s: to_np(s[:, gene].X)),
         "200 genes of CSC": ("csc", lambda s: to_np(s[:, genes].X)),
     }
 
 
-def open_shadow(url: str):
+class _Backed:
+    """anndata's own route where ``read_lazy`` cannot go: on an h5ad opened from an fsspec file, read_lazy's
+    arrays re-open the file by its name (``h5py.File(Path(filename))`` in anndata's lazy readers), which a file
+    object has not; anndata's backed accessors (``ad.io.sparse_dataset``, ``read_elem``) read from the open
+    ``h5py.File`` instead.  Keeps the fsspec file open as long as it lives."""
+
+    def __init__(self, url: str):
+        import anndata as ad
+        import fsspec
+        import h5py
+
+        self._fobj = fsspec.open(url, "rb").open()
+        self._f = h5py.File(self._fobj, "r")
+        self._lazy = ad.experimental.read_lazy(self._f)
+        self.shape, self.obs = self._lazy.shape, self._lazy.obs
+        self._var_names = list(self._lazy.var_names)
+        self.obsm = {"X_pca": ad.io.read_elem(self._f["obsm/X_pca"])}
+
+    def __getitem__(self, key):
+        import anndata as ad
+
+        rows, cols = key if isinstance(key, tuple) else (key, slice(None))
+        if isinstance(cols, str | list):
+            names = [cols] if isinstance(cols, str) else cols
+            cols = [self._var_names.index(n) for n in names]
+
+        class _V:
+            X = ad.io.sparse_dataset(self._f["X"])[rows, cols]
+
+        return _V
+
+
+def open_shadow(url: str, storage_options: dict | None = None):
+    from shadows.io.remote import forget_blocks
+
+    forget_blocks()  # each case opens the store afresh, as a new process would
     from shadows import AnnDataShadow
 
-    return AnnDataShadow(url)
+    return AnnDataShadow(url, storage_options=storage_options)
 
 
-def open_lazy(url: str):
+def open_lazy(url: str, storage_options: dict | None = None):
     import anndata as ad
-    import fsspec
-    import h5py
     import zarr
 
     if url.endswith(".h5ad"):
-        return ad.experimental.read_lazy(h5py.File(fsspec.open(url, "rb").open(), "r"))
-    store = zarr.storage.FsspecStore.from_url(url, read_only=True)
+        return _Backed(url)
+    store = zarr.storage.FsspecStore.from_url(url, read_only=True, storage_options=storage_options)
     return ad.experimental.read_lazy(zarr.open_group(store, mode="r"))
 
 
-def run(scale: float, latency_ms: float) -> list[tuple]:
+def _with_column_index(csr: Path, data_dir: Path) -> Path:
+    """A copy of the CSR h5ad with shadows' column index of X (made once, kept with the benchmark files)."""
+    out = data_dir / csr.name.replace("_csr.h5ad", "_csr_index.h5ad")
+    if not out.exists():
+        import shutil
+
+        from shadows import AnnDataShadow
+
+        tmp = out.with_suffix(".part")
+        shutil.copyfile(csr, tmp)
+        with AnnDataShadow(tmp, mode="r+") as s:
+            s.add_column_index()
+        tmp.rename(out)
+    return out
+
+
+class _S3Counts:
+    """Requests and bytes of s3fs calls in this process (moto's server does not count them)."""
+
+    def __init__(self):
+        import s3fs
+
+        self.requests = self.bytes = 0
+        fs_cls = s3fs.S3FileSystem
+        orig_call, orig_cat = fs_cls._call_s3, fs_cls._cat_file
+        me = self
+
+        async def call_s3(fs, method, *a, **k):
+            me.requests += 1
+            return await orig_call(fs, method, *a, **k)
+
+        async def cat_file(fs, path, *a, **k):
+            out = await orig_cat(fs, path, *a, **k)
+            me.bytes += len(out)
+            return out
+
+        fs_cls._call_s3, fs_cls._cat_file = call_s3, cat_file
+
+    def reset(self):
+        self.requests = self.bytes = 0
+
+    def totals(self):
+        return self.requests, self.bytes
+
+
+STORES = {  # label -> (protocol, file name on the server for CSR; h5ad cases pick their own file)
+    "h5ad": ("http", None),
+    "zarr v2": ("http", "csr.v2.zarr"),
+    "zarr v3": ("http", "csr.v3.zarr"),
+    "zarr v2 on S3": ("s3", "csr.v2.zarr"),
+    "zarr v3 on S3": ("s3", "csr.v3.zarr"),
+}
+
+
+def _files(scale: float) -> tuple[dict[str, Path], dict]:
     import anndata as ad
 
     paths = generate.generate(scale=scale, kinds=("csr", "csc", "zarr"))
     n_obs, n_vars = generate.dims(scale)
-    www = Path(tempfile.mkdtemp(prefix="shadows-remote-bench-"))
     v3 = generate.default_data_dir() / f"cartoon_{n_obs}x{n_vars}_csr.v3.zarr"
     if not v3.exists():
         with warnings.catch_warnings():
@@ -125,64 +214,106 @@ def run(scale: float, latency_ms: float) -> list[tuple]:
             finally:
                 ad.settings.zarr_write_format = old
             del a
-    for name, p in {
+    files = {
         "csr.h5ad": paths["csr"],
         "csc.h5ad": paths["csc"],
+        "csr_index.h5ad": _with_column_index(paths["csr"], generate.default_data_dir()),
         "csr.v2.zarr": paths["zarr"],
         "csr.v3.zarr": v3,
-    }.items():
-        (www / name).symlink_to(p)
+    }
     answers = answer_bytes(paths, n_obs)
+    answers["1 gene through the column index"] = answers["1 gene of CSC"]
+    return files, answers
+
+
+def _measure(op, opener, counter) -> tuple:
+    counter.reset()
+    t0 = time.perf_counter()
+    signal.signal(signal.SIGALRM, _too_slow)
+    signal.alarm(CASE_LIMIT_S)
+    try:
+        op(opener())
+        err = ""
+    except Exception as e:  # noqa: BLE001 - reported in the table
+        err = f"{type(e).__name__}"
+    finally:
+        signal.alarm(0)
+    dt = time.perf_counter() - t0
+    return (*counter.totals(), dt, err)
+
+
+def run(scale: float, latency_ms: float, s3: bool = True) -> list[tuple]:
+    files, answers = _files(scale)
+    n_obs, n_vars = generate.dims(scale)
+    www = Path(tempfile.mkdtemp(prefix="shadows-remote-bench-"))
+    for name, p in files.items():
+        (www / name).symlink_to(p)
     srv = RangeServer(www, latency=latency_ms / 1000)
+    s3srv = s3count = None
+    if s3 and not latency_ms:  # (moto adds no latency: S3 is measured once)
+        from remote_servers import S3Server
+
+        s3srv = S3Server().start()
+        fs = s3srv.filesystem()
+        fs.mkdir("bench")
+        for name in ("csr.v2.zarr", "csr.v3.zarr"):
+            fs.put(str(files[name]), f"bench/{name}", recursive=True)
+        s3count = _S3Counts()
     var_names = [f"ENS{i:07d}" for i in range(n_vars)]
     rows = []
     try:
+        # warm up: imports, connection pools (each measured case then opens its store afresh)
+        for store in ("csr.h5ad", "csr.v2.zarr"):
+            _ = open_shadow(f"{srv.url}/{store}").shape
+            _ = open_lazy(f"{srv.url}/{store}").shape
         for label, (kind, op) in cases(n_obs, var_names).items():
-            for store in ("h5ad", "zarr v2", "zarr v3"):
-                if kind == "csc" and store != "h5ad":
-                    continue  # the zarr copies are CSR
-                name = {"h5ad": f"{kind}.h5ad", "zarr v2": "csr.v2.zarr", "zarr v3": "csr.v3.zarr"}[store]
-                url = f"{srv.url}/{name}"
-                got = {}
-                for who, opener in (("shadows", open_shadow), ("read_lazy", open_lazy)):
-                    srv.reset()
-                    t0 = time.perf_counter()
-                    signal.signal(signal.SIGALRM, _too_slow)
-                    signal.alarm(CASE_LIMIT_S)
-                    try:
-                        op(opener(url))
-                        err = ""
-                    except Exception as e:  # noqa: BLE001 - reported in the table
-                        err = f"{type(e).__name__}"
-                    finally:
-                        signal.alarm(0)
-                    dt = time.perf_counter() - t0
-                    got[who] = (*srv.totals(), dt, err)
+            for store, (proto, name) in STORES.items():
+                if (kind != "csr" and store != "h5ad") or (proto == "s3" and s3srv is None):
+                    continue  # CSC and the column index: h5ad only; S3: zarr only, once
+                if proto == "http":
+                    url, so, counter = f"{srv.url}/{name or kind + '.h5ad'}", None, srv
+                else:
+                    url, so, counter = f"s3://bench/{name}", s3srv.storage_options, s3count
+                got = {
+                    "shadows": _measure(op, lambda u=url, o=so: open_shadow(u, o), counter),
+                    "read_lazy": _measure(op, lambda u=url, o=so: open_lazy(u, o), counter),
+                }
                 rows.append((label, store, answers[label], got["shadows"], got["read_lazy"]))
-                print(rows[-1], file=sys.stderr)
+                print(rows[-1], file=sys.stderr, flush=True)
     finally:
         srv.stop()
+        if s3srv is not None:
+            s3srv.stop()
     return rows
 
 
 def table(rows: list[tuple], scale: float, latency_ms: float) -> str:
+    """The markdown table; "bytes goal": shadows' bytes <= 1.5 x the answer's + the store's metadata (what
+    shadows fetched for open + shape of the same store)."""
     n_obs, n_vars = generate.dims(scale)
     mb = 2**20
+    meta = {store: sh[1] for label, store, _, sh, _ in rows if label == "open + shape"}
     lines = [
-        f"{n_obs:,} x {n_vars:,} cells x genes over HTTP on 127.0.0.1"
-        + (f", {latency_ms:.0f} ms added per request" if latency_ms else ", no added latency"),
+        f"{n_obs:,} x {n_vars:,} cells x genes"
+        + (f", HTTP with {latency_ms:.0f} ms added per request" if latency_ms else ", no added latency"),
         "",
-        "| case | store | answer MB | shadows: requests / MB / s | read_lazy: requests / MB / s | bytes ratio | time ratio |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| case | store | answer MB | shadows: requests / MB / s | anndata: requests / MB / s "
+        "| bytes ratio | requests ratio | time ratio | bytes goal |",
+        "|---|---|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     for label, store, answer, sh, lz in rows:
 
         def cell(r):
-            return f"{r[0]} / {r[1] / mb:.2f} / {r[2]:.2f}" + (f" ({r[3]})" if r[3] else "")
+            return f"{r[0]} / {r[1] / mb:.3f} / {r[2]:.2f}" + (f" ({r[3]})" if r[3] else "")
 
-        br = f"{sh[1] / lz[1]:.2f}" if lz[1] and not lz[3] else "-"
-        tr = f"{sh[2] / lz[2]:.2f}" if lz[2] and not lz[3] else "-"
-        lines.append(f"| {label} | {store} | {answer / mb:.2f} | {cell(sh)} | {cell(lz)} | {br} | {tr} |")
+        ok = not lz[3]
+        br = f"{sh[1] / lz[1]:.2f}" if ok and lz[1] else "-"
+        rr = f"{sh[0] / lz[0]:.2f}" if ok and lz[0] else "-"
+        tr = f"{sh[2] / lz[2]:.2f}" if ok and lz[2] else "-"
+        goal = "-" if label == "open + shape" else ("yes" if sh[1] <= 1.5 * answer + meta.get(store, 0) else "no")
+        lines.append(
+            f"| {label} | {store} | {answer / mb:.3f} | {cell(sh)} | {cell(lz)} | {br} | {rr} | {tr} | {goal} |"
+        )
     return "\n".join(lines)
 
 
@@ -190,11 +321,12 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scale", type=float, default=1.0)
     p.add_argument("--latency-ms", type=float, nargs="*", default=[0.0, 20.0])
+    p.add_argument("--no-s3", action="store_true", help="HTTP only (no moto S3 server)")
     p.add_argument("--out", default="-", help="'-' prints; a path appends the section to that markdown file")
     args = p.parse_args(argv)
     parts = []
     for lat in args.latency_ms:
-        parts.append(table(run(args.scale, lat), args.scale, lat))
+        parts.append(table(run(args.scale, lat, s3=not args.no_s3), args.scale, lat))
     text = "\n\n".join(parts)
     print(text)
     if args.out != "-":

@@ -22,6 +22,7 @@ import scipy.sparse as sp
 
 from shadows.io.fast.pread import RangeReader, prepare, read_range
 from shadows.io.fast.zarr_chunks import ChunkDecoder, decoder
+from shadows.io.remote_h5 import expect, staged
 from shadows.io.storage import attr, is_h5
 from shadows.progress import progress_bar
 from shadows.settings import settings
@@ -119,7 +120,8 @@ def check_indptr(group: Any, ip: np.ndarray) -> None:
 
 def _read_range(arr: Any, start: int, stop: int, dec: ChunkDecoder | None = None) -> np.ndarray:
     if is_h5(arr):
-        return read_range(arr, start, stop)  # without the GIL, in parallel, where the layout allows
+        with expect(arr, (stop - start) * arr.dtype.itemsize):  # a remote file: sequential chunks in one request
+            return read_range(arr, start, stop)  # without the GIL, in parallel, where the layout allows
     # zarr with the caller's decoder (local disk): chunks decoded one by one, without zarr's event loop or its
     # concurrent copies of whole chunks
     return dec.read(start, stop) if dec is not None else np.asarray(arr[start:stop])
@@ -381,13 +383,16 @@ class SparseReader:
         if self.group.name not in cache and 0 < len(maj_pos) < n_major:
             lo, hi = int(maj_pos[0]), int(maj_pos[-1]) + 1
             if hi - lo == len(maj_pos):  # a contiguous range: one slice of indptr
-                part = np.asarray(indptr_array(self.group, (self.format, self.shape))[lo : hi + 1], dtype=np.int64)
+                arr = indptr_array(self.group, (self.format, self.shape))
+                with staged([(arr, lo, hi + 1)]):  # a remote file: the entries exactly (else nothing)
+                    part = np.asarray(arr[lo : hi + 1], dtype=np.int64)
                 return self._checked_bounds(part[:-1], part[1:])
         if self.group.name not in cache and 0 < len(maj_pos) <= _FEW_MAJOR:
             want = np.unique(np.concatenate([maj_pos, maj_pos + 1]))
-            got = _read_points(
-                indptr_array(self.group, (self.format, self.shape)), want, block_len=len(want) * _DENSE_HITS + 1
-            ).astype(np.int64)
+            arr = indptr_array(self.group, (self.format, self.shape))
+            # a remote file: the entries in one batch of exact requests, not a 64 kB block per entry (else nothing)
+            with staged([(arr, int(p), int(p) + 1) for p in want]):
+                got = _read_points(arr, want, block_len=len(want) * _DENSE_HITS + 1).astype(np.int64)
             return self._checked_bounds(got[np.searchsorted(want, maj_pos)], got[np.searchsorted(want, maj_pos + 1)])
         ip = self.indptr
         return ip[maj_pos], ip[maj_pos + 1]
@@ -449,15 +454,24 @@ class SparseReader:
             yield int(i0), int(i1), int(starts[i0]), int(ends[i1 - 1])
 
     def _read_major(self, maj_pos: np.ndarray, starts: np.ndarray, ends: np.ndarray):
-        datas, idxs = [], []
         blocks = list(self._major_blocks(starts, ends))
         got = None
-        dec_data, dec_indices = self._decoders
+        dec_data = self._decoders[0]
         concurrent = not is_h5(self.data) and dec_data is None  # (zarr, not decoded here)
         if concurrent and 1 < len(blocks) and int(blocks[-1][3] - blocks[0][2]) > 0:
             ranges = [(arr, lo, hi) for _, _, lo, hi in blocks for arr in (self.data, self.indices)]
             if sum(hi - lo for _, lo, hi in ranges) <= _CONCURRENT_ZARR:
                 got = _zarr_ranges(ranges)
+        # a remote HDF5 file: the values of every block fetched at once, exactly (on a local file: nothing)
+        remote = (
+            [(arr, lo, hi) for _, _, lo, hi in blocks for arr in (self.data, self.indices)] if is_h5(self.data) else []
+        )
+        with staged(remote):
+            return self._read_blocks(blocks, starts, ends, got)
+
+    def _read_blocks(self, blocks: list, starts: np.ndarray, ends: np.ndarray, got: list | None):
+        datas, idxs = [], []
+        dec_data, dec_indices = self._decoders
         # HDF5: each array's layout looked up (and its file opened) once for all blocks, not once per block (200
         # scattered columns of a CSC matrix made 400 lookups of about 0.2 ms each)
         total = sum(hi - lo for _, _, lo, hi in blocks)
