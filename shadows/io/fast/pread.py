@@ -25,6 +25,7 @@ import sys
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -95,10 +96,31 @@ def _workers() -> ThreadPoolExecutor:
         return _pool
 
 
-def workers() -> tuple[ThreadPoolExecutor, int]:
-    """The reading threads and how many there are (the caller of a parallel read reads too)."""
-    pool = _workers()
-    return pool, _pool_size
+def share_out(jobs: list, work: Callable[[Any], None]) -> None:
+    """Run ``work(job)`` for every job on the calling thread and the reading threads together.
+
+    Jobs are handed out one at a time to whichever thread is free (not split in fixed shares): a thread that is
+    descheduled for a while (a busy machine, another read using the helpers) leaves its share to the others instead
+    of holding up the whole read.
+    """
+    pool = _workers()  # first: it sets _pool_size
+    queue = iter(jobs)
+    take = threading.Lock()
+
+    def lane() -> None:
+        while True:
+            with take:
+                job = next(queue, None)
+            if job is None:
+                return
+            work(job)
+
+    futures = [pool.submit(lane) for _ in range(min(_pool_size, len(jobs) - 1))]
+    try:
+        lane()
+    finally:
+        for f in futures:
+            f.result()
 
 
 def layout(ds: Any, find: bool = True) -> Layout | None:
@@ -223,24 +245,7 @@ def read_into(lay: Layout, start: int, stop: int, out: np.ndarray, fd: int | Non
         # a time to whichever thread is free (not split in fixed shares): a thread that is descheduled for a while
         # (a busy machine, another read using the helpers) leaves its share to the others instead of holding up
         # the whole read
-        pool = _workers()  # first: it sets _pool_size
-        queue = iter(pieces)
-        take = threading.Lock()
-
-        def lane() -> None:
-            while True:
-                with take:
-                    piece = next(queue, None)
-                if piece is None:
-                    return
-                _read_pieces(fd, buf, [piece])
-
-        futures = [pool.submit(lane) for _ in range(min(_pool_size, len(pieces) - 1))]
-        try:
-            lane()
-        finally:
-            for f in futures:
-                f.result()
+        share_out(pieces, lambda piece: _read_pieces(fd, buf, [piece]))
     finally:
         if own:
             os.close(fd)

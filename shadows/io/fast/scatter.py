@@ -19,7 +19,7 @@ import threading
 
 import numpy as np
 
-from shadows.io.fast.pread import Layout, pread_into, workers
+from shadows.io.fast.pread import Layout, pread_into, share_out
 
 # A gap up to this many bytes between two wanted ranges is read into scratch instead of starting a new call: a
 # call costs about as much as copying 9-10 KB from the page cache (measured on the benchmark machine, best of 7:
@@ -111,24 +111,7 @@ def read_ranges(lay: Layout, starts: np.ndarray, ends: np.ndarray, out: np.ndarr
             for job in run:
                 _call(fd, buf, *job)
             return
-        pool, size = workers()
-        queue = iter(run)
-        take = threading.Lock()
-
-        def lane() -> None:
-            while True:
-                with take:
-                    job = next(queue, None)
-                if job is None:
-                    return
-                _call(fd, buf, *job)
-
-        futures = [pool.submit(lane) for _ in range(min(size, len(run) - 1))]
-        try:
-            lane()
-        finally:
-            for f in futures:
-                f.result()
+        share_out(run, lambda job: _call(fd, buf, *job))
     finally:
         if own:
             os.close(fd)
