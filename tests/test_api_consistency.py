@@ -141,3 +141,10 @@ def test_convert_layers_flag_becomes_layer(path, tmp_path):
     for k in ("counts", "dense"):
         np.testing.assert_array_equal(sp.csr_matrix(got.layers[k]).toarray(), sp.csr_matrix(want.layers[k]).toarray())
     np.testing.assert_array_equal(got.X.toarray(), want.X.toarray())
+
+
+def test_collection_writers_return_their_paths(path, tmp_path):
+    coll = shadows.concat([path, path], index_unique="-")
+    assert coll.write_h5ad(tmp_path / "c.h5ad") == tmp_path / "c.h5ad"
+    assert coll.write_zarr(tmp_path / "c.zarr") == tmp_path / "c.zarr"
+    assert coll.write(tmp_path / "w.h5ad") == tmp_path / "w.h5ad"

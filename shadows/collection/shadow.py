@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anndata
@@ -730,7 +731,7 @@ class CollectionShadow(anndata.AnnData):
         twin._state.cache = {}
         return twin
 
-    def write_h5ad(self, filename: os.PathLike | str, **kwargs: Any) -> None:
+    def write_h5ad(self, filename: os.PathLike | str, **kwargs: Any) -> Path:
         """Stream the collection (or view) into one new ``.h5ad`` file, file by file, in bounded memory.
 
         An existing ``filename`` is refused (never replaced).  Keyword arguments: ``compression``,
@@ -738,16 +739,16 @@ class CollectionShadow(anndata.AnnData):
         """
         from shadows.collection.write import write_collection
 
-        write_collection(self, filename, "h5ad", **kwargs)
+        return write_collection(self, filename, "h5ad", **kwargs)
 
-    def write_zarr(self, store: os.PathLike | str, **kwargs: Any) -> None:
+    def write_zarr(self, store: os.PathLike | str, **kwargs: Any) -> Path:
         """Stream the collection (or view) into one new zarr store (see :meth:`write_h5ad`)."""
         from shadows.collection.write import write_collection
 
-        write_collection(self, store, "zarr", **kwargs)
+        return write_collection(self, store, "zarr", **kwargs)
 
-    def write(self, filename: os.PathLike | str | None = None, **kwargs: Any) -> None:
-        """Same as :meth:`write_h5ad`: a collection has no file of its own to write back into.
+    def write(self, filename: os.PathLike | str | None = None, **kwargs: Any) -> Path:
+        """Same as :meth:`write_h5ad` (the path written): a collection has no file of its own to write back into.
 
         Raises
         ------
@@ -756,7 +757,7 @@ class CollectionShadow(anndata.AnnData):
         """
         if filename is None:
             raise ValueError("A collection has no file of its own: give a filename (write_h5ad(path))")
-        self.write_h5ad(filename, **kwargs)
+        return self.write_h5ad(filename, **kwargs)
 
     # --- repr -------------------------------------------------------------------------------------------------------
     def __repr__(self) -> str:
