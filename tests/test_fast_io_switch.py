@@ -34,6 +34,14 @@ from shadows.io.fast import pread as rawread
 from shadows.io.fast import pwrite as rawwrite
 from shadows.io.fast import zarr_chunks as zarrchunks
 
+
+@pytest.fixture(autouse=True)
+def _raw_rows_of_small_arrays(monkeypatch):
+    # the files here are small: let raw row reads serve them (production serves from RAW_ROWS_MIN_BYTES on), so
+    # that the switch is seen to turn that path off too
+    monkeypatch.setattr(rawread, "RAW_ROWS_MIN_BYTES", 0)
+
+
 stats_module = importlib.import_module("shadows.ops.stats")
 
 # ~1 million stored values (4 MB per array): anndata stores them in 128 chunks, and a scan earns back looking

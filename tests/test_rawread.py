@@ -78,9 +78,11 @@ def test_range_reader_equals_h5py_and_closes_its_file(h5, name):
         np.testing.assert_array_equal(r.read(0, 10), want[:10])  # still readable, through a fresh descriptor
 
 
-def test_rows_of_a_matrix(h5):
+def test_rows_of_a_matrix(h5, monkeypatch):
     with h5py.File(h5, "r") as f:
         ds = f["matrix"]
+        assert rawread.read_rows(ds, 0, 700) is None, "below RAW_ROWS_MIN_BYTES h5py reads rows (it is as fast)"
+        monkeypatch.setattr(rawread, "RAW_ROWS_MIN_BYTES", 0)
         np.testing.assert_array_equal(rawread.read_rows(ds, 0, 700), ds[...])
         np.testing.assert_array_equal(rawread.read_rows(ds, 13, 201), ds[13:201])
         assert rawread.read_rows(f["chunked"], 0, 10) is None  # rows of a chunked array: h5py's business
