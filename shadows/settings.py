@@ -41,8 +41,8 @@ class Settings:
     fast_io
         Whether the fast I/O paths may serve reads and writes that h5py or zarr would otherwise make: HDF5 values
         read with ``os.preadv`` (:mod:`shadows.io.fast.pread`) and written with ``pwrite`` into space reserved with
-        ``fallocate`` (:mod:`shadows.io.fast.pwrite`), HDF5 objects copied with ``H5Ocopy`` through ctypes and zarr
-        elements copied file by file (:mod:`shadows.io.fast.h5copy`), zarr chunks decoded by hand
+        ``fallocate`` (:mod:`shadows.io.fast.pwrite`), zarr elements copied file by file
+        (:mod:`shadows.io.fast.h5copy`), zarr chunks decoded by hand
         (:mod:`shadows.io.fast.zarr_chunks`).  Each path also checks that the platform has what it needs and that it can
         serve the dataset at hand.  ``False`` sends everything through h5py and zarr (the results are the same;
         to rule the fast paths out when chasing a problem, or to measure what they gain).  Default ``True``, or

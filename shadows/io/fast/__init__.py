@@ -2,7 +2,7 @@
 
 * :mod:`~shadows.io.fast.pread`: uncompressed HDF5 datasets read with ``os.preadv`` in threads;
 * :mod:`~shadows.io.fast.pwrite`: new uncompressed 1-D HDF5 datasets written with ``os.pwrite``;
-* :mod:`~shadows.io.fast.h5copy`: whole elements copied byte for byte with ``H5Ocopy``;
+* :mod:`~shadows.io.fast.h5copy`: whole zarr elements copied as files (HDF5 ones with h5py's ``Group.copy``);
 * :mod:`~shadows.io.fast.zarr_chunks`: the chunks of a local 1-D zarr array decoded straight into a buffer.
 
 The contract every accelerator keeps: it says whether it can serve a dataset (else the caller runs the h5py/zarr

@@ -5,14 +5,14 @@ by ``H5Ocopy`` (h5py's ``Group.copy``: raw chunks, no Python objects), zarr to z
 its files.  Only elements written by anndata >= 0.8 (whose root says ``encoding-type: anndata``) are copied this
 way, so that the output carries the encodings current anndata writes; anything else is decoded and re-encoded.
 
-Both go past the libraries where ``shadows.settings.fast_io`` allows it: ``H5Ocopy`` is called through ctypes
-(without the GIL) and zarr elements are copied as files.  With fast I/O off, HDF5 objects are copied by h5py
-(``Group.copy``) and zarr elements are decoded and written again through anndata and zarr.
+The zarr copy goes past zarr where ``shadows.settings.fast_io`` allows it (fastio/copy-zarr in
+``docs/benchmarks.md``); with fast I/O off, zarr elements are decoded and written again through anndata and zarr.
+HDF5 objects are always copied by h5py's ``Group.copy``.  (An ``H5Ocopy`` called through ctypes, without the GIL,
+was removed: on its own case, fastio/copy-h5ad, it gained 1.05x, short of the 1.2x an accelerator must earn.)
 """
 
 from __future__ import annotations
 
-import functools
 import shutil
 from pathlib import Path
 from typing import Any
@@ -45,8 +45,7 @@ class RawCopier:
         if not self.enabled or attr(elem, "encoding-type") is None:
             return False
         if isinstance(parent, h5py.Group):
-            if not _h5ocopy_without_gil(elem, parent, name):
-                parent.copy(elem, parent, name=name)
+            parent.copy(elem, parent, name=name)
             return True
         src = _local_path(elem)
         dst = _local_path(parent)
@@ -59,51 +58,6 @@ class RawCopier:
 def copy_files(src: Path, dst: Path) -> None:
     """Copy the directory of a zarr element as files (the fast path of :meth:`RawCopier.copy` for zarr)."""
     shutil.copytree(src, dst)
-
-
-def _h5ocopy_without_gil(elem: h5py.HLObject, parent: h5py.Group, name: str) -> bool:
-    """``H5Ocopy`` called through ctypes: under h5py's lock (HDF5 is not thread-safe) but without the GIL.
-
-    Why: h5py holds the GIL for the whole copy (tens of ms for 100,000 strings), so a copy made beside a long
-    conversion would stop the conversion's threads; ctypes releases the GIL for the call.  ``False`` (nothing
-    done) when fast I/O is off, the HDF5 library h5py uses cannot be found, the name is not ASCII (h5py then writes
-    a UTF-8 link name), or the copy fails (h5py then makes it, and raises what it raises).
-    """
-    lib = _hdf5() if fast_io_enabled() else None
-    if lib is None or not name.isascii():
-        return False
-    from h5py._objects import phil
-
-    with phil:
-        if name in parent:
-            return False
-        return lib.H5Ocopy(elem.id.id, b".", parent.id.id, name.encode(), 0, 0) >= 0
-
-
-@functools.cache
-def _hdf5() -> Any:
-    """The HDF5 library h5py is linked with (found among the process's mapped files), through ctypes, or ``None``.
-
-    (``hid_t`` is a 64-bit integer in every HDF5 that h5py 3 supports, 1.10.4 and later; ``H5P_DEFAULT`` is 0.)
-    ``None`` on a platform without ``/proc/self/maps`` (macOS, Windows) or a Python without ctypes.
-    """
-    import re
-
-    try:
-        import ctypes
-
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if re.search(r"/libhdf5[-.][^/]*\.so", line)}
-        paths = [p for p in paths if "_hl" not in Path(p).name]
-        if len(paths) != 1:
-            return None
-        lib = ctypes.CDLL(paths[0])
-        lib.H5Ocopy.argtypes = [ctypes.c_int64, ctypes.c_char_p, ctypes.c_int64, ctypes.c_char_p]
-        lib.H5Ocopy.argtypes += [ctypes.c_int64, ctypes.c_int64]
-        lib.H5Ocopy.restype = ctypes.c_int
-        return lib
-    except (ImportError, OSError, AttributeError):
-        return None
 
 
 def _same_kind(a: Any, b: Any) -> bool:
