@@ -909,6 +909,8 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
                 m = None  # a jax/torch/dask value: read the column from the file as numpy instead
         if m is not None and not isinstance(m, LazyArray):
             col = m[:, js]
+            if is_dask_array(col):  # a lazy chain (scanpy's dask route): compute these columns alone
+                col = col.compute()
         else:
             sel = (self._state.oidx, ix.compose(self._state.vidx, js, self._state.n_vars_file))
             col = read_element(self._state.root()[path], sel, self._state.ctx())
@@ -948,6 +950,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             return _column_vector(col)
         view = self[pos]
         m = view._numpy_matrix(layer)
+        m = m.compute() if is_dask_array(m) else m  # a lazy chain: this row alone
         m = m.toarray() if sp.issparse(m) else np.asarray(m)
         view.close()
         return np.ravel(m)
