@@ -271,14 +271,17 @@ def test_jax_release_frees_accelerator_buffers_on_clear_cache(files, monkeypatch
 
 
 @_needs("dask")
-@pytest.mark.parametrize("kind", X_KINDS)
+@pytest.mark.parametrize("kind", (*X_KINDS, "csc-columns"))
 def test_dask_chunks_along_stored_major_axis(files, kind, monkeypatch, tmp_path):
     from shadows.backends import dask as sdask
 
     monkeypatch.setattr(sdask, "DASK_CHUNKS", 7)
+    if kind == "csc-columns":  # the stored major axis; by default CSC gives row blocks (scanpy's)
+        monkeypatch.setattr(sdask, "CSC_CHUNKS", "columns")
+    kind, columns = kind.split("-")[0], kind == "csc-columns"
     s = AnnDataShadow(files[("zarr", kind)], array_backend="dask")
     x = s.X
-    major = 1 if kind == "csc" else 0
+    major = 1 if columns else 0
     n = x.shape[major]
     assert x.chunks[major] == tuple(min(7, n - i) for i in range(0, n, 7))
     assert len(x.chunks[1 - major]) == 1  # a chunk spans the whole minor axis: one contiguous read
