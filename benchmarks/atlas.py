@@ -47,7 +47,7 @@ STEPS: list[tuple[str, str]] = [
     ("log1p", "sc.pp.log1p(a)"),
     ("hvg", "sc.pp.highly_variable_genes(a, n_top_genes=2000)"),
     ("pca", "sc.pp.pca(a, n_comps=50, mask_var='highly_variable', svd_solver='covariance_eigh')"),
-    ("neighbors", "sc.pp.neighbors(a)"),
+    ("neighbors", "sc.pp.neighbors(a, transformer=nndescent(a.n_obs))"),
     ("umap", "sc.tl.umap(a)"),
     ("leiden", "sc.tl.leiden(a, flavor='igraph', n_iterations=2, random_state=0)"),
 ]
@@ -164,6 +164,24 @@ warnings.filterwarnings('ignore')
 import anndata as ad, scanpy as sc, dask  # noqa: F401
 from shadows import AnnDataShadow
 PATH = {path!r}
+
+
+def nndescent(n_obs):
+    # scanpy's own default transformer for large data (same parameters), handing scanpy a csr_matrix: pynndescent
+    # 0.7 returns a csr_array, on which scanpy 1.11's neighbors fail ('csr_array' object has no attribute 'getnnz')
+    import numpy as np, scipy.sparse as sp
+    from pynndescent import PyNNDescentTransformer
+
+    class Transformer(PyNNDescentTransformer):
+        def fit_transform(self, X, y=None, **kw):
+            return sp.csr_matrix(super().fit_transform(X, y, **kw))
+
+        def transform(self, X, y=None):
+            return sp.csr_matrix(super().transform(X, y))
+
+    return Transformer(n_neighbors=15, metric="euclidean", random_state=0, n_jobs=sc.settings.n_jobs,
+                       n_trees=min(64, 5 + round(n_obs ** 0.5 / 20.0)), n_iters=max(5, round(np.log2(n_obs))))
+
 
 def rss(key):
     with open('/proc/self/status') as f:

@@ -7,8 +7,8 @@ part (``source.read(sub)``).  A view's elements are dask arrays of the selected 
 Chunks
     Chunks run along the element's *stored major axis* — rows of dense arrays and CSR matrices, columns of CSC
     matrices with :data:`CSC_CHUNKS` ``= "columns"`` — and span the whole of the other axes, so that every chunk is
-    one contiguous read.  CSC matrices are row blocks (of CSC chunks) by default (:data:`CSC_CHUNKS`), what scanpy
-    needs, each read through the bounded column scan.  Their length is
+    one contiguous read.  CSC matrices are row blocks of CSR chunks by default (:data:`CSC_CHUNKS`), what scanpy
+    needs, each read through the bounded column scan: ``X.compute()`` is then a CSR matrix.  Their length is
     :data:`DASK_CHUNKS` when set (an ``int``: rows, or columns for CSC columns, per chunk), else it is chosen so that a
     chunk holds about dask's ``array.chunk-size`` (``dask.config``, 128 MiB by default) of values (for sparse
     matrices, from the stored number of non-zeros per row or column).  :func:`dask_backend` makes a backend with
@@ -49,11 +49,11 @@ from shadows.spec.lazy_array import ElementSource, LazyArray
 #: ``array.chunk-size`` bytes per chunk.  Read each time an element is converted.
 DASK_CHUNKS: int | None = None
 
-#: How a CSC matrix is chunked: ``"rows"`` (default) gives row blocks (CSC chunks of whole rows), what scanpy's dask route needs
-#: (its functions reduce and transform cells block by block); each block is read through the CSC column scan in
+#: How a CSC matrix is chunked: ``"rows"`` (default) gives row blocks of CSR chunks, what scanpy's dask
+#: route needs (its functions reduce and transform cells block by block); each block is read through the CSC column scan in
 #: bounded memory, so one pass over X reads the stored ``indices`` once per block; for repeated passes convert the
 #: file once (``shadows.convert(src, dst, matrix_format="csr")``).  ``"columns"`` gives the stored major axis
-#: (contiguous reads of genes).
+#: (contiguous reads of genes) as CSC chunks.
 CSC_CHUNKS: str = "rows"
 
 #: Most bytes a chunk of a sparse matrix aims at when :data:`DASK_CHUNKS` is not set (below ``array.chunk-size``):
@@ -189,7 +189,10 @@ class _Reader(LazyArray):
     """What a dask graph holds: the element's source (picklable), read part by part as chunks."""
 
     def __getitem__(self, key: Any) -> Any:
-        return as_chunk(super().__getitem__(key))
+        m = super().__getitem__(key)
+        if self.source.sparse_format == "csc" and major_axis(self.source) == 0:
+            m = m.tocsr()  # row blocks of a CSC file: CSR chunks, what scanpy's dask route accepts (PCA checks)
+        return as_chunk(m)
 
     def __dask_tokenize__(self):
         return ("shadows-reader", tokenize(self.source))
@@ -243,7 +246,7 @@ def from_source(source: ElementSource, chunks: int | None = None) -> da.Array:
     if source.sparse_format is not None:
         # chunk-typed: dask's reductions (``X.sum(axis=0)``) compute the meta with numpy's keepdims; anndata's writer
         # picks by the meta's exact type, so writers hand it :func:`with_scipy_meta` of the array
-        meta = (CSRChunk if source.sparse_format == "csr" else CSCChunk)((0, 0), dtype=source.dtype)
+        meta = (CSRChunk if source.sparse_format == "csr" or axis == 0 else CSCChunk)((0, 0), dtype=source.dtype)
     else:
         meta = np.empty((0,) * len(shape), dtype=source.dtype)
     name = f"shadows-{source.key.replace('/', '-')}-{tokenize(source, spec)}"

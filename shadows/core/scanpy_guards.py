@@ -6,6 +6,8 @@ On a dask X (``AnnDataShadow(path, array_backend="dask")``) scanpy 1.11/1.12:
   :func:`streamed_ranks` gives it the genes' ranks from bands of genes computed block by block, in bounded memory
   (one pass over X per band; a band holds up to :data:`BAND_BYTES` of non-zeros).
 * ``tl.score_genes`` fails in ``np.nanmean`` of sparse chunks; :func:`dask_nan_means` sums them block by block.
+* ``get.obs_df`` (``pl.violin``, ``dotplot``, ``matrixplot``, ``heatmap``) makes an object array of the genes'
+  dask columns; they are computed alone (cells x genes asked for) first.
 * ``rank_genes_groups(method="logreg")`` and ``highly_variable_genes(flavor="seurat_v3")`` would load X whole
   (sklearn's fit; a dense clipped copy): they raise, naming the alternative.
 * ``pp.scale`` with zero-centring turns sparse row blocks into dense ones; where a dense block would exceed
@@ -47,6 +49,12 @@ def install() -> None:
         rgg._ranks = _wrap_ranks(rgg._ranks)
     if hasattr(sg, "_nan_means"):
         sg._nan_means = _wrap_nan_means(sg._nan_means)
+    try:
+        from scanpy.get import get as sc_get
+    except ImportError:
+        sc_get = None
+    if hasattr(sc_get, "_get_array_values"):
+        sc_get._get_array_values = _wrap_array_values(sc_get._get_array_values)
     _replace(sc.tl, "rank_genes_groups", _guard_rank_genes_groups)
     _replace(sc.pp, "highly_variable_genes", _guard_hvg)
     _replace(sc.pp, "scale", _guard_scale)
@@ -172,6 +180,22 @@ def _row_counts(b: Any, mask: np.ndarray) -> np.ndarray:
     return np.bincount(rows[mask], minlength=b.shape[0])
 
 
+def _wrap_array_values(orig: Any) -> Any:
+    """``sc.get.obs_df``/``var_df`` (violin, dotplot, matrixplot, heatmap): the genes' (cells') columns of a dask
+    array computed alone, as the numpy array scanpy builds its table from (a dask array of sparse chunks would
+    become an object array)."""
+
+    @functools.wraps(orig)
+    def array_values(x: Any, /, *args: Any, **kw: Any) -> Any:
+        m = orig(x, *args, **kw)
+        if is_dask_array(m):
+            m = m.compute()
+            m = m.toarray() if hasattr(m, "toarray") else np.asarray(m)
+        return m
+
+    return array_values
+
+
 def _wrap_ranks(orig: Any) -> Any:
     @functools.wraps(orig)
     def ranks(x: Any, /, mask_obs: Any = None, mask_obs_rest: Any = None) -> Any:
@@ -182,10 +206,12 @@ def _wrap_ranks(orig: Any) -> Any:
     return ranks
 
 
-def gene_bands(x: Any, budget: int = BAND_BYTES) -> list[tuple[int, int]]:
-    """Consecutive ranges of genes whose non-zeros (12 bytes each: value and index) fit ``budget`` bytes."""
+def gene_bands(x: Any, budget: int | None = None) -> list[tuple[int, int]]:
+    """Consecutive ranges of genes whose non-zeros (12 bytes each: value and index) fit ``budget`` bytes
+    (default :data:`BAND_BYTES`); one pass over X counts them."""
     from shadows.core.scanpy_dask import dask_axis_nnz
 
+    budget = BAND_BYTES if budget is None else budget
     per_gene = np.asarray(dask_axis_nnz(x, axis=0).compute(), dtype=np.int64) * 12
     bands, start, size = [], 0, 0
     for j, b in enumerate(per_gene):
