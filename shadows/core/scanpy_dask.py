@@ -35,9 +35,6 @@ def install() -> None:
     _wrap_mean_var()
     _wrap_axis_nnz()
     _return_freed_blocks()
-    from shadows.core import scanpy_guards
-
-    scanpy_guards.install()  # the functions scanpy's dask route cannot run: streamed, or a clear error
 
 
 def _return_freed_blocks() -> None:

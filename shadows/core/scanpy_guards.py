@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from shadows.core.lazy_x import dask_matrix_of as _dask_x
 from shadows.core.lazy_x import is_dask_array
 
 #: Most bytes of non-zeros a band of genes holds while the Wilcoxon test ranks it.
@@ -58,6 +59,9 @@ def install() -> None:
     _replace(sc.tl, "rank_genes_groups", _guard_rank_genes_groups)
     _replace(sc.pp, "highly_variable_genes", _guard_hvg)
     _replace(sc.pp, "scale", _guard_scale)
+    from shadows.core import scanpy_qc
+
+    _replace(sc.pp, "calculate_qc_metrics", scanpy_qc.calculate_qc_metrics)  # one pass over X, not five
 
 
 def _replace(module: Any, name: str, guard: Any) -> None:
@@ -68,18 +72,6 @@ def _replace(module: Any, name: str, guard: Any) -> None:
     for mod in list(sys.modules.values()):  # every scanpy namespace that re-exports it (sc.tl, scanpy.tools)
         if getattr(mod, "__name__", "").startswith("scanpy") and getattr(mod, name, None) is orig:
             setattr(mod, name, wrapped)
-
-
-def _dask_x(adata: Any, layer: str | None = None, use_raw: bool | None = None) -> Any:
-    """The matrix a scanpy function would use when it is a dask array, else ``None``."""
-    try:
-        if use_raw and adata.raw is not None:
-            x = adata.raw.X
-        else:
-            x = adata.layers[layer] if layer is not None else adata.X
-    except (AttributeError, KeyError):
-        return None
-    return x if is_dask_array(x) else None
 
 
 # --- refusals ---------------------------------------------------------------------------------------------------
