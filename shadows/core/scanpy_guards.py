@@ -10,6 +10,8 @@ On a dask X (``AnnDataShadow(path, array_backend="dask")``) scanpy 1.11/1.12:
   dask columns; they are computed alone (cells x genes asked for) first.
 * ``rank_genes_groups(method="logreg")`` and ``highly_variable_genes(flavor="seurat_v3")`` would load X whole
   (sklearn's fit; a dense clipped copy): they raise, naming the alternative.
+* ``pp.filter_cells``/``filter_genes`` read X twice (a test of the subset, then the subset): their sums are
+  computed at once, one pass.
 * ``pp.scale`` with zero-centring turns sparse row blocks into dense ones; where a dense block would exceed
   :data:`DENSE_BLOCK_BYTES` the blocks are split first, so memory stays bounded by a block.
 
@@ -59,6 +61,7 @@ def install() -> None:
     _replace(sc.tl, "rank_genes_groups", _guard_rank_genes_groups)
     _replace(sc.pp, "highly_variable_genes", _guard_hvg)
     _replace(sc.pp, "scale", _guard_scale)
+    _eager_filter_sums()
     from shadows.core import scanpy_qc
 
     _replace(sc.pp, "calculate_qc_metrics", scanpy_qc.calculate_qc_metrics)  # one pass over X, not five
@@ -72,6 +75,41 @@ def _replace(module: Any, name: str, guard: Any) -> None:
     for mod in list(sys.modules.values()):  # every scanpy namespace that re-exports it (sc.tl, scanpy.tools)
         if getattr(mod, "__name__", "").startswith("scanpy") and getattr(mod, name, None) is orig:
             setattr(mod, name, wrapped)
+
+
+def _eager_filter_sums() -> None:
+    """``filter_cells``/``filter_genes`` sum a dask X per cell (gene), test ``sum(~subset) > 0`` (one pass over X)
+    and then materialise the subset and the sums (a second pass): computed at once, the sums cost one pass.
+
+    Every use of these sums in ``scanpy.preprocessing._simple`` materialises them at once anyway (the filters,
+    ``downsample_counts``)."""
+    try:
+        from scanpy.preprocessing import _simple
+    except ImportError:
+        return
+    if hasattr(_simple, "axis_sum"):  # scanpy 1.11
+        _simple.axis_sum = _computed(_simple.axis_sum)
+    elif hasattr(_simple, "stats") and hasattr(_simple.stats, "sum"):  # scanpy 1.12: fast_array_utils.stats
+        _simple.stats = _StatsComputed(_simple.stats)
+
+
+def _computed(fn: Any) -> Any:
+    @functools.wraps(fn)
+    def computed(*args: Any, **kw: Any) -> Any:
+        r = fn(*args, **kw)
+        return r.compute() if is_dask_array(r) else r
+
+    return computed
+
+
+class _StatsComputed:
+    """``fast_array_utils.stats`` whose ``sum`` of a dask array is computed at once."""
+
+    def __init__(self, stats: Any):
+        self._stats, self.sum = stats, _computed(stats.sum)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stats, name)
 
 
 # --- refusals ---------------------------------------------------------------------------------------------------
