@@ -19,7 +19,14 @@ import pandas as pd
 from shadows.core.lazy_x import dask_matrix_of
 
 
-def calculate_qc_metrics(
+def calculate_qc_metrics(orig: Any, adata: Any, *positional: Any, **kw: Any) -> Any:
+    """scanpy's ``calculate_qc_metrics`` (``orig``), in one pass over a dask X of row blocks; else ``orig``."""
+    if positional:  # scanpy's legacy positional arguments: its own code
+        return orig(adata, *positional, **kw)
+    return _qc(orig, adata, **kw)
+
+
+def _qc(
     orig: Any,
     adata: Any,
     *,
@@ -33,7 +40,6 @@ def calculate_qc_metrics(
     log1p: bool = True,
     **kw: Any,
 ) -> Any:
-    """scanpy's ``calculate_qc_metrics`` (``orig``), in one pass over a dask X of row blocks; else ``orig``."""
     x = dask_matrix_of(adata, layer, use_raw)
     args = dict(expr_type=expr_type, var_type=var_type, qc_vars=qc_vars, percent_top=percent_top, layer=layer,
                 use_raw=use_raw, inplace=inplace, log1p=log1p, **kw)  # fmt: skip
