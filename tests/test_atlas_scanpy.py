@@ -1,5 +1,8 @@
 """Atlas-scale scanpy: scanpy's own functions on ``AnnDataShadow(path, array_backend="dask")`` give what they give
-on the in-memory AnnData, X stays a lazy dask chain, the result writes back, and peak memory stays bounded."""
+on the in-memory AnnData, X stays a lazy dask chain, the result writes back, and peak memory stays bounded.
+
+Small files (300 x 150) written once per session, in h5ad and zarr, CSR and CSC; the preprocessing chain runs once
+per file (module fixtures), the tests compare its results and the functions that follow it."""
 
 from __future__ import annotations
 
@@ -11,30 +14,37 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from compare import render_figures
 
 from shadows import AnnDataShadow
 
 sc = pytest.importorskip("scanpy")
 da = pytest.importorskip("dask.array")
 
+FILES = ("h5ad", "zarr", "csc.h5ad")
 
-def _counts(n: int = 600, g: int = 300, seed: int = 3) -> ad.AnnData:
+
+def _counts(n: int = 300, g: int = 150, seed: int = 3) -> ad.AnnData:
     rng = np.random.default_rng(seed)
-    X = sp.random(n, g, density=0.15, format="csr", dtype=np.float32, random_state=seed)
+    X = sp.random(n, g, density=0.2, format="csr", dtype=np.float32, random_state=seed)
     X.data = (rng.negative_binomial(2, 0.35, X.nnz) + 1).astype(np.float32)
     obs = pd.DataFrame({"batch": pd.Categorical(rng.choice(["b1", "b2"], n))}, index=[f"c{i}" for i in range(n)])
     var = pd.DataFrame(index=[("MT-" if i < 5 else "G") + str(i) for i in range(g)])
     return ad.AnnData(X, obs=obs, var=var)
 
 
-@pytest.fixture(scope="module", params=["h5ad", "zarr"])
-def counts_file(request, tmp_path_factory):
-    path = tmp_path_factory.mktemp("atlas") / f"counts.{request.param}"
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, object]:
+    d = tmp_path_factory.mktemp("atlas")
     a = _counts()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        a.write_h5ad(path) if request.param == "h5ad" else a.write_zarr(path)
-    return path
+        a.write_h5ad(d / "counts.h5ad")
+        a.write_zarr(d / "counts.zarr")
+        c = a.copy()
+        c.X = c.X.tocsc()
+        c.write_h5ad(d / "counts_csc.h5ad")
+    return {"h5ad": d / "counts.h5ad", "zarr": d / "counts.zarr", "csc.h5ad": d / "counts_csc.h5ad"}
 
 
 def _read(path):
@@ -44,56 +54,171 @@ def _read(path):
 def _preprocess(a):
     a.var["mt"] = a.var_names.str.startswith("MT-")
     sc.pp.calculate_qc_metrics(a, qc_vars=["mt"], inplace=True, percent_top=None)
-    sc.pp.filter_cells(a, min_genes=30)
-    sc.pp.filter_genes(a, min_cells=60)
+    sc.pp.filter_cells(a, min_genes=20)
+    sc.pp.filter_genes(a, min_cells=50)
     sc.pp.normalize_total(a, target_sum=1e4)
     sc.pp.log1p(a)
-    sc.pp.highly_variable_genes(a, n_top_genes=100)
+    sc.pp.highly_variable_genes(a, n_top_genes=60)
+    sc.pp.pca(a, n_comps=8, mask_var="highly_variable", svd_solver="covariance_eigh")
     return a
 
 
-def _analyse(a):
-    sc.pp.pca(a, n_comps=10, mask_var="highly_variable", svd_solver="covariance_eigh")
-    sc.pp.neighbors(a, n_neighbors=10)
-    sc.tl.leiden(a, flavor="igraph", n_iterations=2, random_state=0)
-    sc.tl.rank_genes_groups(a, "leiden", method="t-test")
-    return a
-
-
-def test_pipeline_equals_in_memory_scanpy(counts_file):
+@pytest.fixture(scope="module", params=FILES)
+def pair(request, files):
+    """(in-memory AnnData, dask shadow) after the same preprocessing, once per file kind."""
+    path = files[request.param]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ref = _analyse(_preprocess(_read(counts_file)))
-        s = _preprocess(AnnDataShadow(counts_file, array_backend="dask"))
-        assert isinstance(s.X, da.Array), "X stays a lazy dask chain after filter/normalize/log1p"
-        assert s.shape == ref.shape
-        _analyse(s)
+        ref = _preprocess(_read(path))
+        s = _preprocess(AnnDataShadow(path, array_backend="dask"))
+    return request.param, ref, s
+
+
+def _close(got, want, what, rtol=1e-5, atol=1e-5):
+    got = got.toarray() if sp.issparse(got) else np.asarray(got)
+    want = want.toarray() if sp.issparse(want) else np.asarray(want)
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=what)
+
+
+def test_preprocessing_equals_in_memory_scanpy(pair, files):
+    kind, ref, s = pair
+    assert isinstance(s.X, da.Array), "X stays a lazy dask chain after filter/normalize/log1p"
+    if kind == "csc.h5ad":  # row blocks of a CSC file, what scanpy's dask route needs
+        assert len(AnnDataShadow(files[kind], array_backend="dask").X.chunks[1]) == 1
+    assert s.shape == ref.shape
     for col in ("n_genes_by_counts", "total_counts", "pct_counts_mt", "n_genes"):
-        np.testing.assert_allclose(np.asarray(s.obs[col]), np.asarray(ref.obs[col]), rtol=1e-5, err_msg=col)
+        _close(s.obs[col], ref.obs[col], col)
     for col in ("highly_variable", "means", "dispersions_norm", "n_cells", "mean_counts"):
-        np.testing.assert_allclose(np.asarray(s.var[col]), np.asarray(ref.var[col]), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(s.X.compute().toarray(), ref.X.toarray(), rtol=1e-5, atol=1e-5)
-    assert (
-        sorted(s.obsm) == sorted(ref.obsm) and sorted(s.uns) == sorted(ref.uns) and sorted(s.obsp) == sorted(ref.obsp)
-    )
-    np.testing.assert_allclose(np.abs(s.obsm["X_pca"]), np.abs(ref.obsm["X_pca"]), rtol=2e-2, atol=2e-3)
+        _close(s.var[col], ref.var[col], col, rtol=1e-4)
+    x = s.X.compute()
+    assert x.format == "csr", f"X computes to {x.format}: row blocks are CSR chunks, a CSC file's too"
+    _close(x, ref.X, "X")
+    assert sorted(s.obsm) == sorted(ref.obsm) and sorted(s.uns) == sorted(ref.uns)
+    _close(np.abs(s.obsm["X_pca"]), np.abs(ref.obsm["X_pca"]), "X_pca", rtol=2e-2, atol=2e-3)
+
+
+def test_neighbors_umap_leiden_rank_genes_groups(pair):
+    kind, ref, s = pair
+    if kind != "h5ad":
+        pytest.skip("obsm-only steps: once is enough (they do not read X)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for a in (ref, s):
+            sc.pp.neighbors(a, n_neighbors=10)
+        _close(s.obsp["connectivities"], ref.obsp["connectivities"], "connectivities", rtol=1e-4)
+        # UMAP's layout amplifies float rounding of the PCA (equal above to 2e-2): same inputs, same layout
+        s.obsm["X_pca"], s.obsp["connectivities"] = ref.obsm["X_pca"], ref.obsp["connectivities"]
+        for a in (ref, s):
+            sc.tl.umap(a, random_state=0, maxiter=30)
+            sc.tl.leiden(a, flavor="igraph", n_iterations=2, random_state=0)
+            sc.tl.rank_genes_groups(a, "leiden", method="t-test")
+    _close(s.obsm["X_umap"], ref.obsm["X_umap"], "X_umap", rtol=1e-3, atol=1e-3)
     assert (np.asarray(s.obs["leiden"]) == np.asarray(ref.obs["leiden"])).all()
     got, want = (
         sc.get.rank_genes_groups_df(x, group=None).set_index(["group", "names"])["scores"].sort_index()
         for x in (s, ref)
     )
-    np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=1e-3, atol=1e-4)
+    _close(got, want, "t-test scores", rtol=1e-3, atol=1e-4)
 
 
-def test_written_back_and_streamed_files_read_as_in_memory_result(counts_file, tmp_path):
-    path = tmp_path / counts_file.name
-    (shutil.copytree if counts_file.suffix == ".zarr" else shutil.copy)(counts_file, path)
+def test_hvg_cell_ranger_score_genes_wilcoxon(pair):
+    _, ref, s = pair
+    genes = [g for g in ref.var_names if g.startswith("G")][:15]
+    hvg = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for a in (ref, s):
+            hvg.append(sc.pp.highly_variable_genes(a, flavor="cell_ranger", n_top_genes=40, inplace=False))
+            sc.tl.score_genes(a, genes, random_state=0, score_name="sc")
+            sc.tl.rank_genes_groups(a, "batch", method="wilcoxon", key_added="wx")
+    for col in ("highly_variable", "means", "dispersions_norm"):
+        _close(hvg[1][col], hvg[0][col], f"cell_ranger {col}", rtol=1e-4)
+    _close(s.obs["sc"], ref.obs["sc"], "score_genes")
+    got, want = (
+        sc.get.rank_genes_groups_df(x, group=None, key="wx").set_index(["group", "names"]).sort_index()
+        for x in (s, ref)
+    )
+    assert list(got.index) == list(want.index)
+    for col in ("scores", "pvals_adj", "logfoldchanges"):
+        _close(got[col], want[col], f"wilcoxon {col}", rtol=1e-4, atol=1e-5)
+
+
+def test_wilcoxon_streams_bands_of_genes(files, monkeypatch):
+    """Several bands (one pass over X each) give what one band gives."""
+    from shadows.core import scanpy_guards
+
+    path = files["h5ad"]
+    ref = _read(path)
+    sc.tl.rank_genes_groups(ref, "batch", method="wilcoxon")
+    s = AnnDataShadow(path, array_backend="dask")
+    monkeypatch.setattr(scanpy_guards, "BAND_BYTES", 300 * 12 * 20 * 0.2)  # about 20 genes a band
+    assert len(scanpy_guards.gene_bands(s.X)) > 3
+    sc.tl.rank_genes_groups(s, "batch", method="wilcoxon")
+    for field in ("scores", "pvals"):
+        got, want = (pd.DataFrame(x.uns["rank_genes_groups"][field]) for x in (s, ref))
+        _close(got.to_numpy().astype(float), want.to_numpy().astype(float), field, rtol=1e-5)
+
+
+def test_scale_stays_lazy_and_bounded(files, monkeypatch):
+    from shadows.core import scanpy_guards
+
+    path = files["h5ad"]
+    for zero_center in (False, True):
+        ref, s = _read(path), AnnDataShadow(path, array_backend="dask")
+        monkeypatch.setattr(scanpy_guards, "DENSE_BLOCK_BYTES", 50 * s.n_vars * 8)  # dense blocks of 50 rows
+        sc.pp.scale(ref, zero_center=zero_center, max_value=10)
+        sc.pp.scale(s, zero_center=zero_center, max_value=10)
+        assert isinstance(s.X, da.Array)
+        if zero_center:
+            assert max(s.X.chunks[0]) <= 50, f"dense blocks of {max(s.X.chunks[0])} rows"
+        _close(s.X.compute(), ref.X, f"scale(zero_center={zero_center})", rtol=1e-4, atol=1e-5)
+
+
+def test_functions_that_would_load_x_say_so(files):
+    s = AnnDataShadow(files["h5ad"], array_backend="dask")
+    assert isinstance(s.X, da.Array)  # handing out the dask X installs the hooks
+    with pytest.raises(NotImplementedError, match=r"highly_variable_genes\(flavor='seurat_v3'\).*flavor='seurat'"):
+        sc.pp.highly_variable_genes(s, flavor="seurat_v3", n_top_genes=20)
+    with pytest.raises(NotImplementedError, match=r"rank_genes_groups\(method='logreg'\).*wilcoxon"):
+        sc.tl.rank_genes_groups(s, "batch", method="logreg")
+
+
+def test_plots_equal_in_memory_scanpy(pair):
+    kind, ref, s = pair
+    if kind == "csc.h5ad":
+        pytest.skip("plots read obs/var and genes' columns: the CSR files cover them")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    genes = list(ref.var_names[ref.var["highly_variable"].to_numpy()][:3])
+    if "X_umap" not in ref.obsm:  # the same positions on both sides: the figures differ by the colours alone
+        for a in (ref, s):
+            a.obsm["X_umap"] = np.asarray(ref.obsm["X_pca"][:, :2])
+    figures = []
+    for a in (ref, s):
+        render_figures()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sc.pl.umap(a, color=genes[0], show=False)
+            np.random.seed(0)  # the strip plot's jitter
+            sc.pl.violin(a, genes[:2], groupby="batch", show=False)
+            sc.pl.dotplot(a, genes, groupby="batch", show=False)
+            sc.pl.matrixplot(a, genes, groupby="batch", show=False)
+            sc.pl.heatmap(a, genes, groupby="batch", show=False)
+        figures.append(render_figures())
+    assert len(figures[0]) == len(figures[1]) >= 5
+    for i, (got, want) in enumerate(zip(*figures, strict=True)):
+        assert np.array_equal(got, want), f"figure {i} differs from in-memory scanpy's"
+
+
+def test_written_back_and_streamed_files_read_as_in_memory_result(files, tmp_path):
+    src = files["zarr"]
+    path = tmp_path / src.name
+    shutil.copytree(src, path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = _preprocess(_read(path))
-        sc.pp.pca(ref, n_comps=10, mask_var="highly_variable", svd_solver="covariance_eigh")
         s = _preprocess(AnnDataShadow(path, array_backend="dask"))
-        sc.pp.pca(s, n_comps=10, mask_var="highly_variable", svd_solver="covariance_eigh")
         s.write_h5ad(tmp_path / "new.h5ad")  # streamed to a new file
         new = ad.read_h5ad(tmp_path / "new.h5ad")
         # the filtered shadow cannot write into its file (a subset of it); an unfiltered one can
@@ -102,28 +227,44 @@ def test_written_back_and_streamed_files_read_as_in_memory_result(counts_file, t
         sc.pp.log1p(u)
         u.reopen("r+").write(overwrite=True)  # the dask chain reads the file it writes into
         back = _read(path)
-    np.testing.assert_allclose(new.X.toarray(), ref.X.toarray(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(np.abs(new.obsm["X_pca"]), np.abs(ref.obsm["X_pca"]), rtol=2e-2, atol=2e-3)
+    _close(new.X, ref.X, "X streamed")
+    _close(np.abs(new.obsm["X_pca"]), np.abs(ref.obsm["X_pca"]), "X_pca streamed", rtol=2e-2, atol=2e-3)
     assert list(new.obs_names) == list(ref.obs_names) and list(new.var_names) == list(ref.var_names)
-    mem = _read(counts_file)
+    mem = _read(src)
     sc.pp.normalize_total(mem, target_sum=1e4)
     sc.pp.log1p(mem)
     assert sp.issparse(back.X)
-    np.testing.assert_allclose(back.X.toarray(), mem.X.toarray(), rtol=1e-6, atol=1e-6)
-    assert back.uns["log1p"] == dict(mem.uns["log1p"]) or "log1p" in back.uns
+    _close(back.X, mem.X, "X written back", rtol=1e-6, atol=1e-6)
 
 
-def test_chunk_reductions_answer_as_scipy_without_keepdims(counts_file):
-    x = AnnDataShadow(counts_file, array_backend="dask").X
+@pytest.mark.parametrize("kw", [{"qc_vars": ["mt"], "percent_top": (5, 20)}, {"log1p": False, "percent_top": None}])
+def test_qc_metrics_read_each_block_once(files, monkeypatch, kw):
+    """scanpy's dask route makes five passes over X; the shadow's one, with scanpy's own per-block code."""
+    from shadows.backends import dask as sdask
+
+    monkeypatch.setattr(sdask, "DASK_CHUNKS", 70)
+    reads = []
+    read = sdask._Reader.__getitem__
+    monkeypatch.setattr(sdask._Reader, "__getitem__", lambda self, key: reads.append(key) or read(self, key))
+    ref, s = _read(files["h5ad"]), AnnDataShadow(files["h5ad"], array_backend="dask")
+    for a in (ref, s):
+        a.var["mt"] = a.var_names.str.startswith("MT-")
+    want = sc.pp.calculate_qc_metrics(ref, **kw)
+    got = sc.pp.calculate_qc_metrics(s, **kw)
+    assert len(reads) == s.X.numblocks[0] == 5, f"{len(reads)} block reads for {s.X.numblocks[0]} blocks"
+    for g, w in zip(got, want, strict=True):
+        pd.testing.assert_frame_equal(g, w, rtol=1e-6)  # columns, order, dtypes and values
+
+
+def test_chunk_reductions_answer_as_scipy_without_keepdims(files):
+    x = AnnDataShadow(files["h5ad"], array_backend="dask").X
     block = x.blocks[0].compute()
-    from shadows.backends.dask import as_chunk
+    from shadows.backends.dask import as_chunk, with_scipy_meta
 
     chunk = as_chunk(block)
     assert np.asarray(np.sum(chunk, axis=1)).shape == (block.shape[0], 1)  # scipy's np.matrix, as scanpy expects
     assert chunk.sum(axis=0, keepdims=False).shape == (block.shape[1],)
     # anndata picks its dask writer by the meta's exact type: writers hand it a plain scipy meta
-    from shadows.backends.dask import with_scipy_meta
-
     assert type(with_scipy_meta(x)._meta) is sp.csr_matrix
     assert type(with_scipy_meta(x).blocks[0].compute()) is sp.csr_matrix
 

@@ -6,8 +6,10 @@ part (``source.read(sub)``).  A view's elements are dask arrays of the selected 
 
 Chunks
     Chunks run along the element's *stored major axis* — rows of dense arrays and CSR matrices, columns of CSC
-    matrices — and span the whole of the other axes, so that every chunk is one contiguous read.  Their length is
-    :data:`DASK_CHUNKS` when set (an ``int``: rows, or columns for CSC, per chunk), else it is chosen so that a
+    matrices with :data:`CSC_CHUNKS` ``= "columns"`` — and span the whole of the other axes, so that every chunk is
+    one contiguous read.  CSC matrices are row blocks of CSR chunks by default (:data:`CSC_CHUNKS`), what scanpy
+    needs, each read through the bounded column scan: ``X.compute()`` is then a CSR matrix.  Their length is
+    :data:`DASK_CHUNKS` when set (an ``int``: rows, or columns for CSC columns, per chunk), else it is chosen so that a
     chunk holds about dask's ``array.chunk-size`` (``dask.config``, 128 MiB by default) of values (for sparse
     matrices, from the stored number of non-zeros per row or column).  :func:`dask_backend` makes a backend with
     its own chunk length: ``shadows.register_array_backend("dask-1k", dask_backend(chunks=1000))``.
@@ -46,6 +48,13 @@ from shadows.spec.lazy_array import ElementSource, LazyArray
 #: Length of a chunk along the stored major axis (rows; columns for CSC), or ``None`` to aim at dask's
 #: ``array.chunk-size`` bytes per chunk.  Read each time an element is converted.
 DASK_CHUNKS: int | None = None
+
+#: How a CSC matrix is chunked: ``"rows"`` (default) gives row blocks of CSR chunks, what scanpy's dask
+#: route needs (its functions reduce and transform cells block by block); each block is read through the CSC column scan in
+#: bounded memory, so one pass over X reads the stored ``indices`` once per block; for repeated passes convert the
+#: file once (``shadows.convert(src, dst, matrix_format="csr")``).  ``"columns"`` gives the stored major axis
+#: (contiguous reads of genes) as CSC chunks.
+CSC_CHUNKS: str = "rows"
 
 #: Most bytes a chunk of a sparse matrix aims at when :data:`DASK_CHUNKS` is not set (below ``array.chunk-size``):
 #: scanpy's transformations hold several copies of a chunk per thread (read, normalised, log1p), so 128 MiB chunks
@@ -137,7 +146,9 @@ def _concatenate(blocks: list, axis: int = 0) -> Any:
     which its reductions join while planning) stay chunks."""
     if axis not in (0, 1):
         raise ValueError(f"scipy sparse chunks join along axis 0 or 1, not {axis}")
-    out = (sp.vstack if axis == 0 else sp.hstack)(blocks)
+    # in the blocks' own format (scipy stacks CSC row blocks into COO otherwise): a CSC file's X computes to CSC
+    fmt = blocks[0].format if blocks and all(getattr(b, "format", None) == blocks[0].format for b in blocks) else None
+    out = (sp.vstack if axis == 0 else sp.hstack)(blocks, format=fmt)
     return as_chunk(out) if 0 in out.shape else out
 
 
@@ -178,15 +189,23 @@ class _Reader(LazyArray):
     """What a dask graph holds: the element's source (picklable), read part by part as chunks."""
 
     def __getitem__(self, key: Any) -> Any:
-        return as_chunk(super().__getitem__(key))
+        m = super().__getitem__(key)
+        if self.source.sparse_format == "csc" and major_axis(self.source) == 0:
+            m = m.tocsr()  # row blocks of a CSC file: CSR chunks, what scanpy's dask route accepts (PCA checks)
+        return as_chunk(m)
 
     def __dask_tokenize__(self):
         return ("shadows-reader", tokenize(self.source))
 
 
 def major_axis(source: ElementSource) -> int:
-    """The axis along which the element is stored contiguously: 1 for CSC, else 0."""
-    return 1 if source.sparse_format == "csc" else 0
+    """The axis the chunks run along: 1 for CSC (the stored major axis) unless :data:`CSC_CHUNKS` is ``"rows"``
+    for a 2-d CSC matrix, else 0."""
+    if source.sparse_format == "csc":
+        if CSC_CHUNKS not in ("rows", "columns"):
+            raise ValueError(f"shadows.backends.dask.CSC_CHUNKS must be 'rows' or 'columns', not {CSC_CHUNKS!r}")
+        return 0 if CSC_CHUNKS == "rows" else 1
+    return 0
 
 
 def _bytes_per_major(source: ElementSource, axis: int) -> float:
@@ -227,7 +246,7 @@ def from_source(source: ElementSource, chunks: int | None = None) -> da.Array:
     if source.sparse_format is not None:
         # chunk-typed: dask's reductions (``X.sum(axis=0)``) compute the meta with numpy's keepdims; anndata's writer
         # picks by the meta's exact type, so writers hand it :func:`with_scipy_meta` of the array
-        meta = (CSRChunk if source.sparse_format == "csr" else CSCChunk)((0, 0), dtype=source.dtype)
+        meta = (CSRChunk if source.sparse_format == "csr" or axis == 0 else CSCChunk)((0, 0), dtype=source.dtype)
     else:
         meta = np.empty((0,) * len(shape), dtype=source.dtype)
     name = f"shadows-{source.key.replace('/', '-')}-{tokenize(source, spec)}"

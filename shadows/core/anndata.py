@@ -39,7 +39,7 @@ from shadows.core.lazy_x import is_dask_array, take_dask
 from shadows.core.mapping import ALIGNMENT, ElementMapping, TrackedDict, untrack
 from shadows.core.raw import RawShadow, RawSnapshot, empty_columns_as_str
 from shadows.core.repr import html_repr, text_repr
-from shadows.core.scanpy_dask import install as install_scanpy_dask
+from shadows.core.scanpy_hooks import install as install_scanpy_dask
 from shadows.core.state import ShadowState
 from shadows.io.storage import Storage, attr, is_array, is_group
 from shadows.spec import encoding_of, read_element, read_frame_parts
@@ -161,6 +161,8 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
     ) -> None:
         check_backend_name(array_backend, "array")
         check_backend_name(table_backend, "table")
+        if array_backend != "numpy":  # before scanpy looks its functions up (sc.pp.calculate_qc_metrics(shadow))
+            install_scanpy_dask()
         if storage is None:
             storage = Storage(path, mode=mode, format=format, storage_options=storage_options)
         # a modality of a MuDataShadow shares its parent's file handle and must not close it when collected
@@ -909,6 +911,8 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
                 m = None  # a jax/torch/dask value: read the column from the file as numpy instead
         if m is not None and not isinstance(m, LazyArray):
             col = m[:, js]
+            if is_dask_array(col):  # a lazy chain (scanpy's dask route): compute these columns alone
+                col = col.compute()
         else:
             sel = (self._state.oidx, ix.compose(self._state.vidx, js, self._state.n_vars_file))
             col = read_element(self._state.root()[path], sel, self._state.ctx())
@@ -948,6 +952,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             return _column_vector(col)
         view = self[pos]
         m = view._numpy_matrix(layer)
+        m = m.compute() if is_dask_array(m) else m  # a lazy chain: this row alone
         m = m.toarray() if sp.issparse(m) else np.asarray(m)
         view.close()
         return np.ravel(m)

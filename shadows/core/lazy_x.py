@@ -40,3 +40,15 @@ def _as_slice(pos: np.ndarray) -> slice | np.ndarray:
     if pos.size == 1 or (np.all(np.diff(pos) == 1)):
         return slice(int(pos[0]), int(pos[-1]) + 1)
     return pos
+
+
+def dask_matrix_of(adata: Any, layer: str | None = None, use_raw: bool | None = None) -> Any:
+    """The matrix a scanpy function would use (``raw.X``, a layer or ``X``) when it is a dask array, else ``None``."""
+    try:
+        if use_raw and adata.raw is not None:
+            x = adata.raw.X
+        else:
+            x = adata.layers[layer] if layer is not None else adata.X
+    except (AttributeError, KeyError):
+        return None
+    return x if is_dask_array(x) else None
