@@ -27,6 +27,7 @@ from shadows.io.storage import attr, is_h5
 from shadows.progress import progress_bar
 from shadows.settings import settings
 from shadows.spec import selection as ix
+from shadows.spec.h5_ranges import read_ranges, union_worth
 from shadows.spec.registry import ReadContext, corrupt, register_reader, sel_at, where_of
 from shadows.spec.sparse_scan import Membership, RangeRead, out_indptr, read_hits
 from shadows.spec.whole import read_all, wants_bar
@@ -392,7 +393,10 @@ class SparseReader:
             arr = indptr_array(self.group, (self.format, self.shape))
             # a remote file: the entries in one batch of exact requests, not a 64 kB block per entry (else nothing)
             with staged([(arr, int(p), int(p) + 1) for p in want]):
-                got = _read_points(arr, want, block_len=len(want) * _DENSE_HITS + 1).astype(np.int64)
+                if union_worth(arr, len(want)):
+                    got = read_ranges(arr, want, want + 1).astype(np.int64)
+                else:
+                    got = _read_points(arr, want, block_len=len(want) * _DENSE_HITS + 1).astype(np.int64)
             return self._checked_bounds(got[np.searchsorted(want, maj_pos)], got[np.searchsorted(want, maj_pos + 1)])
         ip = self.indptr
         return ip[maj_pos], ip[maj_pos + 1]
@@ -476,6 +480,8 @@ class SparseReader:
         # scattered columns of a CSC matrix made 400 lookups of about 0.2 ms each)
         total = sum(hi - lo for _, _, lo, hi in blocks)
         raw = [RangeReader(a, total * a.dtype.itemsize) if is_h5(a) else None for a in (self.data, self.indices)]
+        if got is None and all(r is not None and r.lay is None for r in raw) and union_worth(self.data, len(blocks)):
+            got = self._union_blocks(blocks)
         for k, (i0, i1, lo, hi) in enumerate(blocks):
             if got is not None:
                 d, i = got[2 * k], got[2 * k + 1]
@@ -493,6 +499,16 @@ class SparseReader:
         return (np.concatenate(datas) if len(datas) > 1 else datas[0]), (
             np.concatenate(idxs) if len(idxs) > 1 else idxs[0]
         )
+
+    def _union_blocks(self, blocks: list) -> list[np.ndarray]:
+        """``data`` and ``indices`` of every block, each array in one HDF5 read (see :mod:`.h5_ranges`),
+        interleaved as ``[data_0, indices_0, data_1, ...]``."""
+        los = np.array([lo for _, _, lo, _ in blocks], dtype=np.int64)
+        his = np.array([hi for _, _, _, hi in blocks], dtype=np.int64)
+        cuts = np.cumsum(his - los)[:-1]
+        data = np.split(read_ranges(self.data, los, his), cuts)
+        indices = np.split(read_ranges(self.indices, los, his), cuts)
+        return [a for pair in zip(data, indices, strict=True) for a in pair]
 
     def _scan_minor(
         self,
