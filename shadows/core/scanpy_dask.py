@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from shadows.core.scanpy_kernels import csr_column_sums
+from shadows.core.scanpy_kernels import add_upper_gram, csr_column_sums
 
 _INSTALLED: set[str] = set()
 
@@ -141,13 +141,7 @@ def _add_gram(block: Any, g: np.ndarray) -> None:
         b = np.asarray(block, dtype=np.float64)
         g += np.triu(b.T @ b)
         return
-    from numba import njit
-
-    global _csr_gram_kernel
-    if _csr_gram_kernel is None:
-        _csr_gram_kernel = njit(cache=True, nogil=True)(_csr_gram_py)
-    m = block.tocsr()
-    _csr_gram_kernel(m.indptr, m.indices, m.data, g)
+    add_upper_gram(block.tocsr(), g)
 
 
 def _one_gram(block: Any, n: int) -> np.ndarray:
@@ -185,22 +179,6 @@ class _Accumulator:
         for p in parts:
             g += p
         return _mirrored(g)
-
-
-_csr_gram_kernel = None
-
-
-def _csr_gram_py(indptr, indices, data, g):  # noqa: ANN001, ANN202 - compiled by numba
-    """Add the upper triangle of ``m.T @ m`` of a CSR matrix ``m`` to ``g``."""
-    for r in range(indptr.shape[0] - 1):
-        for i in range(indptr[r], indptr[r + 1]):
-            a, va = indices[i], np.float64(data[i])
-            for j in range(i, indptr[r + 1]):
-                b, vb = indices[j], np.float64(data[j])
-                if a <= b:
-                    g[a, b] += va * vb
-                else:
-                    g[b, a] += va * vb
 
 
 def dask_covariance(x: Any, *, return_gram: bool = False) -> tuple:
