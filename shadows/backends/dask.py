@@ -193,7 +193,8 @@ class _Reader(LazyArray):
     def __getitem__(self, key: Any) -> Any:
         key = _whole_axes_as_none(key if isinstance(key, tuple) else (key,), self.shape)
         src = self.source
-        if src.sparse_format == "csr" and len(key) == 2 and key[1] == slice(None) and not _no_minor_sel(src):
+        whole_cols = len(key) == 2 and isinstance(key[1], slice) and key[1] == slice(None)
+        if src.sparse_format == "csr" and whole_cols and len(src.sel) == 2 and src.sel[1] is not None:
             m = _rows_then_columns(src, key[0])
         else:
             m = super().__getitem__(key)
@@ -220,10 +221,6 @@ def _whole_axes_as_none(key: tuple, shape: tuple) -> tuple:
     return (*out, *key[len(out) :])
 
 
-def _no_minor_sel(src: ElementSource) -> bool:
-    return len(src.sel) < 2 or ix.is_identity(src.sel[1], src.stored_shape[1])
-
-
 def _rows_then_columns(src: ElementSource, rows: Any) -> sp.csr_matrix:
     """Rows ``rows`` of a CSR source whose columns are a selection (a view, genes filtered in place): whole stored
     rows read as one contiguous range, the columns then taken in memory (scipy's O(nnz) column index).
@@ -233,8 +230,10 @@ def _rows_then_columns(src: ElementSource, rows: Any) -> sp.csr_matrix:
     within a chunk.
     """
     cols = src.sel[1]
-    whole = replace(src, sel=(src.sel[0] if src.sel else None, None), shape=(src.shape[0], src.stored_shape[1]))
+    whole = replace(src, sel=(src.sel[0], None), shape=(src.shape[0], src.stored_shape[1]))
     m = LazyArray(whole)[(rows,)]
+    if ix.is_identity(cols, src.stored_shape[1]):
+        return m
     if isinstance(cols, slice):
         return sp.csr_matrix(m[:, cols])
     return sp.csr_matrix(m[:, np.asarray(cols, dtype=np.int64)])
