@@ -95,6 +95,8 @@ def test_preprocessing_equals_in_memory_scanpy(pair, files):
     _close(x, ref.X, "X")
     assert sorted(s.obsm) == sorted(ref.obsm) and sorted(s.uns) == sorted(ref.uns)
     _close(np.abs(s.obsm["X_pca"]), np.abs(ref.obsm["X_pca"]), "X_pca", rtol=2e-2, atol=2e-3)
+    # computed once by pca (scanpy leaves a dask chain over the whole X, which every later access would recompute)
+    assert type(s.obsm["X_pca"]) is np.ndarray and s.obsm["X_pca"].dtype == ref.obsm["X_pca"].dtype
 
 
 def test_neighbors_umap_leiden_rank_genes_groups(pair):
