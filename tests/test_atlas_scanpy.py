@@ -95,6 +95,8 @@ def test_preprocessing_equals_in_memory_scanpy(pair, files):
     _close(x, ref.X, "X")
     assert sorted(s.obsm) == sorted(ref.obsm) and sorted(s.uns) == sorted(ref.uns)
     _close(np.abs(s.obsm["X_pca"]), np.abs(ref.obsm["X_pca"]), "X_pca", rtol=2e-2, atol=2e-3)
+    # computed once by pca (scanpy leaves a dask chain over the whole X, which every later access would recompute)
+    assert type(s.obsm["X_pca"]) is np.ndarray and s.obsm["X_pca"].dtype == ref.obsm["X_pca"].dtype
 
 
 def test_neighbors_umap_leiden_rank_genes_groups(pair):
@@ -254,6 +256,60 @@ def test_qc_metrics_read_each_block_once(files, monkeypatch, kw):
     assert len(reads) == s.X.numblocks[0] == 5, f"{len(reads)} block reads for {s.X.numblocks[0]} blocks"
     for g, w in zip(got, want, strict=True):
         pd.testing.assert_frame_equal(g, w, rtol=1e-6)  # columns, order, dtypes and values
+
+
+def test_row_blocks_read_whole_rows_then_select_genes(files, monkeypatch):
+    """dask's whole-axis slices and a view's genes (filter_genes in place) read whole stored rows, not the column
+    scan of the stored indices (14x slower), and give the same chunks."""
+    from shadows.backends import dask as sdask
+    from shadows.spec.sparse import SparseReader
+
+    monkeypatch.setattr(sdask, "DASK_CHUNKS", 70)
+    scans = []
+    scan = SparseReader._scan_minor
+    monkeypatch.setattr(SparseReader, "_scan_minor", lambda self, *a, **k: scans.append(1) or scan(self, *a, **k))
+    ref = _read(files["h5ad"])
+    s = AnnDataShadow(files["h5ad"], array_backend="dask")
+    rng = np.random.default_rng(0)
+    rows, genes = rng.random(ref.n_obs) < 0.7, rng.random(ref.n_vars) < 0.6
+    for got, want in ((s.X, ref.X), (s[rows, genes].X, ref[rows, genes].X), (s[:, ::-3].X, ref[:, ::-3].X)):
+        m = got.compute()
+        assert sp.isspmatrix_csr(m)
+        _close(m, want, "row blocks", rtol=0, atol=0)
+        assert [b.compute().shape[0] for b in got.blocks] == list(got.chunks[0])
+    assert not scans, f"{len(scans)} column scans"
+
+
+def test_column_kernels_equal_scipy():
+    """The numba kernels behind HVG's mean/variance, qc's per-gene metrics and PCA's gram matrix."""
+    from shadows.core.scanpy_kernels import add_upper_gram, csr_column_nnz_sums, csr_column_sums
+
+    m = sp.random(500, 40, density=0.2, format="csr", dtype=np.float32, random_state=1)
+    m.data[::7] = 0  # explicit zeros: not counted as non-zeros (scanpy's describe_var eliminates them first)
+    m64 = m.astype(np.float64)
+    s, ss = csr_column_sums(m)
+    np.testing.assert_allclose(s, np.asarray(m64.sum(axis=0)).ravel(), rtol=1e-12)
+    np.testing.assert_allclose(ss, np.asarray(m64.multiply(m64).sum(axis=0)).ravel(), rtol=1e-12)
+    nnz, s2 = csr_column_nnz_sums(m)
+    c = m.copy()
+    c.eliminate_zeros()
+    np.testing.assert_array_equal(nnz, c.getnnz(axis=0))
+    np.testing.assert_allclose(s2, s, rtol=1e-12)
+    # unsorted indices with duplicates: summed first, as scipy's product does
+    coo = m.tocoo()
+    dup = sp.csr_matrix(
+        (np.r_[coo.data, coo.data[:50]], (np.r_[coo.row, coo.row[:50]], np.r_[coo.col, coo.col[:50]])), m.shape
+    )
+    dup.indices, dup.data = dup.indices[::-1].copy(), dup.data[::-1].copy()  # reversed within rows by row order
+    dup.indptr = dup.indptr.copy()
+    for x in (m, sp.csr_matrix(m.toarray()[:, ::-1])):
+        g = np.zeros((40, 40))
+        add_upper_gram(x, g)
+        want = (x.T.astype(np.float64) @ x.astype(np.float64)).toarray()
+        np.testing.assert_allclose(g, np.triu(want), rtol=1e-12, atol=1e-12)
+    g = np.zeros((40, 40))
+    add_upper_gram(sp.csr_matrix((40, 40)), g)
+    assert not g.any()
 
 
 def test_chunk_reductions_answer_as_scipy_without_keepdims(files):

@@ -30,6 +30,7 @@ Distributed
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -43,6 +44,7 @@ from dask.utils import parse_bytes
 
 from shadows.backends import ArrayBackend
 from shadows.io.storage import Storage
+from shadows.spec import selection as ix
 from shadows.spec.lazy_array import ElementSource, LazyArray
 
 #: Length of a chunk along the stored major axis (rows; columns for CSC), or ``None`` to aim at dask's
@@ -189,13 +191,52 @@ class _Reader(LazyArray):
     """What a dask graph holds: the element's source (picklable), read part by part as chunks."""
 
     def __getitem__(self, key: Any) -> Any:
-        m = super().__getitem__(key)
-        if self.source.sparse_format == "csc" and major_axis(self.source) == 0:
+        key = _whole_axes_as_none(key if isinstance(key, tuple) else (key,), self.shape)
+        src = self.source
+        whole_cols = len(key) == 2 and isinstance(key[1], slice) and key[1] == slice(None)
+        if src.sparse_format == "csr" and whole_cols and len(src.sel) == 2 and src.sel[1] is not None:
+            m = _rows_then_columns(src, key[0])
+        else:
+            m = super().__getitem__(key)
+        if src.sparse_format == "csc" and major_axis(src) == 0:
             m = m.tocsr()  # row blocks of a CSC file: CSR chunks, what scanpy's dask route accepts (PCA checks)
         return as_chunk(m)
 
     def __dask_tokenize__(self):
         return ("shadows-reader", tokenize(self.source))
+
+
+def _whole_axes_as_none(key: tuple, shape: tuple) -> tuple:
+    """``key`` with each slice that spans its whole axis as ``slice(None)``.
+
+    dask's getter passes every axis, the whole ones as ``slice(0, n)``; the sparse reader takes a bounded ``slice``
+    on the minor axis for a column selection and scans the stored ``indices`` for it: a 4,193-row block of a 20,000-
+    gene CSR file read in 126 ms that way against 9 ms as whole rows (14x; most of qc's, HVG's and PCA's reads).
+    """
+    out = []
+    for k, n in zip(key, shape, strict=False):
+        if isinstance(k, slice) and k != slice(None) and k.indices(n) == (0, n, 1):
+            k = slice(None)
+        out.append(k)
+    return (*out, *key[len(out) :])
+
+
+def _rows_then_columns(src: ElementSource, rows: Any) -> sp.csr_matrix:
+    """Rows ``rows`` of a CSR source whose columns are a selection (a view, genes filtered in place): whole stored
+    rows read as one contiguous range, the columns then taken in memory (scipy's O(nnz) column index).
+
+    The column scan of the stored ``indices`` (what the reader does for a column selection) took 14x the time of the
+    plain read; the whole rows are what a chunk's length was sized for (stored non-zeros per row), so memory stays
+    within a chunk.
+    """
+    cols = src.sel[1]
+    whole = replace(src, sel=(src.sel[0], None), shape=(src.shape[0], src.stored_shape[1]))
+    m = LazyArray(whole)[(rows,)]
+    if ix.is_identity(cols, src.stored_shape[1]):
+        return m
+    if isinstance(cols, slice):
+        return sp.csr_matrix(m[:, cols])
+    return sp.csr_matrix(m[:, np.asarray(cols, dtype=np.int64)])
 
 
 def major_axis(source: ElementSource) -> int:

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from shadows.core.scanpy_kernels import add_upper_gram, csr_column_sums
+
 _INSTALLED: set[str] = set()
 
 
@@ -139,13 +141,7 @@ def _add_gram(block: Any, g: np.ndarray) -> None:
         b = np.asarray(block, dtype=np.float64)
         g += np.triu(b.T @ b)
         return
-    from numba import njit
-
-    global _csr_gram_kernel
-    if _csr_gram_kernel is None:
-        _csr_gram_kernel = njit(cache=True, nogil=True)(_csr_gram_py)
-    m = block.tocsr()
-    _csr_gram_kernel(m.indptr, m.indices, m.data, g)
+    add_upper_gram(block.tocsr(), g)
 
 
 def _one_gram(block: Any, n: int) -> np.ndarray:
@@ -154,51 +150,52 @@ def _one_gram(block: Any, n: int) -> np.ndarray:
     return g
 
 
-def _mirrored(g: np.ndarray) -> np.ndarray:
-    """The full symmetric matrix of an upper triangle."""
-    lower = np.tril_indices(g.shape[0], -1)
-    g[lower] = g.T[lower]
+def _mirrored(g: np.ndarray, band: int = 256) -> np.ndarray:
+    """The full symmetric matrix of an upper triangle, in place, ``band`` rows at a time.
+
+    ``np.tril_indices`` of a 2,000 x 2,000 matrix and the values it gathers are 48 MB of temporaries, more than the
+    gram itself (32 MB), at the moment PCA's memory peaks.
+    """
+    n = g.shape[0]
+    for i0 in range(0, n, band):
+        i1 = min(n, i0 + band)
+        g[i0:i1, :i0] = g[:i0, i0:i1].T
+        d = g[i0:i1, i0:i1]
+        lower = np.tril_indices(i1 - i0, -1)
+        d[lower] = d.T[lower]
     return g
 
 
+def _minus_outer(cov: np.ndarray, mean: np.ndarray, band: int = 256) -> None:
+    """``cov -= mean[:, None] @ mean[None, :]`` in place, ``band`` rows at a time (the same products, no 32 MB
+    temporary)."""
+    for i0 in range(0, cov.shape[0], band):
+        cov[i0 : i0 + band] -= mean[i0 : i0 + band, None] @ mean[None, :]
+
+
 class _Accumulator:
-    """One float64 gram per thread that runs blocks (threaded or synchronous dask), added up at the end: memory is
-    (threads + 1) grams whatever the number of blocks."""
+    """One float64 gram for all the threads that run blocks (threaded or synchronous dask), each block's products
+    added under a lock: memory is one gram whatever the number of blocks and threads.
+
+    A gram per thread (added up at the end) cost another 32 MB at 2,000 genes, the largest part of PCA's peak
+    above scanpy's own eigendecomposition; the kernel is about a quarter of a block's work (read, normalise,
+    log1p, select the genes), which the other thread does meanwhile.
+    """
 
     def __init__(self, n: int):
-        self.n, self.lock, self.parts = n, threading.Lock(), {}
+        self.n, self.lock, self.g = n, threading.Lock(), None
 
     def add(self, block: Any) -> np.ndarray:
-        tid = threading.get_ident()
+        m = block.tocsr() if hasattr(block, "tocsr") else block
         with self.lock:
-            g = self.parts.get(tid)
-            if g is None:
-                g = self.parts[tid] = np.zeros((self.n, self.n))
-        _add_gram(block, g)
+            if self.g is None:
+                self.g = np.zeros((self.n, self.n))
+            _add_gram(m, self.g)
         return np.zeros((1, 1))
 
     def total(self) -> np.ndarray:
-        parts = list(self.parts.values())
-        g = parts.pop() if parts else np.zeros((self.n, self.n))
-        for p in parts:
-            g += p
-        return _mirrored(g)
-
-
-_csr_gram_kernel = None
-
-
-def _csr_gram_py(indptr, indices, data, g):  # noqa: ANN001, ANN202 - compiled by numba
-    """Add the upper triangle of ``m.T @ m`` of a CSR matrix ``m`` to ``g``."""
-    for r in range(indptr.shape[0] - 1):
-        for i in range(indptr[r], indptr[r + 1]):
-            a, va = indices[i], np.float64(data[i])
-            for j in range(i, indptr[r + 1]):
-                b, vb = indices[j], np.float64(data[j])
-                if a <= b:
-                    g[a, b] += va * vb
-                else:
-                    g[b, a] += va * vb
+        g, self.g = self.g, None
+        return _mirrored(g if g is not None else np.zeros((self.n, self.n)))
 
 
 def dask_covariance(x: Any, *, return_gram: bool = False) -> tuple:
@@ -217,7 +214,7 @@ def dask_covariance(x: Any, *, return_gram: bool = False) -> tuple:
         x = x.rechunk({1: -1})
     nb = x.numblocks[0]
     in_process = dask.base.get_scheduler() in (dask.threaded.get, dask.local.get_sync, None)
-    if in_process:  # one gram per thread, added to in place
+    if in_process:  # one gram, added to in place
         acc = _Accumulator(n_cols)
         grams = x.map_blocks(acc.add, chunks=((1,) * nb, (1,)), dtype=np.float64, meta=np.empty((0, 0)))
         grams = grams.sum()
@@ -239,7 +236,7 @@ def dask_covariance(x: Any, *, return_gram: bool = False) -> tuple:
     gram /= x.shape[0]
     mean = total / x.shape[0]
     cov = gram.copy() if return_gram else gram
-    cov -= mean[:, None] @ mean[None, :]
+    _minus_outer(cov, mean)
     return (cov, gram, mean) if return_gram else (cov, mean)
 
 
@@ -247,6 +244,8 @@ def dask_mean_var(x: Any, *, axis: int = 0) -> tuple[Any, Any]:
     """Mean and unbiased variance of a dask array along ``axis``, summed in float64 block by block (lazy)."""
 
     def sums(block: Any) -> np.ndarray:
+        if axis == 0 and getattr(block, "format", None) == "csr":  # one pass, no copies (scanpy_kernels)
+            return np.stack(csr_column_sums(block))
         b = block.astype(np.float64)
         sq = b.multiply(b) if hasattr(b, "multiply") else b * b
         s = np.asarray(b.sum(axis=axis)).ravel()

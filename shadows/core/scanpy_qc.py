@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from shadows.core.lazy_x import dask_matrix_of
+from shadows.core.scanpy_kernels import csr_column_nnz_sums
 
 
 def calculate_qc_metrics(orig: Any, adata: Any, *positional: Any, **kw: Any) -> Any:
@@ -64,26 +65,35 @@ def _one_pass(x, obs_names, var_qc, expr_type, var_type, qc_vars, percent_top, l
     from scanpy.preprocessing._qc import describe_obs, describe_var
 
     bounds = np.cumsum((0, *x.chunks[0]))
+    common = dict(expr_type=expr_type, var_type=var_type, inplace=False, log1p=log1p)
 
     def metrics(block: Any, i: int) -> tuple:
         block = sp.csr_matrix(block) if sp.issparse(block) else np.asarray(block)
         stub = ad.AnnData(obs=pd.DataFrame(index=obs_names[bounds[i] : bounds[i + 1]]), var=var_qc)
-        common = dict(expr_type=expr_type, var_type=var_type, inplace=False, log1p=log1p)
         obs = describe_obs(stub, x=block, qc_vars=qc_vars, percent_top=percent_top, **common)
+        # scanpy's columns and dtypes: describe_var of the block's first row (of the first block only)
+        template = describe_var(stub[:1], x=block[:1], **common) if i == 0 else None
+        if sp.issparse(block):
+            # describe_var would also compute each gene's variance (a second pass) that nothing here keeps
+            return obs, csr_column_nnz_sums(block), template
         var = describe_var(stub, x=block, **common)
-        return obs, var
+        n_cells = var[f"n_cells_by_{expr_type}"].to_numpy(dtype=np.int64)
+        return obs, (n_cells, var[f"total_{expr_type}"].to_numpy(dtype=np.float64)), template
 
     parts = dask.compute(*[dask.delayed(metrics)(b, i) for i, b in enumerate(x.to_delayed().ravel())])
     obs_m = pd.concat([p[0] for p in parts])
-    return obs_m, _var_metrics([p[1] for p in parts], x.shape[0], expr_type, log1p)
+    return obs_m, _var_metrics(parts[0][2], [p[1] for p in parts], x.shape[0], expr_type, log1p)
 
 
-def _var_metrics(parts: list[pd.DataFrame], n_obs: int, expr_type: str, log1p: bool) -> pd.DataFrame:
-    """Per-gene metrics of the whole matrix from those of its row blocks, as scanpy's ``describe_var`` gives them."""
-    out = parts[0].copy()
+def _var_metrics(
+    template: pd.DataFrame, parts: list[tuple[np.ndarray, np.ndarray]], n_obs: int, expr_type: str, log1p: bool
+) -> pd.DataFrame:
+    """Per-gene metrics of the whole matrix from the non-zeros and sums of its row blocks (``parts``), with the
+    columns and dtypes of scanpy's ``describe_var`` (``template``, its result on any rows of the matrix)."""
+    out = template.copy()
     n_cells, total, mean = f"n_cells_by_{expr_type}", f"total_{expr_type}", f"mean_{expr_type}"
-    nnz = sum(p[n_cells].to_numpy(dtype=np.int64) for p in parts)
-    sums = sum(p[total].to_numpy(dtype=np.float64) for p in parts)
+    nnz = sum(p[0] for p in parts)
+    sums = sum(p[1] for p in parts)
     out[n_cells] = nnz.astype(out[n_cells].dtype)
     out[mean] = (sums / n_obs).astype(out[mean].dtype)
     out[f"pct_dropout_by_{expr_type}"] = (1 - out[n_cells] / n_obs) * 100
