@@ -203,7 +203,9 @@ def test_write_back_to_s3_zarr_reads_back_with_anndata(servers, tag):
     s.layers["twice"] = before.X * 2
     s.uns["note"] = {"by": "test_remote"}
     s.reopen("r+").write().reopen("r")
-    fresh = {**so, "skip_instance_cache": True, "use_listings_cache": False}
+    # a fresh view of the bucket (no cached listings); an instance fsspec caches, not one that is collected with
+    # its network client open (a ResourceWarning in whichever test runs then)
+    fresh = {**so, "use_listings_cache": False}
     after = ad.read_zarr(zarr.storage.FsspecStore.from_url(f"s3://{key}", storage_options=fresh, read_only=True))
     assert_element_equal(after.obsm["X_new"], x_new, "obsm/X_new")
     assert [str(c) for c in after.obs["cluster"]] == list(col)
@@ -282,3 +284,39 @@ def test_http_errors_after_open_are_errors_not_fill_values(servers, tag):
     assert_element_equal(
         s.reopen("r").obsm["X_pca"], servers["oracle"][tag].obsm["X_pca"], "after the server recovered"
     )
+
+
+_CLIENTS_SESSION = """
+import gc, sys, threading
+import fsspec, s3fs
+from fsspec.implementations.http import HTTPFileSystem
+from shadows import AnnDataShadow
+http, so = sys.argv[1], {"client_kwargs": {"endpoint_url": sys.argv[2]}}
+def session():
+    for url, opts in ((http + "/a3.zarr", None), (http + "/a2.zarr", None), (http + "/a.h5ad", None),
+                      ("s3://%s/a3.zarr" % sys.argv[3], so), ("s3://%s/a.h5ad" % sys.argv[3], so)):
+        s = AnnDataShadow(url, storage_options=opts)
+        s.obsm["X_pca"], s[::2, :4].X
+threads = [threading.Thread(target=session) for _ in range(3)]
+session()
+for t in threads: t.start()
+for t in threads: t.join()
+HTTPFileSystem.clear_instance_cache(); s3fs.S3FileSystem.clear_instance_cache()
+gc.collect()  # the clients fsspec cached per thread are collected here: warnings if left open
+"""
+
+
+def test_no_unclosed_clients_after_reads_from_threads(servers):
+    """A remote read session from several threads leaves no network client unclosed, neither when fsspec's
+    instances are collected nor at exit ("Unclosed client session", "Unclosed connector" are errors here)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    args = [servers["http"].url, servers["s3"].endpoint, BUCKET]
+    p = subprocess.run(
+        [sys.executable, "-W", "error::ResourceWarning", "-c", _CLIENTS_SESSION, *args],
+        capture_output=True,
+        timeout=300,
+        env=env,
+    )
+    err = p.stderr.decode()
+    assert p.returncode == 0, err[-3000:]
+    assert "Unclosed" not in err and "ResourceWarning" not in err, err[-3000:]

@@ -424,13 +424,14 @@ def zarr_store(fs: Any, path: str, read_only: bool) -> Any:
     """A ``zarr.storage.FsspecStore`` on ``fs`` at ``path`` (a synchronous filesystem is wrapped for zarr)."""
     from zarr.storage import FsspecStore
 
-    if not getattr(fs, "async_impl", False):
-        from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+    from shadows.io.remote_clients import shared_async_fs
 
-        fs = AsyncFileSystemWrapper(fs, asynchronous=True)
-    elif not getattr(fs, "asynchronous", False):
-        fs = type(fs)(**{**fs.storage_options, "asynchronous": True})
-    return FsspecStore(fs, path=path, read_only=read_only)
+    return FsspecStore(shared_async_fs(fs), path=path, read_only=read_only)
+
+
+def _counting_zarr_store(fs: Any, path: str, read_only: bool, url: str) -> Any:
+    """A pickled :func:`CountingStore` of :func:`zarr_store` re-opened: through the process's shared client."""
+    return CountingStore(zarr_store(fs, path, read_only), url)
 
 
 def _counting_store_class() -> type:
@@ -445,6 +446,11 @@ def _counting_store_class() -> type:
             self._url = url
 
         def __reduce__(self):
+            from shadows.io.remote_clients import sync_fs_of
+
+            sync_fs = sync_fs_of(getattr(self._store, "fs", None))
+            if sync_fs is not None:  # re-open through the other process's shared client, not a client per thread
+                return (_counting_zarr_store, (sync_fs, self._store.path, self._store.read_only, self._url))
             return (CountingStore, (self._store, self._url))
 
         def _with_store(self, store: Any) -> Any:
