@@ -71,6 +71,13 @@ def expect(ds: Any, nbytes: int) -> Any:
     return nullcontext() if rf is None else rf.expect(nbytes)
 
 
+def heap_walk(ds: Any) -> Any:
+    """A context in which h5py reads the variable-length strings of ``ds`` (HDF5's global heap, collection after
+    collection) with an adaptive read-ahead (see :meth:`RangeFile.heap_walk`); does nothing for local files."""
+    rf = rangefile_of(ds)
+    return nullcontext() if rf is None else rf.heap_walk()
+
+
 def coalesce(ranges: list[tuple[int, int]], gap: int = _GAP) -> list[tuple[int, int]]:
     """Sorted byte ranges, overlapping or nearly adjacent ones (within ``gap`` bytes) merged."""
     out: list[list[int]] = []
