@@ -320,3 +320,25 @@ def test_no_unclosed_clients_after_reads_from_threads(servers):
     err = p.stderr.decode()
     assert p.returncode == 0, err[-3000:]
     assert "Unclosed" not in err and "ResourceWarning" not in err, err[-3000:]
+
+
+def test_obs_names_of_remote_h5ad_read_in_few_requests(servers, tmp_path):
+    """HDF5 reads variable-length strings through its global heap one collection after another, in pieces smaller
+    than a metadata block: the read-ahead keeps that to a few requests (one per 64 kB block without it) and fetches
+    at most twice the heap."""
+    n = 20_000
+    names = [f"cell_{i:06d}_" + "ACGT" * 8 for i in range(n)]
+    a = ad.AnnData(obs={"k": np.arange(n) % 3}, shape=(n, 2))
+    a.obs_names = names
+    path = servers["http"].root / "many_names.h5ad"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a.write_h5ad(path)
+    heap = sum(16 + len(s) for s in names)  # the strings and their heap object headers, about 1 MB
+    s = AnnDataShadow(f"{servers['http'].url}/{path.name}")
+    with counting() as c:
+        got = s.obs_names
+    assert list(got) == names
+    blocks = -(-heap // 65536)
+    assert c.requests <= blocks // 2, (c.requests, blocks)
+    assert c.bytes <= 2 * heap + 2 * 65536, (c.bytes, heap)
