@@ -203,7 +203,9 @@ def test_write_back_to_s3_zarr_reads_back_with_anndata(servers, tag):
     s.layers["twice"] = before.X * 2
     s.uns["note"] = {"by": "test_remote"}
     s.reopen("r+").write().reopen("r")
-    fresh = {**so, "skip_instance_cache": True, "use_listings_cache": False}
+    # a fresh view of the bucket (no cached listings); an instance fsspec caches, not one that is collected with
+    # its network client open (a ResourceWarning in whichever test runs then)
+    fresh = {**so, "use_listings_cache": False}
     after = ad.read_zarr(zarr.storage.FsspecStore.from_url(f"s3://{key}", storage_options=fresh, read_only=True))
     assert_element_equal(after.obsm["X_new"], x_new, "obsm/X_new")
     assert [str(c) for c in after.obs["cluster"]] == list(col)
@@ -282,3 +284,61 @@ def test_http_errors_after_open_are_errors_not_fill_values(servers, tag):
     assert_element_equal(
         s.reopen("r").obsm["X_pca"], servers["oracle"][tag].obsm["X_pca"], "after the server recovered"
     )
+
+
+_CLIENTS_SESSION = """
+import gc, sys, threading
+import fsspec, s3fs
+from fsspec.implementations.http import HTTPFileSystem
+from shadows import AnnDataShadow
+http, so = sys.argv[1], {"client_kwargs": {"endpoint_url": sys.argv[2]}}
+def session():
+    for url, opts in ((http + "/a3.zarr", None), (http + "/a2.zarr", None), (http + "/a.h5ad", None),
+                      ("s3://%s/a3.zarr" % sys.argv[3], so), ("s3://%s/a.h5ad" % sys.argv[3], so)):
+        s = AnnDataShadow(url, storage_options=opts)
+        s.obsm["X_pca"], s[::2, :4].X
+threads = [threading.Thread(target=session) for _ in range(3)]
+session()
+for t in threads: t.start()
+for t in threads: t.join()
+HTTPFileSystem.clear_instance_cache(); s3fs.S3FileSystem.clear_instance_cache()
+gc.collect()  # the clients fsspec cached per thread are collected here: warnings if left open
+"""
+
+
+def test_no_unclosed_clients_after_reads_from_threads(servers):
+    """A remote read session from several threads leaves no network client unclosed, neither when fsspec's
+    instances are collected nor at exit ("Unclosed client session", "Unclosed connector" are errors here)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    args = [servers["http"].url, servers["s3"].endpoint, BUCKET]
+    p = subprocess.run(
+        [sys.executable, "-W", "error::ResourceWarning", "-c", _CLIENTS_SESSION, *args],
+        capture_output=True,
+        timeout=300,
+        env=env,
+    )
+    err = p.stderr.decode()
+    assert p.returncode == 0, err[-3000:]
+    assert "Unclosed" not in err and "ResourceWarning" not in err, err[-3000:]
+
+
+def test_obs_names_of_remote_h5ad_read_in_few_requests(servers, tmp_path):
+    """HDF5 reads variable-length strings through its global heap one collection after another, in pieces smaller
+    than a metadata block: the read-ahead keeps that to a few requests (one per 64 kB block without it) and fetches
+    at most twice the heap."""
+    n = 20_000
+    names = [f"cell_{i:06d}_" + "ACGT" * 8 for i in range(n)]
+    a = ad.AnnData(obs={"k": np.arange(n) % 3}, shape=(n, 2))
+    a.obs_names = names
+    path = servers["http"].root / "many_names.h5ad"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a.write_h5ad(path)
+    heap = sum(16 + len(s) for s in names)  # the strings and their heap object headers, about 1 MB
+    s = AnnDataShadow(f"{servers['http'].url}/{path.name}")
+    with counting() as c:
+        got = s.obs_names
+    assert list(got) == names
+    blocks = -(-heap // 65536)
+    assert c.requests <= blocks // 2, (c.requests, blocks)
+    assert c.bytes <= 2 * heap + 2 * 65536, (c.bytes, heap)

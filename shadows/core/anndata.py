@@ -41,6 +41,7 @@ from shadows.core.raw import RawShadow, RawSnapshot, empty_columns_as_str
 from shadows.core.repr import html_repr, text_repr
 from shadows.core.scanpy_hooks import install as install_scanpy_dask
 from shadows.core.state import ShadowState
+from shadows.io.remote_prefetch import prefetched
 from shadows.io.storage import Storage, attr, is_array, is_group
 from shadows.spec import encoding_of, read_element, read_frame_parts
 from shadows.spec import selection as ix
@@ -588,7 +589,9 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             return self._state.inherited[k]
         if (value := self._state.cache.get(k, _MISSING)) is _MISSING:
             sel = self._state.oidx if name == "obs" else self._state.vidx
-            parts = read_frame_parts(self._state.root()[name], (sel,), self._state.ctx())
+            g = self._state.root()[name]
+            with prefetched(g) if sel is None else contextlib.nullcontext():  # a remote zarr table: all chunks at once
+                parts = read_frame_parts(g, (sel,), self._state.ctx())
             parts.axis_name = f"{name}_names"  # how table backends without an index name the index column
             parts.index = self._str_names(name, parts.index, parts.index_name)
             self._fix_categories(name, parts, sel)

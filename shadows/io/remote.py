@@ -31,7 +31,7 @@ import h5py
 __all__ = ["Counts", "RangeFile", "RemotePath", "Target", "counting", "is_remote", "locate"]
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
-_ZARR_META = ("zarr.json", ".zgroup", ".zmetadata")
+_ZARR_META = ("zarr.json", ".zgroup", ".zattrs", ".zmetadata")
 _H5_SUFFIXES = (".h5ad", ".h5mu", ".h5", ".hdf5")
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -44,6 +44,9 @@ class Counts:
     requests: int = 0
     bytes: int = 0
     by_store: dict[str, list[int]] = field(default_factory=dict)
+    # (url, start, end) of every ranged read of a remote HDF5 file: where in the file the bytes came from (the
+    # benchmark splits them into values and HDF5 metadata by the file's own layout)
+    spans: list[tuple[str, int, int]] = field(default_factory=list)
 
     def __repr__(self) -> str:
         return f"Counts(requests={self.requests}, bytes={self.bytes})"
@@ -53,7 +56,7 @@ _counters: list[Counts] = []
 _count_lock = threading.Lock()
 
 
-def _count(where: str, nbytes: int) -> None:
+def _count(where: str, nbytes: int, start: int | None = None) -> None:
     if not _counters:
         return
     with _count_lock:
@@ -63,6 +66,8 @@ def _count(where: str, nbytes: int) -> None:
             st = c.by_store.setdefault(where, [0, 0])
             st[0] += 1
             st[1] += nbytes
+            if start is not None:
+                c.spans.append((where, start, start + nbytes))
 
 
 @contextmanager
@@ -329,21 +334,36 @@ def _is_zarr(fs: Any, path: str) -> bool:
 
 
 def _zarr_format(fs: Any, path: str) -> int | None:
-    """2 or 3 for a zarr store (or group) at ``path``, ``None`` for none; remembered for :func:`open_zarr`."""
-    for name in _ZARR_META:
-        try:  # one GET: over HTTP, fsspec's info() of a missing key makes two requests (HEAD, then GET)
-            head = fs.cat_file(f"{path}/{name}")
-        except (FileNotFoundError, IsADirectoryError):
+    """2 or 3 for a zarr store (or group) at ``path``, ``None`` for none; remembered for :func:`open_zarr`.
+
+    The metadata keys of both formats are asked for at once (one round trip; fsspec's ``cat_ranges`` is concurrent
+    on S3, GCS and HTTP), and what they hold is handed to :func:`open_zarr`, which zarr then reads from memory:
+    opening a zarr v2 store over HTTP took 4 round trips one after another (zarr.json, .zgroup, then .zgroup,
+    .zattrs and .zmetadata again), now 1.  One GET each: over HTTP, fsspec's info() of a missing key makes two
+    requests (HEAD, then GET).
+    """
+    keys = [f"{path}/{name}" for name in _ZARR_META]
+    got = fs.cat_ranges(keys, [None] * len(keys), [None] * len(keys), on_error="return")
+    found: dict[str, bytes] = {}
+    for name, value in zip(_ZARR_META, got, strict=True):
+        if isinstance(value, FileNotFoundError | IsADirectoryError):
             continue
-        _count(path, len(head))
-        fmt = 3 if name == "zarr.json" else 2
+        if isinstance(value, BaseException):
+            raise value
+        _count(path, len(value))
+        found[name] = bytes(value)
+    fmt = 3 if "zarr.json" in found else 2 if ".zgroup" in found or ".zmetadata" in found else None
+    if fmt is not None:
         _FORMATS[(id(fs), path)] = fmt
-        return fmt
-    return None
+        keep = ("zarr.json",) if fmt == 3 else (".zgroup", ".zattrs", ".zmetadata")
+        with _count_lock:
+            _PRELOADED[(id(fs), path)] = {k: found.get(k) for k in keep}  # None: known to be missing
+    return fmt
 
 
-# The zarr format found while locating a store: zarr.open_group told it skips probing for the other format's
-# metadata (3 requests of the 7 that opening a v2 store over HTTP made).
+# The metadata documents fetched while locating a store (key -> bytes), served once to the zarr.open_group that
+# follows (open_zarr) instead of being fetched again.
+_PRELOADED: dict[tuple[int, str], dict[str, bytes | None]] = {}
 _FORMATS: dict[tuple[int, str], int] = {}
 
 
@@ -412,8 +432,10 @@ def open_zarr(root: RemotePath, mode: str) -> Any:
         store = store.with_read_only(False)
     with _errors_named(t.url):
         fmt = _FORMATS.get((id(t.fs), t.path)) if t.fs is not None and mode == "r" else None
+        with _count_lock:
+            pre = _PRELOADED.pop((id(t.fs), t.path), None) if t.fs is not None and mode == "r" else None
         try:
-            return zarr.open_group(CountingStore(store, t.url), mode=mode, zarr_format=fmt)
+            return zarr.open_group(CountingStore(store, t.url, pre), mode=mode, zarr_format=fmt)
         except (FileNotFoundError, PermissionError, ValueError):
             raise
         except Exception as e:
@@ -424,13 +446,14 @@ def zarr_store(fs: Any, path: str, read_only: bool) -> Any:
     """A ``zarr.storage.FsspecStore`` on ``fs`` at ``path`` (a synchronous filesystem is wrapped for zarr)."""
     from zarr.storage import FsspecStore
 
-    if not getattr(fs, "async_impl", False):
-        from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+    from shadows.io.remote_clients import shared_async_fs
 
-        fs = AsyncFileSystemWrapper(fs, asynchronous=True)
-    elif not getattr(fs, "asynchronous", False):
-        fs = type(fs)(**{**fs.storage_options, "asynchronous": True})
-    return FsspecStore(fs, path=path, read_only=read_only)
+    return FsspecStore(shared_async_fs(fs), path=path, read_only=read_only)
+
+
+def _counting_zarr_store(fs: Any, path: str, read_only: bool, url: str) -> Any:
+    """A pickled :func:`CountingStore` of :func:`zarr_store` re-opened: through the process's shared client."""
+    return CountingStore(zarr_store(fs, path, read_only), url)
 
 
 def _counting_store_class() -> type:
@@ -440,11 +463,18 @@ def _counting_store_class() -> type:
         """A zarr store that counts what it fetches and names the store's URL in every failure: a failed read is
         an error, never a chunk of fill values."""
 
-        def __init__(self, store: Any, url: str):
+        def __init__(self, store: Any, url: str, preloaded: dict[str, bytes | None] | None = None):
             super().__init__(store)
             self._url = url
+            self._preloaded = dict(preloaded or {})  # metadata fetched while locating the store: served once
+            self._prefetched: dict[int, dict[str, bytes | None]] = {}  # see shadows.io.remote_prefetch
 
         def __reduce__(self):
+            from shadows.io.remote_clients import sync_fs_of
+
+            sync_fs = sync_fs_of(getattr(self._store, "fs", None))
+            if sync_fs is not None:  # re-open through the other process's shared client, not a client per thread
+                return (_counting_zarr_store, (sync_fs, self._store.path, self._store.read_only, self._url))
             return (CountingStore, (self._store, self._url))
 
         def _with_store(self, store: Any) -> Any:
@@ -454,6 +484,15 @@ def _counting_store_class() -> type:
             return CountingStore(self._store.with_read_only(read_only), self._url)
 
         async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+            if byte_range is None and key in self._preloaded:
+                value = self._preloaded.pop(key)
+                return None if value is None else prototype.buffer.from_bytes(value)
+            for batch in list(self._prefetched.values()):
+                if key in batch:
+                    from shadows.io.remote_prefetch import serve
+
+                    value = batch[key]
+                    return None if value is None else prototype.buffer.from_bytes(serve(value, byte_range))
             try:
                 out = await self._store.get(key, prototype, byte_range)
             except (FileNotFoundError, KeyError):
@@ -462,6 +501,20 @@ def _counting_store_class() -> type:
                 raise OSError(f"Reading '{key}' of '{self._url}' failed: {type(e).__name__}: {e}") from e
             _count(self._url, len(out) if out is not None else 0)
             return out
+
+        async def prefetch(self, keys: list[str], width: int) -> int:
+            """Fetch the objects at ``keys`` now, ``width`` at a time, and serve reads of them from memory until
+            :meth:`drop_prefetched` of the token returned."""
+            from shadows.io.remote_prefetch import fetch_all
+
+            batch = await fetch_all(self, keys, width)
+            token = id(batch)
+            self._prefetched[token] = batch
+            return token
+
+        def drop_prefetched(self, token: int) -> None:
+            """Forget the objects :meth:`prefetch` fetched under ``token``."""
+            self._prefetched.pop(token, None)
 
         async def get_partial_values(self, prototype: Any, key_ranges: Any) -> Any:
             key_ranges = list(key_ranges)
@@ -482,12 +535,14 @@ def _counting_store_class() -> type:
 _CountingStoreClass: type | None = None
 
 
-def CountingStore(store: Any, url: str) -> Any:  # noqa: N802 - a class made on first use (zarr imported late)
-    """``store`` wrapped so that every request is counted (:func:`counting`) and every failure names ``url``."""
+def CountingStore(store: Any, url: str, preloaded: dict[str, bytes | None] | None = None) -> Any:  # noqa: N802
+    """``store`` wrapped so that every request is counted (:func:`counting`) and every failure names ``url``;
+    ``preloaded`` (key -> bytes: metadata fetched while locating the store) is served once from memory.  (A class
+    made on first use: zarr is imported late.)"""
     global _CountingStoreClass
     if _CountingStoreClass is None:
         _CountingStoreClass = _counting_store_class()
-    return _CountingStoreClass(store, url)
+    return _CountingStoreClass(store, url, preloaded)
 
 
 # --- the read cache for HDF5 ------------------------------------------------------------------------------------------
@@ -505,6 +560,16 @@ BLOCK = 64 * 1024
 # 200 kB, per re-open of the 20k x 5k h5ad).  At most CACHE_BLOCKS blocks (32 MB) for all files together.
 CACHE_BLOCKS = 512
 _SEQ_GAP = 8 * 1024  # a read starting at most this far past the previous one continues a sequential read
+# Adaptive read-ahead of metadata blocks while h5py reads variable-length strings (RangeFile.heap_walk): HDF5
+# reads them through its global heap, collection after collection, in pieces smaller than a block, so a block
+# cache alone made one request per 64 kB of a 4.7 MB heap (60 requests for "open + obs column" of the 100k x 5k
+# h5ad, where fsspec's 5 MB read-ahead made 30).  There, a miss near the blocks the last misses fetched (a "run")
+# fetches the gap to the run plus as many blocks again as the run holds, up to MAX_AHEAD blocks: the window doubles
+# while the reads stay together and falls back to the blocks asked for at a read elsewhere.  Only there: at open
+# and for scattered reads the same rule fetched 0.3-0.9 MB more (object headers of obs and var lie near each
+# other, but HDF5 reads only a few of their blocks).
+MAX_AHEAD = 32  # blocks (2 MB)
+MAX_SEQ_AHEAD = 2**20  # bytes: the read-ahead of unannounced sequential reads of values (RangeFile._exact_miss)
 _BLOCKS: OrderedDict[tuple[Any, int], bytes] = OrderedDict()
 _BLOCKS_LOCK = threading.Lock()
 
@@ -609,11 +674,15 @@ class RangeFile:
     def exact(self) -> Iterator[None]:
         """Within the block (in this thread), small reads not in a cached block are fetched exactly as asked: the
         values of a selection, and the few B-tree nodes on the path to their chunks."""
-        self._mode.exact = getattr(self._mode, "exact", 0) + 1
+        m = self._mode
+        m.exact = getattr(m, "exact", 0) + 1
         try:
             yield
         finally:
-            self._mode.exact -= 1
+            m.exact -= 1
+            if not m.exact and getattr(m, "ahead", None) is not None:  # the read-ahead ends with the read
+                self.unstage(m.ahead)
+                m.ahead, m.last_end = None, None
 
     @contextmanager
     def expect(self, nbytes: int) -> Iterator[None]:
@@ -622,14 +691,31 @@ class RangeFile:
         node of 2 kB now and then between them), the rest is fetched in one request instead of one per chunk
         (1000 contiguous cells of the 20k x 5k h5ad: 50 chunks of X/data, 50 of X/indices; 112 requests -> 8)."""
         m = self._mode
-        saved = getattr(m, "remaining", 0), getattr(m, "last_end", None), getattr(m, "ahead", None)
-        m.remaining, m.last_end, m.ahead = nbytes, None, None
+        saved = (
+            getattr(m, "remaining", 0),
+            getattr(m, "last_end", None),
+            getattr(m, "ahead", None),
+            getattr(m, "expecting", False),
+        )
+        m.remaining, m.last_end, m.ahead, m.expecting = nbytes, None, None, True
         try:
             yield
         finally:
             if m.ahead is not None:
                 self.unstage(m.ahead)
-            m.remaining, m.last_end, m.ahead = saved
+            m.remaining, m.last_end, m.ahead, m.expecting = saved
+
+    @contextmanager
+    def heap_walk(self) -> Iterator[None]:
+        """Within the block (in this thread), block-cache misses near the previous ones read ahead, more the longer
+        they keep together (see ``MAX_AHEAD``): h5py reading variable-length strings through HDF5's global heap."""
+        m = self._mode
+        saved = getattr(m, "run", None), getattr(m, "heap", False)
+        m.run, m.heap = None, True
+        try:
+            yield
+        finally:
+            m.run, m.heap = saved
 
     def _exact_miss(self, start: int, end: int) -> bytes:
         """A read in :meth:`exact` mode that nothing cached or staged holds: exact, or the rest of a sequential
@@ -637,10 +723,22 @@ class RangeFile:
         m = self._mode
         remaining, last = getattr(m, "remaining", 0), getattr(m, "last_end", None)
         n = end - start
-        if last is not None and 0 <= start - last <= _SEQ_GAP and remaining > n:
+        sequential = last is not None and 0 <= start - last <= _SEQ_GAP
+        if not sequential:
+            m.streak_start = start
+        if sequential and remaining > n:
             # the chunks that follow, plus the B-tree nodes that may lie between them (one of 2 kB per 64 chunks)
             ahead_end = min(self.size, start + remaining + remaining // 32 + _SEQ_GAP)
-            if m.ahead is not None:
+        elif sequential and not getattr(m, "expecting", False):
+            # sequential reads nobody announced (a reader without expect()): read ahead as much as the run has
+            # read so far, at most MAX_SEQ_AHEAD: 200 genes of the 100k x 5k CSC h5ad, 170 chunks of X/data and
+            # X/indices one request each, now ~35 requests, and at most MAX_SEQ_AHEAD more bytes at a run's end
+            run = start - getattr(m, "streak_start", start)
+            ahead_end = min(self.size, start + max(n, min(run, MAX_SEQ_AHEAD)))
+        else:
+            ahead_end = None
+        if ahead_end is not None and ahead_end > end:
+            if getattr(m, "ahead", None) is not None:
                 self.unstage(m.ahead)
             m.ahead = self.stage([(start, ahead_end)])
             data = self._from_staged(start, end)
@@ -690,6 +788,8 @@ class RangeFile:
         missing = [b for b, v in got.items() if v is None]
         if missing:
             lo, hi = missing[0], missing[-1]
+            if getattr(self._mode, "heap", False):
+                lo, hi = self._ahead(lo, hi)
             data = self._fetch(lo * BLOCK, min((hi + 1) * BLOCK, self.size))
             with _BLOCKS_LOCK:
                 for b in range(lo, hi + 1):
@@ -700,6 +800,37 @@ class RangeFile:
         joined = b"".join(got[b] for b in range(first, last + 1))
         off = start - first * BLOCK
         return joined[off : off + (end - start)]
+
+    def _ahead(self, lo: int, hi: int) -> tuple[int, int]:
+        """The blocks to fetch for a miss of blocks ``lo..hi``: those, or, next to the run of the last misses,
+        also the gap to it and a read-ahead as long as the run (see ``MAX_AHEAD``), never past a cached block."""
+        run, n_blocks = self._mode.run, -(-self.size // BLOCK)
+        if run is not None:
+            r_lo, r_hi = run
+            reach = min(MAX_AHEAD, r_hi - r_lo + 1)
+            key = self._key
+            if r_hi < lo <= r_hi + 1 + reach:  # forward: from the run's end through the read-ahead
+                new_lo, new_hi = r_hi + 1, min(n_blocks - 1, hi + reach)
+                with _BLOCKS_LOCK:
+                    while new_lo < lo and (key, new_lo) in _BLOCKS:
+                        new_lo += 1
+                    end = hi
+                    while end < new_hi and (key, end + 1) not in _BLOCKS:
+                        end += 1
+                self._mode.run = (r_lo, end)
+                return new_lo, end
+            if r_lo - 1 - reach <= hi < r_lo:  # backward: HDF5 walks the heap's collections from the last one
+                new_lo, new_hi = max(0, lo - reach), r_lo - 1
+                with _BLOCKS_LOCK:
+                    while new_hi > hi and (key, new_hi) in _BLOCKS:
+                        new_hi -= 1
+                    start = lo
+                    while start > new_lo and (key, start - 1) not in _BLOCKS:
+                        start -= 1
+                self._mode.run = (start, r_hi)
+                return start, new_hi
+        self._mode.run = (lo, hi)
+        return lo, hi
 
     def _cached(self, start: int, end: int) -> bool:
         key = self._key
@@ -713,7 +844,7 @@ class RangeFile:
             raise OSError(f"Reading bytes {start}-{end} of '{self.url}' failed: {type(e).__name__}: {e}") from e
         if len(data) != end - start:
             raise OSError(f"Reading bytes {start}-{end} of '{self.url}': got {len(data)} bytes")
-        _count(self.url, len(data))
+        _count(self.url, len(data), start)
         return data
 
     def _fetch_many(self, ranges: list[tuple[int, int]]) -> list[bytes]:
@@ -729,7 +860,7 @@ class RangeFile:
                 raise OSError(f"Reading bytes {a}-{b} of '{self.url}' failed: {type(d).__name__}: {d}") from d
             if len(d) != b - a:
                 raise OSError(f"Reading bytes {a}-{b} of '{self.url}': got {len(d)} bytes")
-            _count(self.url, len(d))
+            _count(self.url, len(d), a)
         return got
 
 

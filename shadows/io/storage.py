@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import zarr
 
-from shadows.io import remote
+from shadows.io import remote, remote_h5
 from shadows.io.kinds import FORMATS, MODES, StorageError
 
 
@@ -389,12 +389,13 @@ def _read_h5_strings(x: Any, key: Any) -> np.ndarray:
     """
     info = h5py.check_string_dtype(x.dtype)
     string_dtype = getattr(getattr(np, "dtypes", None), "StringDType", None)
-    if info is not None and info.length is None and string_dtype is not None:
-        try:
-            return x.astype(string_dtype())[key].astype(object)
-        except (TypeError, ValueError, UnicodeDecodeError):  # an h5py without it, or bytes that are not UTF-8
-            pass
-    return decode_strings(x.asstr()[key])
+    with remote_h5.heap_walk(x):  # a remote file: read the global heap ahead (nothing for a local file)
+        if info is not None and info.length is None and string_dtype is not None:
+            try:
+                return x.astype(string_dtype())[key].astype(object)
+            except (TypeError, ValueError, UnicodeDecodeError):  # an h5py without it, or bytes that are not UTF-8
+                pass
+        return decode_strings(x.asstr()[key])
 
 
 def _warm_up_h5py() -> None:

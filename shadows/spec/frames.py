@@ -14,6 +14,7 @@ import anndata
 import numpy as np
 import pandas as pd
 
+from shadows.io.remote_h5 import heap_walk
 from shadows.io.storage import attr, is_array, is_group
 from shadows.spec.dense import read_dense
 from shadows.spec.frame_parts import FrameParts
@@ -67,7 +68,9 @@ def table_length(g: Any, where: str) -> int:
 def read_nullable_string(elem: Any, sel: tuple, ctx: ReadContext) -> Any:
     """Reader of nullable string arrays: anndata reads them whole, and the selected rows through anndata."""
     if _whole(sel):
-        return anndata.io.read_elem(elem)
+        # a remote h5ad: HDF5 walks the strings' global heap, read ahead (anndata >= 0.13 writes obs names so)
+        with heap_walk(elem["values"] if "values" in elem else None):
+            return anndata.io.read_elem(elem)
     return read_rows_via_anndata(elem, sel[:1])
 
 

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from shadows.io.fast.pread import RangeReader, prepare, read_range
 from shadows.io.fast.zarr_chunks import ChunkDecoder, decoder
-from shadows.io.remote_h5 import expect, staged
+from shadows.io.remote_h5 import expect, read_points, staged
 from shadows.io.storage import attr, is_h5
 from shadows.progress import progress_bar
 from shadows.settings import settings
@@ -399,10 +399,12 @@ class SparseReader:
             arr = indptr_array(self.group, (self.format, self.shape))
             # a remote file: the entries in one batch of exact requests, not a 64 kB block per entry (else nothing)
             with staged([(arr, int(p), int(p) + 1) for p in want]):
-                if union_worth(arr, len(want)):
-                    got = read_ranges(arr, want, want + 1).astype(np.int64)
-                else:
-                    got = _read_points(arr, want, block_len=len(want) * _DENSE_HITS + 1).astype(np.int64)
+                got = read_points(arr, want)  # a remote chunked indptr: each run exactly (else None)
+                if got is None and union_worth(arr, len(want)):
+                    got = read_ranges(arr, want, want + 1)  # a local h5ad: one HDF5 read
+                if got is None:
+                    got = _read_points(arr, want, block_len=len(want) * _DENSE_HITS + 1)
+                got = got.astype(np.int64)
             return self._checked_bounds(got[np.searchsorted(want, maj_pos)], got[np.searchsorted(want, maj_pos + 1)])
         ip = self.indptr
         return ip[maj_pos], ip[maj_pos + 1]
@@ -492,8 +494,11 @@ class SparseReader:
             if got is not None:
                 d, i = got[2 * k], got[2 * k + 1]
             else:
-                d = raw[0].read(lo, hi) if raw[0] is not None else _read_range(self.data, lo, hi, dec_data)
-                i = raw[1].read(lo, hi) if raw[1] is not None else _read_range(self.indices, lo, hi, dec_indices)
+                # a remote file: each block's chunks in one request (expect), not one request per chunk
+                with expect(self.data, (hi - lo) * self.data.dtype.itemsize):
+                    d = raw[0].read(lo, hi) if raw[0] is not None else _read_range(self.data, lo, hi, dec_data)
+                with expect(self.indices, (hi - lo) * self.indices.dtype.itemsize):
+                    i = raw[1].read(lo, hi) if raw[1] is not None else _read_range(self.indices, lo, hi, dec_indices)
             st, en = starts[i0:i1], ends[i0:i1]
             if hi - lo != int((en - st).sum()):  # the block spans unselected rows: cut them out
                 keep = ix.ranges_to_positions(st - lo, en - st)
