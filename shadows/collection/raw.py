@@ -30,6 +30,7 @@ class RawCore(Core):
 
     def __init__(self, parent: Core):  # (Core's own constructor opens the files: they are open already)
         self.join, self.label, self.index_unique = parent.join, None, parent.index_unique
+        self.set_axis(parent.axis)
         self.fill_value, self.pairwise = parent.fill_value, False
         self.merge = self.uns_merge = admerge.resolve_merge_strategy(None)
         self.merge_given = self.uns_merge_given = False
@@ -37,15 +38,15 @@ class RawCore(Core):
         self.parent = parent
         self.has_raw = False
         self.cache: dict[Any, Any] = {}
-        self.var_names, self.colmaps = self._join_var()
+        self.joined, self.maps = self._join()
 
-    def file_var_names(self) -> list[pd.Index]:
+    def file_alt_names(self) -> list[pd.Index]:
         """Each file's raw gene names, in file order."""
         return [p.raw.var_names for p in self.parts]
 
-    def obs_names(self) -> pd.Index:
+    def cat_names(self) -> pd.Index:
         """The collection's cell names (raw has the cells of the collection)."""
-        return self.parent.obs_names()
+        return self.parent.cat_names()
 
     def _values(self, path: str) -> list[Any]:
         if path != "X":
@@ -75,12 +76,12 @@ class CollectionRaw:
     @property
     def var(self) -> pd.DataFrame:
         """The joined raw genes (no columns, as anndata.concat keeps them)."""
-        return self._core.var()
+        return self._core.alt_table()
 
     @property
     def var_names(self) -> pd.Index:
         """The joined raw gene names."""
-        return self._core.var_names
+        return self._core.joined
 
     @property
     def obs_names(self) -> pd.Index:
@@ -100,7 +101,7 @@ class CollectionRaw:
     @property
     def n_vars(self) -> int:
         """The number of raw genes."""
-        return len(self._core.var_names)
+        return len(self._core.joined)
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from shadows.collection.side import SideBySide
 from shadows.collection.source import Stacked, chunk_bounds, plan_rows
 from shadows.core.mapping import untrack
 from shadows.settings import settings
@@ -153,7 +154,7 @@ def _matrix(coll: CollectionShadow, parent: Any, name: str, path: str, opts: Wri
                 write_in_memory(store[key], parent, name, path, opts)
             return
     src = coll.stacked(path)
-    if not isinstance(src, Stacked):  # a table in obsm...: small, written by anndata
+    if not isinstance(src, Stacked | SideBySide):  # a table in obsm... (axis=1: obsm, obsp): written by anndata
         anndata.io.write_elem(parent, name, pd.DataFrame(src) if isinstance(src, pd.DataFrame) else src)
         return
     kw = opts.dataset_kwargs
@@ -174,8 +175,8 @@ def known_nnz(coll: CollectionShadow, src: Stacked, path: str) -> int | None:
 
     With it the output's arrays are made at their final size (contiguous, written past HDF5's buffers) instead of
     growing chunk by chunk."""
-    if src.fmt != "csr" or src.pairwise:
-        return None
+    if src.fmt != "csr" or src.pairwise or not isinstance(src, Stacked):
+        return None  # (along var: each row's count is the sum over files; known once read)
     total = 0
     for f, local in plan_rows(src.rows, src.offsets).pieces:
         s, cols = src.sources[f], src.columns[f]
@@ -203,7 +204,14 @@ def row_blocks(coll: CollectionShadow, src: Stacked, path: str, chunk_size: int 
     """``(start, stop, block)`` over the rows of a matrix element, in bounded memory, aligned as ``src`` says.
 
     Rows in file order (a whole collection, slices, masks, sorted positions) are read file by file through
-    each file's own view; rows of the files interleaved are read in blocks of output rows."""
+    each file's own view; rows of the files interleaved, and the rows of a collection along var (every file's
+    part of each row), are read in blocks of output rows."""
+    if isinstance(src, SideBySide):
+        step = chunk_size or _rows_per_block(src)
+        for a in range(0, src.shape[0], step):
+            b = min(src.shape[0], a + step)
+            yield a, b, src.read(slice(a, b, 1))
+        return
     plan = plan_rows(src.rows, src.offsets)
     if plan.order is not None:
         step = chunk_size or _rows_per_block(src)
@@ -314,10 +322,14 @@ def dask_array(src: Stacked) -> Any:
 
     from shadows.backends.dask import CSRChunk, chunk_length
 
-    plan = plan_rows(src.rows, src.offsets)
-    first = next((s for s in src.sources if s is not None), None)
-    step = chunk_length(first) if first is not None and not src.pairwise else _rows_per_block(src)
-    bounds = chunk_bounds(plan, src.offsets, max(1, step))
+    if isinstance(src, SideBySide):  # every chunk of rows reads each file's part of them
+        step = max(1, _rows_per_block(src))
+        bounds = [(a, min(src.shape[0], a + step)) for a in range(0, src.shape[0], step)]
+    else:
+        plan = plan_rows(src.rows, src.offsets)
+        first = next((s for s in src.sources if s is not None), None)
+        step = chunk_length(first) if first is not None and not src.pairwise else _rows_per_block(src)
+        bounds = chunk_bounds(plan, src.offsets, max(1, step))
     row_chunks = tuple(b - a for a, b in bounds) or (0,)
     meta = CSRChunk((0, 0), dtype=src.dtype) if src.fmt == "csr" else np.empty((0, 0), dtype=src.dtype)
     return da.from_array(
