@@ -198,6 +198,10 @@ class Core:
         """The ``"obs"`` or ``"var"`` names of the concatenation."""
         return self.cat_names() if name == self.cat else self.joined
 
+    def table_of(self, name: str) -> pd.DataFrame:
+        """The ``"obs"`` or ``"var"`` table of the concatenation (read whole)."""
+        return self.cat_table() if name == self.cat else self.alt_table()
+
     def file_alt_names(self) -> list[pd.Index]:
         """Each file's names along the joined axis (what is joined)."""
         return [getattr(p, f"{self.alt}_names") for p in self.parts]
@@ -205,25 +209,14 @@ class Core:
     # the class of the join of the files' raw: shadows.collection.raw.RawCore, set there (it subclasses Core, so
     # this module cannot import it without importing itself)
     raw_core: type | None = None
+    side_raw_core: type | None = None
 
     def raw(self) -> Core | None:
-        """The join of the files' ``raw`` (as ``anndata.concat`` joins it), or ``None`` unless every file has one.
-
-        Raises
-        ------
-        NotImplementedError
-            For a concatenation along var of files that all have a ``raw``.
-        """
+        """The join of the files' ``raw`` (as ``anndata.concat`` joins it), or ``None`` unless every file has one."""
         if not self.has_raw:
             return None
-        if self.axis == 1:
-            raise NotImplementedError(
-                "shadows.concat(..., axis='var') does not join the files' raw (every file has one): read the files "
-                "(AnnDataShadow(path).to_memory()) and use anndata.concat(..., axis='var'), or drop raw from the "
-                "files (del adata.raw) to concatenate them lazily"
-            )
         if "raw" not in self.cache:
-            self.cache["raw"] = self.raw_core(self)
+            self.cache["raw"] = (self.raw_core if self.axis == 0 else self.side_raw_core)(self)
         return self.cache["raw"]
 
     @property
@@ -270,14 +263,14 @@ class Core:
                     values[a:b] = [f"{n}{suffix}" for n in idx]
                 else:
                     values[a:b] = idx.to_numpy(dtype=object)
-                p.clear_cache()  # the names are held once, here
+                _clear(p)  # the names are held once, here
             self.cache["obs_names"] = pd.Index(values, name=names.pop() if len(names) == 1 else None)
         return self.cache["obs_names"]
 
     def cat_keys(self) -> list[str]:
         """The obs columns of the concatenation, from the files' column lists (nothing read)."""
         if "obs_keys" not in self.cache:
-            empty = [pd.DataFrame(columns=getattr(p, f"{self.cat}_keys")()) for p in self.parts]
+            empty = [pd.DataFrame(columns=_keys(p, self.cat)) for p in self.parts]
             admerge.check_combinable_cols([e.columns for e in empty], join=self.join)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
@@ -293,7 +286,7 @@ class Core:
             frames = []
             for p in self.parts:
                 frame = pd.DataFrame(getattr(p, self.cat))
-                p.clear_cache()  # the table is held once, in the concatenation
+                _clear(p)  # the table is held once, in the concatenation
                 frame.index = pd.RangeIndex(len(frame))  # (the names are held once, in obs_names)
                 frames.append(frame)
             admerge.check_combinable_cols([f.columns for f in frames], join=self.join)
@@ -522,8 +515,10 @@ def _one_column(part: AnnDataShadow, key: str, axis_name: str = "obs") -> pd.Dat
     Only that column is read: through anndata's own reader on the stored column (the file's obs is read whole
     when its layout is one anndata's reader cannot take column by column: anndata < 0.7, or a view)."""
     n = part.n_obs if axis_name == "obs" else part.n_vars
-    if key not in getattr(part, f"{axis_name}_keys")():
+    if key not in _keys(part, axis_name):
         return pd.DataFrame(index=pd.RangeIndex(n))
+    if not isinstance(part, AnnDataShadow):  # a file's raw (along var): its var is small, read whole
+        return pd.DataFrame({key: getattr(part, axis_name)[key]}).reset_index(drop=True)
     # read-only use of the shadow's private root group: the AnnData's group inside the file (h5mu modalities too)
     root = state_of(part).root()
     g = root[axis_name]
@@ -533,3 +528,16 @@ def _one_column(part: AnnDataShadow, key: str, axis_name: str = "obs") -> pd.Dat
 
     values = anndata.io.read_elem(g[key])
     return pd.DataFrame({key: values}, index=pd.RangeIndex(n))
+
+
+def _clear(part: Any) -> None:
+    """Drop what a file's shadow holds in memory (a file's raw holds nothing to drop)."""
+    if isinstance(part, AnnDataShadow):
+        part.clear_cache()
+
+
+def _keys(part: Any, axis_name: str) -> list[str]:
+    """A part's obs or var column names (a shadow's from the file's metadata; a raw's from its table)."""
+    if isinstance(part, AnnDataShadow):
+        return list(getattr(part, f"{axis_name}_keys")())
+    return [str(c) for c in getattr(part, axis_name).columns]

@@ -36,7 +36,6 @@ from shadows.core.state import ElementStores
 from shadows.spec import selection as ix
 
 
-
 def concat(
     sources: Any,
     *,
@@ -53,7 +52,7 @@ def concat(
     array_backend: str = "numpy",
     table_backend: str = "pandas",
 ) -> CollectionShadow:
-    """Concatenate AnnData files along obs as one lazy shadow, as ``anndata.concat`` does in memory.
+    """Concatenate AnnData files along obs (or var) as one lazy shadow, as ``anndata.concat`` does in memory.
 
     Parameters
     ----------
@@ -62,25 +61,29 @@ def concat(
         :class:`~shadows.AnnDataShadow` objects (or views), mixed; or a mapping of key to source (its keys are the
         ``keys``).
     axis
-        Only ``"obs"`` (0) is supported.
+        ``"obs"`` (0): the files' cells one after the other, their genes joined.  ``"var"`` (1): files of (some of)
+        the same cells side by side, their genes one after the other (X column by column), their cell names
+        joined; ``label`` and ``index_unique`` then apply to the genes, ``merge`` to obs/obsm/obsp, varm is
+        concatenated and varp (``pairwise``) block-diagonal.
     join
-        ``"inner"``: the genes all files share; ``"outer"``: all genes, a file's missing ones filled (sparse
-        matrices with zeros, dense ones with NaN, unless ``fill_value``).
+        ``"inner"``: the genes all files share (along var: the cells); ``"outer"``: all of them, a file's missing
+        ones filled (sparse matrices with zeros, dense ones with NaN, unless ``fill_value``).
     merge
-        How var, varm and varp are merged (anndata's strategies: ``None``, ``"same"``, ``"unique"``,
-        ``"first"``, ``"only"``); ``None`` keeps none (and reads none).
+        How the joined axis' elements are merged (var, varm and varp; along var: obs, obsm and obsp), with
+        anndata's strategies: ``None``, ``"same"``, ``"unique"``, ``"first"``, ``"only"``; ``None`` keeps none
+        (and reads none).
     uns_merge
         How ``uns`` is merged (same strategies); ``None`` keeps none.
     label
-        Name of an obs column recording each cell's source (its key).
+        Name of an obs column recording each cell's source (its key); along var, a var column (each gene's).
     keys
         Names of the sources (default ``"0"``, ``"1"``, ...).
     index_unique
-        If given, cell names become ``"{name}{index_unique}{key}"``.
+        If given, cell names (along var: gene names) become ``"{name}{index_unique}{key}"``.
     fill_value
         Value of joined positions a file lacks (``join="outer"``).
     pairwise
-        Keep ``obsp`` (block-diagonal, one block per file), as anndata's ``pairwise=True``.
+        Keep ``obsp`` (along var: ``varp``), block-diagonal (one block per file), as anndata's ``pairwise=True``.
     format
         Format of path sources (``"h5ad"``, ``"zarr"``...; default: detected per file).
     array_backend
@@ -98,6 +101,14 @@ def concat(
     >>> coll = shadows.concat(["a.h5ad", "b.zarr"], join="outer", label="batch")  # doctest: +SKIP
     >>> t = coll[coll.obs["cell_type"] == "T cell"]  # reads one obs column per file  # doctest: +SKIP
     >>> t.X  # the T cells' rows of each file, nothing else  # doctest: +SKIP
+    >>> both = shadows.concat(["rna.h5ad", "atac.zarr"], axis="var", join="inner")  # doctest: +SKIP
+    >>> both[:, ["CD3E"]].X  # reads rna.h5ad only  # doctest: +SKIP
+
+    Raises
+    ------
+    ValueError
+        For an ``axis`` or ``join`` anndata does not know, or files that cannot be joined (names along the joined
+        axis not unique, some files without X).
     """
     if axis not in ("obs", 0, "var", 1) or isinstance(axis, bool):
         raise ValueError(f"axis must be 0, 1, 'obs' or 'var', got {axis!r}")
@@ -121,7 +132,8 @@ def concat(
 
 
 class CollectionShadow(anndata.AnnData):
-    """Several AnnData files stacked along obs, read lazily; made by :func:`shadows.concat`.
+    """Several AnnData files stacked along obs (or side by side along var), read lazily; made by
+    :func:`shadows.concat`.
 
     Every element equals that of ``anndata.concat`` of the files read into memory (with the same arguments).
     Assignments (``coll.obs["x"] = ...``, ``coll.obsm["X_new"] = ...``) are held in memory; ``write_h5ad`` and

@@ -110,23 +110,26 @@ def write_collection(
 
 
 def _raw(raw: Any, root: Any, opts: WriteOptions) -> None:
-    """The joined raw (X streamed in blocks of rows, var and an empty varm), as anndata writes a ``Raw``."""
+    """The joined raw (X streamed in blocks of rows, var and varm: empty along obs), as anndata writes a ``Raw``."""
     group = root.create_group("raw")
     set_encoding(group, "raw", "0.1.0")
     src = raw.stacked()
-    if isinstance(src, Stacked):
+    if isinstance(src, Stacked | SideBySide):
         _stream(group, "X", src, opts)
     else:
         anndata.io.write_elem(group, "X", src, dataset_kwargs=opts.dataset_kwargs)
     anndata.io.write_elem(group, "var", pd.DataFrame(raw.var), dataset_kwargs=opts.dataset_kwargs)
-    anndata.io.write_elem(group, "varm", {}, dataset_kwargs=opts.dataset_kwargs)
+    anndata.io.write_elem(group, "varm", dict(raw.varm), dataset_kwargs=opts.dataset_kwargs)
 
 
-def _stream(parent: Any, name: str, src: Stacked, opts: WriteOptions) -> None:
+def _stream(parent: Any, name: str, src: Stacked | SideBySide, opts: WriteOptions) -> None:
     """Write a stacked element in blocks of output rows (each read from the files holding them)."""
     kw = opts.dataset_kwargs
     step = opts.chunk_size or _rows_per_block(src)
-    bounds = chunk_bounds(plan_rows(src.rows, src.offsets), src.offsets, step)
+    if isinstance(src, SideBySide):
+        bounds = [(a, min(src.shape[0], a + step)) for a in range(0, src.shape[0], step)]
+    else:
+        bounds = chunk_bounds(plan_rows(src.rows, src.offsets), src.offsets, step)
     if src.fmt == "csr":
         sink: Any = SparseSink(parent, name, "csr", src.shape, src.dtype, nnz=None, **kw)
         for a, b in bounds:
