@@ -10,6 +10,11 @@ write is compared with anndata's.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -21,6 +26,7 @@ import scipy.sparse as sp
 from hypothesis import Phase, given, reject, settings
 from hypothesis import strategies as st
 from oracle import STORE_FORMATS, assert_adata_equal, assert_element_equal, read_oracle, store_path, write_adata
+from rss_child import RSS_HELPERS
 from strategies import describe_indexer, indexers, make_column
 
 import shadows
@@ -363,6 +369,102 @@ def test_errors_are_clear(three, tmp_path):
     assert coll.shape == (0, 6)
     with pytest.raises(ValueError, match="axis must be"):
         shadows.concat(three, axis="genes")
+
+
+# --- memory ----------------------------------------------------------------------------------------------------------
+N_CELLS, N_GENES = 6_000, 2_000
+
+CHILD = RSS_HELPERS + textwrap.dedent(
+    """
+    import gc, json, sys
+    import h5py, zarr  # (libraries' import costs are not the collection's)
+    import shadows
+    files, out = json.loads(sys.argv[1]), sys.argv[2]
+    # one-time costs of the process (imports, the writers' first set-up: several MB) are paid before measuring
+    shadows.concat(files[:1], axis="var")[:2, :2].write_h5ad(out + ".warm.h5ad")
+    gc.collect()
+    base = kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    shadows.concat(files, axis="var", join="outer", label="part").write_h5ad(out)
+    print(json.dumps({"peak_bytes": (kib("VmHWM") - base) * 1024}))
+    """
+)
+
+
+def _side_files(d: Path, n_cells: int, n_genes: int) -> list[str]:
+    """Three CSR files (h5ad, zarr, h5ad) of 10 % density, their cells shifted by 500 (an outer join of the cells,
+    each file's rows mapped), each with genes of its own."""
+    from test_memory_bounds import _random_csr
+
+    paths = []
+    for i in range(3):
+        cells = [f"cell_{k}" for k in range(i * 500, i * 500 + n_cells)]
+        a = ad.AnnData(X=_random_csr(n_cells, n_genes, 0.1, seed=i), obs=pd.DataFrame(index=cells))
+        a.var_names = [f"f{i}_{k}" for k in range(n_genes)]
+        if i != 1:
+            p = d / f"part{i}.h5ad"
+            a.write_h5ad(p)
+        else:  # a zarr store of chunks of 2**16 values (a chunk is decoded whole: its length sets a floor)
+            import zarr
+
+            p = d / f"part{i}.zarr"
+            a.write_zarr(p)
+            g = zarr.open_group(p, mode="r+", use_consolidated=False)
+            ad.io.write_elem(g, "X", a.X, dataset_kwargs={"chunks": (2**16,)})
+            zarr.consolidate_metadata(p)
+        paths.append(str(p))
+    return paths
+
+
+def _write_peak(paths: list[str], out: Path) -> tuple[float, float]:
+    """``(peak bytes of the streamed write in a child process, bytes of the files)``."""
+    total = sum(
+        Path(p).stat().st_size
+        if Path(p).is_file()
+        else sum(f.stat().st_size for f in Path(p).rglob("*") if f.is_file())
+        for p in paths
+    )
+    env = {**os.environ, "SHADOWS_MEMORY_BUDGET": str(2**20)}
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(paths), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=str(Path(__file__).parent.parent),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"]
+    print(f"side-by-side write of {total / 2**20:.0f} MiB: peak {peak / 2**20:.1f} MiB")
+    return peak, total
+
+
+# what the write holds besides its blocks: the names (cells and genes, joined: a few hundred bytes each) and
+# HDF5's chunk cache of each dataset read (up to 1 MiB each: data and indices of every h5ad file)
+def _allowance(n_cells: int, n_genes: int) -> float:
+    return 400 * (n_cells + 1000 + 3 * n_genes) + 2 * 2 * 2**20
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc/self/clear_refs")
+def test_streamed_write_in_bounded_memory(tmp_path):
+    paths = _side_files(tmp_path, N_CELLS, N_GENES)
+    out = tmp_path / "side.h5ad"
+    peak, total = _write_peak(paths, out)
+    assert peak < 0.10 * total + _allowance(N_CELLS, N_GENES), f"write: peak {peak / 2**20:.1f} MiB"
+    want = oracle(paths, axis="var", join="outer", label="part")
+    got = ad.read_h5ad(out)
+    assert_element_equal(got.X, want.X, "X")
+    assert_element_equal(got.var, want.var, "var")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc/self/clear_refs")
+def test_streamed_write_in_bounded_memory_large(tmp_path):
+    n_cells, n_genes = 30_000, 6_000  # three files of ~110 MB
+    paths = _side_files(tmp_path, n_cells, n_genes)
+    peak, total = _write_peak(paths, tmp_path / "side.h5ad")
+    assert peak < 0.02 * total + _allowance(n_cells, n_genes), f"write: peak {peak / 2**20:.1f} MiB"
 
 
 # --- the long version (not in CI: pyproject deselects `slow`) -----------------------------------------------------------

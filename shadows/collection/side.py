@@ -25,6 +25,7 @@ from anndata._core import merge as admerge
 
 from shadows.collection.source import align, plan_rows
 from shadows.spec import selection as ix
+from shadows.spec.sparse import SparseReader
 
 if TYPE_CHECKING:
     from shadows.collection.core import Core
@@ -123,6 +124,37 @@ class SideBySide:
             return align(src.read((_as_range(wanted), local)), None, n_rows, self.fmt, self.fill, axis=0)
         block = src.read((_as_range(wanted[present]), local))
         return align(block, np.flatnonzero(present), n_rows, self.fmt, self.fill, axis=0)
+
+    def stored_count(self) -> int | None:
+        """The number of stored values of the (CSR) result, when the files' row pointers tell it: every column of
+        each selected file kept, CSR files, zeros as fill; ``None`` otherwise.
+
+        With it the written arrays are made at their final size: growing them block by block costs HDF5 memory
+        for every chunk added (9 MB for a 7 MB file written in 2,000 blocks)."""
+        if self.fmt != "csr":
+            return None
+        total = 0
+        for f, local in plan_rows(self.cols, self.offsets).pieces:
+            src, cmap = self.sources[f], self.maps[f]
+            if src is None:
+                if self.fill != 0:
+                    return None
+                continue
+            if local is not None or src.sparse_format != "csr" or (len(src.sel) > 1 and src.sel[1] is not None):
+                return None
+            if cmap is None:
+                wanted = self.rows
+            else:
+                wanted = cmap if self.rows is None else cmap[ix.positions(self.rows, self.n_joined)]
+                if self.fill != 0 and bool((wanted < 0).any()):
+                    return None
+                wanted = wanted[wanted >= 0]
+            group, ctx = src.open()
+            reader = SparseReader(group, ctx)
+            pos = ix.positions(ix.compose(src.sel[0] if src.sel else None, wanted, reader.shape[0]), reader.shape[0])
+            ip = np.asarray(reader.indptr, dtype=np.int64)
+            total += int((ip[pos + 1] - ip[pos]).sum())
+        return total
 
     def _filled(self, n_rows: int, n_cols: int) -> Any:
         """A block of a file lacking the element: every value is the fill value."""

@@ -178,8 +178,10 @@ def known_nnz(coll: CollectionShadow, src: Stacked, path: str) -> int | None:
 
     With it the output's arrays are made at their final size (contiguous, written past HDF5's buffers) instead of
     growing chunk by chunk."""
-    if src.fmt != "csr" or src.pairwise or not isinstance(src, Stacked):
-        return None  # (along var: each row's count is the sum over files; known once read)
+    if isinstance(src, SideBySide):
+        return src.stored_count()
+    if src.fmt != "csr" or src.pairwise:
+        return None
     total = 0
     for f, local in plan_rows(src.rows, src.offsets).pieces:
         s, cols = src.sources[f], src.columns[f]
@@ -294,9 +296,12 @@ def _file_rows_per_block(view: Any, path: str, n_rows: int) -> int:
     return max(1, int(settings.memory_budget // 8 // max(1.0, per_row)))
 
 
-def _rows_per_block(src: Stacked) -> int:
+def _rows_per_block(src: Stacked | SideBySide) -> int:
     per_row = max(1, src.n_cols) * (src.dtype.itemsize + (8 if src.fmt == "csr" else 0))
-    return max(1, min(100_000, settings.memory_budget // (4 * per_row)))
+    if isinstance(src, SideBySide) and src.fmt == "csr" and (nnz := src.stored_count()) is not None:
+        # the files' row pointers tell the stored values per row: a 10 % dense matrix takes 10x the rows per block
+        per_row = max(1.0, nnz / max(1, src.shape[0])) * (src.dtype.itemsize + 8) + 8
+    return max(1, min(100_000, int(settings.memory_budget // (4 * per_row))))
 
 
 # --- dask -------------------------------------------------------------------------------------------------------------
