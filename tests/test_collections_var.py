@@ -160,7 +160,7 @@ def _dir(tmp_path: Path) -> Path:
 
 
 # --- the differential tests -------------------------------------------------------------------------------------------
-@settings(max_examples=12, phases=PHASES, deadline=None)
+@settings(max_examples=10, phases=PHASES, deadline=None)
 @given(case=cases())
 def test_collection_equals_anndata_concat(tmp_path, case):
     specs, kw = case
@@ -170,7 +170,7 @@ def test_collection_equals_anndata_concat(tmp_path, case):
     assert_adata_equal(got, want, f"concat({kw})")
 
 
-@settings(max_examples=12, phases=PHASES, deadline=None)
+@settings(max_examples=10, phases=PHASES, deadline=None)
 @given(case=cases(), data=st.data())
 def test_views_equal_anndata_views(tmp_path, case, data):
     specs, kw = case
@@ -184,6 +184,13 @@ def test_views_equal_anndata_views(tmp_path, case, data):
     g = got[oi, vi]
     where = f"coll[{describe_indexer(oi)}, {describe_indexer(vi)}]"
     assert g.is_view
+    if 0 in w.shape:
+        # anndata's view of an empty selection of a sparse X is sometimes a dense array (scipy's reshape of an
+        # empty result), sometimes an error: the names and tables are compared, the matrices only by shape
+        for name in ("obs_names", "var_names", "obs", "var"):
+            assert_element_equal(getattr(g, name), getattr(w, name), f"{where}.{name}")
+        assert g.X.shape == w.shape
+        return
     assert_adata_equal(g, w, where)
     # (no slices here: anndata's view of a one-gene view of a sparse X, sliced, hands out a dense array)
     vi2 = data.draw(indexers(w.n_vars, None, kinds=("int_array", "bool_mask")), label="var2")
@@ -193,7 +200,7 @@ def test_views_equal_anndata_views(tmp_path, case, data):
     assert_adata_equal(g[:, vi2], w2, f"{where}[:, {describe_indexer(vi2)}]", to_memory=False)
 
 
-@settings(max_examples=8, phases=PHASES, deadline=None)
+@settings(max_examples=6, phases=PHASES, deadline=None)
 @given(case=cases(), data=st.data())
 def test_streamed_write_reads_back_as_anndata_concat(tmp_path, case, data):
     specs, kw = case
@@ -372,7 +379,7 @@ def test_errors_are_clear(three, tmp_path):
 
 
 # --- memory ----------------------------------------------------------------------------------------------------------
-N_CELLS, N_GENES = 6_000, 2_000
+N_CELLS, N_GENES = 4_000, 1_500
 
 CHILD = RSS_HELPERS + textwrap.dedent(
     """

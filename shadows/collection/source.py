@@ -224,7 +224,13 @@ def align(block: Any, place: np.ndarray | None, n: int, fmt: str, fill: Any, axi
         block = block.tocsr() if sp.issparse(block) else sp.csr_matrix(np.asarray(block))
         if place is None:
             return block
-        if axis == 0:  # rows placed: the transposed block's columns
+        if axis == 0 and fill == 0:
+            # rows placed in order (``place`` increasing): only the row pointers change, the values are not copied
+            counts = np.zeros(n, dtype=np.int64)
+            counts[place] = np.diff(block.indptr)
+            indptr = np.concatenate([[0], np.cumsum(counts)]).astype(block.indptr.dtype, copy=False)
+            return sp.csr_matrix((block.data, block.indices, indptr), shape=(n, block.shape[1]))
+        if axis == 0:  # rows placed and filled with a value: the transposed block's columns
             return align(block.T, place, n, fmt, fill, 1).T.tocsr()
         out = sp.csr_matrix((block.data, place[block.indices], block.indptr), shape=(block.shape[0], n))
         if fill != 0:
