@@ -298,8 +298,8 @@ def test_open_reads_no_matrix_and_repr_says_axis_var(three):
         assert path in text
     assert "(inner join, axis=var)" in text and "n_obs × n_vars = 3 × 9" in text and "(3 genes)" in text
     assert "var: 'a', 'batch'" in text  # (inner join of the var columns)
-    assert repr(coll[:, :3]).startswith("View of CollectionShadow")
     assert "var" not in coll._core.cache  # the var columns were listed, not read
+    assert repr(coll[:, :3]).startswith("View of CollectionShadow")
 
 
 @pytest.mark.parametrize("join", ["inner", "outer"])

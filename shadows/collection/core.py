@@ -1,10 +1,17 @@
 """What a collection of files shares between itself and its views: the files, the join, and what is read once.
 
-:class:`Core` opens each source as a lazy :class:`~shadows.AnnDataShadow` (lengths only), joins the var names
-(``anndata.concat``'s ``merge_indices``), and reads everything else on first need, once: the concatenated names
-and tables (through anndata's own ``unify_dtypes`` and ``pd.concat``), the merged ``uns``/``var``/``varm``/``varp``
-(anndata's merge strategies), and, per matrix element, a :class:`~shadows.collection.source.Stacked` description
-(format, dtype, fill, where each file's columns go) from which any rows are read.
+:class:`Core` opens each source as a lazy :class:`~shadows.AnnDataShadow` (lengths only), joins the names of the
+other axis (``anndata.concat``'s ``merge_indices``), and reads everything else on first need, once: the concatenated
+names and tables (through anndata's own ``unify_dtypes`` and ``pd.concat``), the merged ``uns`` and tables and
+mappings of the joined axis (anndata's merge strategies), and, per matrix element, a
+:class:`~shadows.collection.source.Stacked` description (format, dtype, fill, where each file's columns go) from
+which any rows are read.
+
+It is parameterised by the axis of the concatenation (``Core.cat``: ``"obs"``, or ``"var"`` for
+``concat(..., axis="var")``; ``Core.alt`` the joined axis): names, labels, tables read column by column and merged
+mappings are the same code for both; only the matrices along var are read differently
+(:class:`~shadows.collection.side.SideBySide`), and ``varm``/``varp`` along var are concatenated by anndata itself
+(:meth:`Core.cat_mapping`).
 """
 
 from __future__ import annotations
@@ -221,7 +228,7 @@ class Core:
 
     @property
     def n_cat(self) -> int:
-        """Number of cells of all files together."""
+        """Length of the concatenated axis: the cells of all files together (along var: their genes)."""
         return int(self.offsets[-1])
 
     def close(self) -> None:
@@ -230,7 +237,7 @@ class Core:
             p.close()
 
     def columns_for(self, f: int, cols: Any) -> tuple[Columns, bool]:
-        """File ``f``'s :class:`Columns` for a selection ``cols`` of the joined var (and whether it has them all)."""
+        """File ``f``'s :class:`Columns` for a selection ``cols`` of the joined axis (and whether it has them all)."""
         cmap = self.maps[f]
         if cmap is None:
             return Columns(read=cols, place=None), True
@@ -247,11 +254,13 @@ class Core:
         return pd.Categorical.from_codes(np.repeat(np.arange(len(self.parts)), lengths), categories=self.keys)
 
     def cat_names(self) -> pd.Index:
-        """The concatenated cell names (with ``index_unique``: ``name + sep + key``), as anndata.concat makes them.
+        """The concatenated names (cells; along var genes; with ``index_unique``: ``name + sep + key``), as
+        anndata.concat makes them.
 
         Built file by file, each file's names dropped once copied: one file's names and the result are held at a
         time (anndata's ``pd.concat(...).str.cat(...)`` holds every intermediate at once)."""
-        if "obs_names" not in self.cache:
+        key = f"{self.cat}_names"
+        if key not in self.cache:
             values = np.empty(self.n_cat, dtype=object)
             names = set()
             for f, p in enumerate(self.parts):
@@ -264,12 +273,13 @@ class Core:
                 else:
                     values[a:b] = idx.to_numpy(dtype=object)
                 _clear(p)  # the names are held once, here
-            self.cache["obs_names"] = pd.Index(values, name=names.pop() if len(names) == 1 else None)
-        return self.cache["obs_names"]
+            self.cache[key] = pd.Index(values, name=names.pop() if len(names) == 1 else None)
+        return self.cache[key]
 
     def cat_keys(self) -> list[str]:
-        """The obs columns of the concatenation, from the files' column lists (nothing read)."""
-        if "obs_keys" not in self.cache:
+        """The columns of the concatenated table (obs; along var: var), from the files' column lists (nothing read)."""
+        key = f"{self.cat}_keys"
+        if key not in self.cache:
             empty = [pd.DataFrame(columns=_keys(p, self.cat)) for p in self.parts]
             admerge.check_combinable_cols([e.columns for e in empty], join=self.join)
             with warnings.catch_warnings():
@@ -277,12 +287,13 @@ class Core:
                 cols = [str(c) for c in pd.concat(empty, join=self.join, ignore_index=True).columns]
             if self.label is not None and self.label not in cols:
                 cols.append(self.label)
-            self.cache["obs_keys"] = cols
-        return self.cache["obs_keys"]
+            self.cache[key] = cols
+        return self.cache[key]
 
     def cat_table(self) -> pd.DataFrame:
-        """The concatenated obs, as anndata.concat makes it (every column of every file read once)."""
-        if "obs" not in self.cache:
+        """The concatenated table (obs; along var: var), as anndata.concat makes it (every column of every file read
+        once)."""
+        if self.cat not in self.cache:
             frames = []
             for p in self.parts:
                 frame = pd.DataFrame(getattr(p, self.cat))
@@ -294,29 +305,29 @@ class Core:
             df.index = self.cat_names()
             if self.label is not None:
                 df[self.label] = self.label_col()
-            self.cache["obs"] = _str_columns(df)
-            for k in [k for k in self.cache if isinstance(k, tuple) and k[0] == "obs_column"]:
+            self.cache[self.cat] = _str_columns(df)
+            for k in [k for k in self.cache if isinstance(k, tuple) and k[0] == f"{self.cat}_column"]:
                 del self.cache[k]  # the whole table holds them now
-        return self.cache["obs"]
+        return self.cache[self.cat]
 
     def cat_column(self, key: str, index: bool = True) -> pd.Series:
-        """One column of the concatenated obs, reading only that column of each file (once: it is kept).
+        """One column of the concatenated table, reading only that column of each file (once: it is kept).
 
         ``index=False`` leaves the cell names out (a range index): building a million names costs more than
         reading a categorical column."""
-        if "obs" in self.cache:
-            col = self.cache["obs"][key]
+        if self.cat in self.cache:
+            col = self.cache[self.cat][key]
             return col if index else col.reset_index(drop=True)
         if key == self.label:
             values = pd.Series(self.label_col(), name=key)
-        elif ("obs_column", key) in self.cache:
-            values = self.cache[("obs_column", key)]
+        elif (f"{self.cat}_column", key) in self.cache:
+            values = self.cache[(f"{self.cat}_column", key)]
         else:
             if key not in self.cat_keys():
-                raise KeyError(f"{key!r} is not an obs column of the collection (columns: {self.cat_keys()})")
+                raise KeyError(f"{key!r} is not an {self.cat} column of the collection (columns: {self.cat_keys()})")
             frames = [_one_column(p, key, self.cat) for p in self.parts]
             values = pd.concat(admerge.unify_dtypes(frames), join=self.join, ignore_index=True)[key]
-            self.cache[("obs_column", key)] = values
+            self.cache[(f"{self.cat}_column", key)] = values
         if not index:
             return values
         col = values.copy(deep=False)
@@ -324,15 +335,16 @@ class Core:
         return col
 
     def alt_table(self) -> pd.DataFrame:
-        """The joined ``var`` as ``merge`` merges it (read once, then cached; no columns when ``merge`` is ``None``)."""
-        if "var" not in self.cache:
+        """The joined axis' table (var; along var: obs) as ``merge`` merges it (read once, then cached; no columns
+        when ``merge`` is ``None``)."""
+        if self.alt not in self.cache:
             if self.merge_given:
                 frames = [pd.DataFrame(getattr(p, self.alt)) for p in self.parts]
                 df = admerge.merge_dataframes(frames, self.joined, self.merge)
             else:  # anndata's default (merge=None) keeps no var column: nothing to read
                 df = pd.DataFrame(index=self.joined)
-            self.cache["var"] = _str_columns(df)
-        return self.cache["var"]
+            self.cache[self.alt] = _str_columns(df)
+        return self.cache[self.alt]
 
     def uns(self) -> dict:
         """The ``uns`` as ``uns_merge`` merges it (read once, then cached; empty when ``uns_merge`` is ``None``)."""
@@ -344,7 +356,8 @@ class Core:
         return self.cache["uns"]
 
     def alt_mapping(self, group: str) -> dict:
-        """``varm`` or ``varp`` merged with the merge strategy (anndata's default keeps none: nothing read)."""
+        """The joined axis' ``varm``/``varp`` (along var: ``obsm``/``obsp``) merged with the merge strategy
+        (anndata's default keeps none: nothing read)."""
         if group not in self.cache:
             if not self.merge_given:
                 self.cache[group] = {}
@@ -432,10 +445,13 @@ class Core:
             raise KeyError(path)
         if self.axis == 1:
             if not stored:
+                missing = admerge.MissingVal
+                which = [
+                    n for n, s, v in zip(self.names, sources, values, strict=True) if s is None and v is not missing
+                ]
                 raise NotImplementedError(
-                    f"shadows.concat(..., axis='var') joins stored arrays only; {path} of "
-                    f"{[n for n, s, v in zip(self.names, sources, values, strict=True) if s is None and v is not admerge.MissingVal][:3]} is no stored array "
-                    "(use anndata.concat on the files read into memory)"
+                    f"shadows.concat(..., axis='var') joins stored 2-D arrays only; {path} of {which[:3]} is none "
+                    "(read the files, AnnDataShadow(path).to_memory(), and use anndata.concat(..., axis='var'))"
                 )
             return side_by_side(self, sources)
         if not stored:
