@@ -220,8 +220,8 @@ class Core:
 
     def raw(self) -> Core | None:
         """The join of the files' ``raw`` (as ``anndata.concat`` joins it), or ``None`` unless every file has one."""
-        if not self.has_raw:
-            return None
+        if not self.has_raw or self.shape[0] == 0:
+            return None  # (anndata's AnnData drops a raw of no cells: an inner join of files sharing no cell)
         if "raw" not in self.cache:
             self.cache["raw"] = (self.raw_core if self.axis == 0 else self.side_raw_core)(self)
         return self.cache["raw"]
