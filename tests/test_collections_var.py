@@ -152,6 +152,19 @@ def open_both(paths: list[str], kw: dict):
     return got, want
 
 
+def anndata_view(want: ad.AnnData, rows, cols) -> ad.AnnData:
+    """``want[rows, cols]``; where anndata's joint indexing of a sparse X fails (scipy cannot reshape the result
+    of some pairs of index arrays), the same selection in two steps."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        view = want[rows, cols]
+        try:
+            view.X  # noqa: B018
+            return view
+        except ValueError:
+            return want[rows].copy()[:, cols]
+
+
 _counter = iter(range(10**9))
 
 
@@ -178,9 +191,7 @@ def test_views_equal_anndata_views(tmp_path, case, data):
     got, want = open_both(paths, kw)
     oi = data.draw(indexers(want.n_obs, want.obs_names), label="obs")
     vi = data.draw(indexers(want.n_vars, want.var_names), label="var")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        w = want[oi, vi]
+    w = anndata_view(want, oi, vi)
     g = got[oi, vi]
     where = f"coll[{describe_indexer(oi)}, {describe_indexer(vi)}]"
     assert g.is_view
@@ -194,9 +205,7 @@ def test_views_equal_anndata_views(tmp_path, case, data):
     assert_adata_equal(g, w, where)
     # (no slices here: anndata's view of a one-gene view of a sparse X, sliced, hands out a dense array)
     vi2 = data.draw(indexers(w.n_vars, None, kinds=("int_array", "bool_mask")), label="var2")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        w2 = w[:, vi2]
+    w2 = anndata_view(w, slice(None), vi2)
     assert_adata_equal(g[:, vi2], w2, f"{where}[:, {describe_indexer(vi2)}]", to_memory=False)
 
 
@@ -210,7 +219,7 @@ def test_streamed_write_reads_back_as_anndata_concat(tmp_path, case, data):
     if data.draw(st.booleans(), label="view"):
         rows = data.draw(indexers(want.n_obs, None, kinds=("slice", "int_array", "bool_mask")), label="rows")
         cols = data.draw(indexers(want.n_vars, None, kinds=("slice", "int_array", "bool_mask")), label="cols")
-        got, want = got[rows, cols], want[rows, cols]
+        got, want = got[rows, cols], anndata_view(want, rows, cols)
     fmt = data.draw(st.sampled_from(["h5ad", "zarr"]), label="format")
     chunk = data.draw(st.sampled_from([None, 1, 2]), label="chunk_size")  # several row blocks per file
     mine, theirs = d / f"mine.{fmt}", d / f"theirs.{fmt}"
