@@ -402,8 +402,8 @@ def test_scanpy_qc_metrics_equal(three):
 def test_errors_are_clear(three, tmp_path):
     with pytest.raises(ValueError, match="join must be"):
         shadows.concat(three, join="left")
-    with pytest.raises(NotImplementedError, match="along obs"):
-        shadows.concat(three, axis=1)
+    with pytest.raises(ValueError, match="axis must be 0, 1, 'obs' or 'var'"):
+        shadows.concat(three, axis=2)
     with pytest.raises(ValueError, match="keys has 2 names for 3 sources"):
         shadows.concat(three, keys=["a", "b"])
     with pytest.raises(FileNotFoundError, match="matches no file"):

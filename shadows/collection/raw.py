@@ -30,6 +30,7 @@ class RawCore(Core):
 
     def __init__(self, parent: Core):  # (Core's own constructor opens the files: they are open already)
         self.join, self.label, self.index_unique = parent.join, None, parent.index_unique
+        self.set_axis(parent.axis)
         self.fill_value, self.pairwise = parent.fill_value, False
         self.merge = self.uns_merge = admerge.resolve_merge_strategy(None)
         self.merge_given = self.uns_merge_given = False
@@ -37,20 +38,48 @@ class RawCore(Core):
         self.parent = parent
         self.has_raw = False
         self.cache: dict[Any, Any] = {}
-        self.var_names, self.colmaps = self._join_var()
+        self.joined, self.maps = self._join()
 
-    def file_var_names(self) -> list[pd.Index]:
+    def file_alt_names(self) -> list[pd.Index]:
         """Each file's raw gene names, in file order."""
         return [p.raw.var_names for p in self.parts]
 
-    def obs_names(self) -> pd.Index:
+    def cat_names(self) -> pd.Index:
         """The collection's cell names (raw has the cells of the collection)."""
-        return self.parent.obs_names()
+        return self.parent.cat_names()
 
     def _values(self, path: str) -> list[Any]:
         if path != "X":
             raise KeyError(f"raw of a collection holds X, var and varm only, not {path!r}")
         return [p.raw.X for p in self.parts]
+
+
+class SideRawCore(Core):
+    """Along var: the files' raw side by side, as ``anndata.concat(..., axis=1)`` joins them (the concatenation of
+    ``AnnData(X=raw.X, var=raw.var, varm=raw.varm)`` of each file with the same ``join``, ``label``, ``keys``,
+    ``index_unique`` and ``fill_value``): the collection's cells, each file's raw genes one after another.
+
+    Its parts are the files' raw (:class:`~shadows.core.raw.RawShadow`: names, ``var``, ``varm``, ``X``)."""
+
+    def __init__(self, parent: Core):  # (Core's own constructor opens the files: they are open already)
+        self.join, self.label, self.index_unique = parent.join, parent.label, parent.index_unique
+        self.set_axis(1)
+        self.fill_value, self.pairwise = parent.fill_value, False
+        self.merge = self.uns_merge = admerge.resolve_merge_strategy(None)
+        self.merge_given = self.uns_merge_given = False
+        self.parts = [p.raw for p in parent.parts]
+        self.names, self.keys = parent.names, parent.keys
+        lengths = np.array([r.n_vars for r in self.parts], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        self.parent = parent
+        self.has_raw = False
+        self.cache: dict[Any, Any] = {}
+        self.joined, self.maps = parent.joined, parent.maps  # raw has the cells of the files: the same join
+
+    def _values(self, path: str) -> list[Any]:
+        if path != "X":
+            raise KeyError(f"raw of a collection holds X, var and varm only, not {path!r}")
+        return [r.X for r in self.parts]
 
 
 class CollectionRaw:
@@ -74,13 +103,14 @@ class CollectionRaw:
 
     @property
     def var(self) -> pd.DataFrame:
-        """The joined raw genes (no columns, as anndata.concat keeps them)."""
-        return self._core.var()
+        """The joined raw genes (no columns, as anndata.concat keeps them; along var, the files' raw var
+        concatenated)."""
+        return self._core.table_of("var")
 
     @property
     def var_names(self) -> pd.Index:
-        """The joined raw gene names."""
-        return self._core.var_names
+        """The joined raw gene names (along var: the files' raw gene names one after another)."""
+        return self._core.names_of("var")
 
     @property
     def obs_names(self) -> pd.Index:
@@ -89,8 +119,8 @@ class CollectionRaw:
 
     @property
     def varm(self) -> dict:
-        """Empty, as ``anndata.concat`` leaves raw.varm."""
-        return {}
+        """Empty, as ``anndata.concat`` leaves raw.varm along obs; along var, the files' raw varm concatenated."""
+        return {} if self._core.axis == 0 else dict(self._core.cat_mapping("varm"))
 
     @property
     def n_obs(self) -> int:
@@ -100,7 +130,7 @@ class CollectionRaw:
     @property
     def n_vars(self) -> int:
         """The number of raw genes."""
-        return len(self._core.var_names)
+        return len(self.var_names)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -117,7 +147,7 @@ class CollectionRaw:
     def to_raw(self) -> anndata.Raw:
         """anndata's in-memory ``Raw`` of these cells (X read)."""
         holder = anndata.AnnData(obs=pd.DataFrame(index=self.obs_names))
-        return anndata.Raw(holder, X=self._coll._as_numpy().raw.X, var=self.var.copy(), varm=None)
+        return anndata.Raw(holder, X=self._coll._as_numpy().raw.X, var=self.var.copy(), varm=self.varm or None)
 
     def to_adata(self) -> anndata.AnnData:
         """An in-memory AnnData of these cells' raw (X read), as ``anndata.Raw.to_adata``."""
@@ -130,6 +160,9 @@ class CollectionRaw:
         """Values of raw gene ``k`` across the cells (that column alone is read from each file)."""
         j = int(self.var_names.get_loc(k))
         src = self.stacked()
+        if self._core.axis == 1:  # (only the file holding the gene is read)
+            m = src.select(src.rows, slice(j, j + 1, 1)).read()
+            return np.ravel(m.toarray() if sp.issparse(m) else np.asarray(m))
         cols = tuple(self._core.columns_for(f, slice(j, j + 1, 1))[0] for f in range(len(self._core.parts)))
         m = src.with_rows(src.rows, columns=cols, n_cols=1).read()
         return np.ravel(m.toarray() if sp.issparse(m) else np.asarray(m))
@@ -139,3 +172,4 @@ class CollectionRaw:
 
 
 Core.raw_core = RawCore  # what Core.raw() builds
+Core.side_raw_core = SideRawCore  # (along var)

@@ -27,14 +27,13 @@ from shadows.backends import check_backend_name, get_array_backend, get_table_ba
 from shadows.collection.core import Core, expand_sources
 from shadows.collection.obs import LazyFrame
 from shadows.collection.raw import CollectionRaw  # also sets Core.raw_core
+from shadows.collection.side import SideBySide
 from shadows.collection.source import Stacked
 from shadows.core.anndata import _ANNDATA_013, _as_view_frame, _LazyNames, _take
 from shadows.core.compat import NOT_A_REFERENCE, accessor_get
 from shadows.core.mapping import ElementMapping, untrack
 from shadows.core.state import ElementStores
 from shadows.spec import selection as ix
-
-_MATRIX_GROUPS = ("layers", "obsm", "obsp")
 
 
 def concat(
@@ -53,7 +52,7 @@ def concat(
     array_backend: str = "numpy",
     table_backend: str = "pandas",
 ) -> CollectionShadow:
-    """Concatenate AnnData files along obs as one lazy shadow, as ``anndata.concat`` does in memory.
+    """Concatenate AnnData files along obs (or var) as one lazy shadow, as ``anndata.concat`` does in memory.
 
     Parameters
     ----------
@@ -62,25 +61,29 @@ def concat(
         :class:`~shadows.AnnDataShadow` objects (or views), mixed; or a mapping of key to source (its keys are the
         ``keys``).
     axis
-        Only ``"obs"`` (0) is supported.
+        ``"obs"`` (0): the files' cells one after the other, their genes joined.  ``"var"`` (1): files of (some of)
+        the same cells side by side, their genes one after the other (X column by column), their cell names
+        joined; ``label`` and ``index_unique`` then apply to the genes, ``merge`` to obs/obsm/obsp, varm is
+        concatenated and varp (``pairwise``) block-diagonal.
     join
-        ``"inner"``: the genes all files share; ``"outer"``: all genes, a file's missing ones filled (sparse
-        matrices with zeros, dense ones with NaN, unless ``fill_value``).
+        ``"inner"``: the genes all files share (along var: the cells); ``"outer"``: all of them, a file's missing
+        ones filled (sparse matrices with zeros, dense ones with NaN, unless ``fill_value``).
     merge
-        How var, varm and varp are merged (anndata's strategies: ``None``, ``"same"``, ``"unique"``,
-        ``"first"``, ``"only"``); ``None`` keeps none (and reads none).
+        How the joined axis' elements are merged (var, varm and varp; along var: obs, obsm and obsp), with
+        anndata's strategies: ``None``, ``"same"``, ``"unique"``, ``"first"``, ``"only"``; ``None`` keeps none
+        (and reads none).
     uns_merge
         How ``uns`` is merged (same strategies); ``None`` keeps none.
     label
-        Name of an obs column recording each cell's source (its key).
+        Name of an obs column recording each cell's source (its key); along var, a var column (each gene's).
     keys
         Names of the sources (default ``"0"``, ``"1"``, ...).
     index_unique
-        If given, cell names become ``"{name}{index_unique}{key}"``.
+        If given, cell names (along var: gene names) become ``"{name}{index_unique}{key}"``.
     fill_value
         Value of joined positions a file lacks (``join="outer"``).
     pairwise
-        Keep ``obsp`` (block-diagonal, one block per file), as anndata's ``pairwise=True``.
+        Keep ``obsp`` (along var: ``varp``), block-diagonal (one block per file), as anndata's ``pairwise=True``.
     format
         Format of path sources (``"h5ad"``, ``"zarr"``...; default: detected per file).
     array_backend
@@ -98,12 +101,17 @@ def concat(
     >>> coll = shadows.concat(["a.h5ad", "b.zarr"], join="outer", label="batch")  # doctest: +SKIP
     >>> t = coll[coll.obs["cell_type"] == "T cell"]  # reads one obs column per file  # doctest: +SKIP
     >>> t.X  # the T cells' rows of each file, nothing else  # doctest: +SKIP
+    >>> both = shadows.concat(["rna.h5ad", "atac.zarr"], axis="var", join="inner")  # doctest: +SKIP
+    >>> both[:, ["CD3E"]].X  # reads rna.h5ad only  # doctest: +SKIP
+
+    Raises
+    ------
+    ValueError
+        For an ``axis`` or ``join`` anndata does not know, or files that cannot be joined (names along the joined
+        axis not unique, some files without X).
     """
-    if axis not in ("obs", 0):
-        raise NotImplementedError(
-            f"shadows.concat joins files along obs only (axis='obs' or 0), got axis={axis!r}; to join along var, "
-            "read the files (AnnDataShadow(path).to_memory()) and use anndata.concat(..., axis='var')"
-        )
+    if axis not in ("obs", 0, "var", 1) or isinstance(axis, bool):
+        raise ValueError(f"axis must be 0, 1, 'obs' or 'var', got {axis!r}")
     check_backend_name(array_backend, "array")
     check_backend_name(table_backend, "table")
     items, keys = expand_sources(sources, keys)
@@ -118,12 +126,14 @@ def concat(
         fill_value=fill_value,
         pairwise=pairwise,
         format=format,
+        axis=0 if axis in ("obs", 0) else 1,
     )
     return CollectionShadow(core, array_backend=array_backend, table_backend=table_backend)
 
 
 class CollectionShadow(anndata.AnnData):
-    """Several AnnData files stacked along obs, read lazily; made by :func:`shadows.concat`.
+    """Several AnnData files stacked along obs (or side by side along var), read lazily; made by
+    :func:`shadows.concat`.
 
     Every element equals that of ``anndata.concat`` of the files read into memory (with the same arguments).
     Assignments (``coll.obs["x"] = ...``, ``coll.obsm["X_new"] = ...``) are held in memory; ``write_h5ad`` and
@@ -191,12 +201,12 @@ class CollectionShadow(anndata.AnnData):
     @property
     def n_obs(self) -> int:
         """Number of cells of all files together (the selected ones for a view)."""
-        return ix.length(self._rows, self._core.n_obs)
+        return ix.length(self._rows, self._core.shape[0])
 
     @property
     def n_vars(self) -> int:
         """Number of joined genes (the selected ones for a view)."""
-        return ix.length(self._cols, len(self._core.var_names))
+        return ix.length(self._cols, self._core.shape[1])
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -220,10 +230,10 @@ class CollectionShadow(anndata.AnnData):
     def _frame(self, name: str) -> pd.DataFrame:
         if name in self._frames:
             return self._frames[name]
-        if self._base is None and name == "obs":
-            df = LazyFrame(_ObsColumns(self._core))  # columns read when asked for; all at once when needed
+        if self._base is None and name == self._core.cat:
+            df = LazyFrame(_CatColumns(self._core))  # columns read when asked for; all at once when needed
         elif self._base is None:
-            df = self._core.var().copy()  # assignments change this collection's table, not the shared one
+            df = self._core.alt_table().copy()  # assignments change this collection's table, not the shared one
         else:
             sel = self._base_sel[0 if name == "obs" else 1]
             src = self._base._frame(name)
@@ -295,7 +305,7 @@ class CollectionShadow(anndata.AnnData):
             idx = self._base._frames[name].index
             sel = self._base_sel[0 if name == "obs" else 1]
             return idx[ix.positions(sel, len(idx))] if sel is not None else idx
-        full = self._core.obs_names() if name == "obs" else self._core.var_names
+        full = self._core.names_of(name)
         sel = self._rows if name == "obs" else self._cols
         return full[ix.positions(sel, len(full))] if sel is not None else full
 
@@ -327,7 +337,7 @@ class CollectionShadow(anndata.AnnData):
         """The obs column names, from the files' metadata when ``obs`` has not been read (nothing is read)."""
         if not self._obs_on_disk():
             return [str(c) for c in self._frame("obs").columns]
-        return list(self._core.obs_keys())
+        return list(self._core.cat_keys())
 
     def var_keys(self) -> list[str]:
         """The var column names (those ``merge`` keeps)."""
@@ -347,11 +357,11 @@ class CollectionShadow(anndata.AnnData):
 
     # --- mappings (the protocol of shadows.core.mapping.ElementMapping) --------------------------------------------------
     def _disk_keys(self, group: str) -> list[str]:
-        if group in _MATRIX_GROUPS:
+        if group in self._core.stacked_groups:
             return self._core.keys_of(group)
         if group == "uns":
             return [str(k) for k in self._core.uns().keys()]
-        return [str(k) for k in self._core.var_mapping(group).keys()]
+        return [str(k) for k in self._core.whole_mapping(group).keys()]
 
     def _mapping(self, group: str) -> ElementMapping:
         return ElementMapping(self, group)
@@ -405,8 +415,9 @@ class CollectionShadow(anndata.AnnData):
             raise KeyError(f"{group} of the collection has no key {key!r}; keys: {self._disk_keys(group)}")
         if group == "uns":
             value = self._core.uns()[key]
-        elif group in ("varm", "varp"):
-            value = _take(self._core.var_mapping(group)[key], (self._cols,) * (1 if group == "varm" else 2))
+        elif group not in self._core.stacked_groups:  # read whole: the selection of the view taken
+            sel = self._rows if group.startswith("obs") else self._cols
+            value = _take(self._core.whole_mapping(group)[key], (sel,) * (1 if group.endswith("m") else 2))
         else:
             value = self._read(f"{group}/{key}")
         self._state.cache[k] = value
@@ -444,7 +455,12 @@ class CollectionShadow(anndata.AnnData):
     def stacked(self, path: str) -> Stacked | Any:
         """The :class:`~shadows.collection.source.Stacked` source of a matrix element of this collection (or view):
         ``X``, ``layers/<key>``, ``obsm/<key>``, ``obsp/<key>``.  (Elements that are no stored arrays come whole.)"""
+        group, key = path.split("/", 1) if "/" in path else (path, "")
+        if path != "X" and group not in self._core.stacked_groups:  # (axis=1: obsm, obsp) read whole, joined
+            return self._get(group, key)
         whole = self._core.element(path)
+        if isinstance(whole, SideBySide):
+            return whole.select(self._rows, self._cols)
         if not isinstance(whole, Stacked):
             return _take_rows(whole, self._rows, self.is_view)
         if whole.pairwise:
@@ -458,7 +474,7 @@ class CollectionShadow(anndata.AnnData):
 
     def _read(self, path: str) -> Any:
         src = self.stacked(path)
-        if not isinstance(src, Stacked):
+        if not isinstance(src, Stacked | SideBySide):
             return src
         return self._read_source(src)
 
@@ -541,6 +557,8 @@ class CollectionShadow(anndata.AnnData):
 
     def _obs_on_disk(self) -> bool:
         """Whether obs is still only in the files (no table read whole, none assigned): columns are read alone."""
+        if self._core.cat != "obs":
+            return False  # (axis=1: obs is the files' obs merged, read whole)
         if "obs" in self._frames and self._base is not None:
             return False  # a view's own table (read already)
         frame = (self._base if self._base is not None else self)._frames.get("obs")
@@ -551,7 +569,7 @@ class CollectionShadow(anndata.AnnData):
         ``None``): one column of each file, without the cell names."""
         if not self._obs_on_disk():
             return None
-        col = self._core.obs_column(k, index=False)
+        col = self._core.cat_column(k, index=False)
         if self._base is None:
             return col
         sel = self._base_sel[0]
@@ -646,8 +664,8 @@ class CollectionShadow(anndata.AnnData):
             self._core,
             array_backend=self._array_backend,
             table_backend=self._table_backend,
-            _rows=ix.compose(self._rows, o, self._core.n_obs),
-            _cols=ix.compose(self._cols, v, len(self._core.var_names)),
+            _rows=ix.compose(self._rows, o, self._core.shape[0]),
+            _cols=ix.compose(self._cols, v, self._core.shape[1]),
             _view=True,
         )
         if self.is_view:  # a view of a view takes its tables from the same base
@@ -764,7 +782,8 @@ class CollectionShadow(anndata.AnnData):
         core = self._core
         head = "View of " if self.is_view else ""
         lines = [
-            f"{head}CollectionShadow of {len(core.parts)} files ({core.join} join) with n_obs × n_vars = "
+            f"{head}CollectionShadow of {len(core.parts)} files ({core.join} join{', axis=var' if core.axis else ''}) "
+            f"with n_obs × n_vars = "
             f"{self.n_obs} × {self.n_vars}"
         ]
         shown = core.names if len(core.names) <= 8 else core.names[:4] + ["..."] + core.names[-3:]
@@ -774,14 +793,14 @@ class CollectionShadow(anndata.AnnData):
                 lines.append("        ...")
                 continue
             f = core.names.index(name)
-            lines.append(f"        {core.keys[f]}: {name} ({int(lengths[f])} cells)")
+            unit = "cells" if core.axis == 0 else "genes"
+            lines.append(f"        {core.keys[f]}: {name} ({int(lengths[f])} {unit})")
         lines.insert(1, "    sources:")
-        obs_cols = self.obs_keys()
-        if obs_cols:
-            lines.append("    obs: " + ", ".join(f"'{c}'" for c in obs_cols))
-        var_cols = self.var_keys() if "var" in self._frames or core.merge_given else []
-        if var_cols:
-            lines.append("    var: " + ", ".join(f"'{c}'" for c in var_cols))
+        for name in ("obs", "var"):  # (the merged table's columns only if merge keeps some: nothing read else)
+            known = name == core.cat or name in self._frames or core.merge_given
+            cols = (self.obs_keys() if name == "obs" else self.var_keys()) if known else []
+            if cols:
+                lines.append(f"    {name}: " + ", ".join(f"'{c}'" for c in cols))
         for group in ("uns", "obsm", "varm", "layers", "obsp", "varp"):
             keys = [k for k in getattr(self, group).keys() if k is not None]
             if keys:
@@ -794,23 +813,24 @@ class CollectionShadow(anndata.AnnData):
     __hash__ = object.__hash__
 
 
-class _ObsColumns:
-    """A collection's obs read through its :class:`~shadows.collection.core.Core` (see :class:`LazyFrame`)."""
+class _CatColumns:
+    """A collection's table along the concatenated axis (obs; var for ``axis=1``), read through its
+    :class:`~shadows.collection.core.Core` (see :class:`LazyFrame`)."""
 
     def __init__(self, core: Core):
         self._core = core
 
     def keys(self) -> list[str]:
-        return self._core.obs_keys()
+        return self._core.cat_keys()
 
     def names(self) -> pd.Index:
-        return self._core.obs_names()
+        return self._core.cat_names()
 
     def column(self, key: str) -> pd.Series:
-        return self._core.obs_column(key)
+        return self._core.cat_column(key)
 
     def frame(self) -> pd.DataFrame:
-        return self._core.obs().copy()  # assignments change this collection's table, not the shared one
+        return self._core.cat_table().copy()  # assignments change this collection's table, not the shared one
 
 
 def _take_rows(value: Any, rows: ix.Sel, is_view: bool) -> Any:

@@ -179,26 +179,7 @@ class Stacked:
 
     def _aligned(self, block: Any, place: np.ndarray | None) -> Any:
         """A block of the columns read, placed at its output columns; the others filled as anndata fills them."""
-        if self.fmt == "csr":
-            block = block.tocsr() if sp.issparse(block) else sp.csr_matrix(np.asarray(block))
-            if place is None:
-                return block
-            out = sp.csr_matrix((block.data, place[block.indices], block.indptr), shape=(block.shape[0], self.n_cols))
-            if self.fill != 0:
-                missing = np.setdiff1d(np.arange(self.n_cols), place)
-                out = out.tocsc().astype(np.result_type(out.dtype, np.asarray(self.fill).dtype))
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", sp.SparseEfficiencyWarning)
-                    out[:, missing] = self.fill
-                out = out.tocsr()
-            return out
-        block = np.asarray(block)
-        if place is None:
-            return block
-        idx = np.full(self.n_cols, -1, dtype=np.intp)
-        idx[place] = np.arange(len(place))
-        # pandas' take is what anndata's reindexer uses: the same fill and the same type promotion
-        return pd.api.extensions.take(block, idx, axis=1, allow_fill=True, fill_value=self.fill)
+        return align(block, place, self.n_cols, self.fmt, self.fill)
 
     def _pairwise_blocks(self, plan: RowPlan) -> list:
         """Rows of a block-diagonal element: each file's rows against the selected rows of the same file."""
@@ -234,6 +215,39 @@ class Stacked:
         if order is not None:
             out = out[order]
         return np.asarray(out).astype(self.dtype, copy=False)
+
+
+def align(block: Any, place: np.ndarray | None, n: int, fmt: str, fill: Any, axis: int = 1) -> Any:
+    """A block of the columns (``axis=0``: rows) read, placed at positions ``place`` of ``n`` output columns (rows);
+    the others filled as anndata fills them (a CSR block for ``fmt="csr"``, numpy for ``"dense"``)."""
+    if fmt == "csr":
+        block = block.tocsr() if sp.issparse(block) else sp.csr_matrix(np.asarray(block))
+        if place is None:
+            return block
+        if axis == 0 and fill == 0:
+            # rows placed in order (``place`` increasing): only the row pointers change, the values are not copied
+            counts = np.zeros(n, dtype=np.int64)
+            counts[place] = np.diff(block.indptr)
+            indptr = np.concatenate([[0], np.cumsum(counts)]).astype(block.indptr.dtype, copy=False)
+            return sp.csr_matrix((block.data, block.indices, indptr), shape=(n, block.shape[1]))
+        if axis == 0:  # rows placed and filled with a value: the transposed block's columns
+            return align(block.T, place, n, fmt, fill, 1).T.tocsr()
+        out = sp.csr_matrix((block.data, place[block.indices], block.indptr), shape=(block.shape[0], n))
+        if fill != 0:
+            missing = np.setdiff1d(np.arange(n), place)
+            out = out.tocsc().astype(np.result_type(out.dtype, np.asarray(fill).dtype))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", sp.SparseEfficiencyWarning)
+                out[:, missing] = fill
+            out = out.tocsr()
+        return out
+    block = np.asarray(block)
+    if place is None:
+        return block
+    idx = np.full(n, -1, dtype=np.intp)
+    idx[place] = np.arange(len(place))
+    # pandas' take is what anndata's reindexer uses: the same fill and the same type promotion
+    return pd.api.extensions.take(block, idx, axis=axis, allow_fill=True, fill_value=fill)
 
 
 # --- format and dtype, the way anndata.concat decides them ------------------------------------------------------------

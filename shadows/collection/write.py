@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from shadows.collection.side import SideBySide
 from shadows.collection.source import Stacked, chunk_bounds, plan_rows
 from shadows.core.mapping import untrack
 from shadows.settings import settings
@@ -109,23 +110,26 @@ def write_collection(
 
 
 def _raw(raw: Any, root: Any, opts: WriteOptions) -> None:
-    """The joined raw (X streamed in blocks of rows, var and an empty varm), as anndata writes a ``Raw``."""
+    """The joined raw (X streamed in blocks of rows, var and varm: empty along obs), as anndata writes a ``Raw``."""
     group = root.create_group("raw")
     set_encoding(group, "raw", "0.1.0")
     src = raw.stacked()
-    if isinstance(src, Stacked):
+    if isinstance(src, Stacked | SideBySide):
         _stream(group, "X", src, opts)
     else:
         anndata.io.write_elem(group, "X", src, dataset_kwargs=opts.dataset_kwargs)
     anndata.io.write_elem(group, "var", pd.DataFrame(raw.var), dataset_kwargs=opts.dataset_kwargs)
-    anndata.io.write_elem(group, "varm", {}, dataset_kwargs=opts.dataset_kwargs)
+    anndata.io.write_elem(group, "varm", dict(raw.varm), dataset_kwargs=opts.dataset_kwargs)
 
 
-def _stream(parent: Any, name: str, src: Stacked, opts: WriteOptions) -> None:
+def _stream(parent: Any, name: str, src: Stacked | SideBySide, opts: WriteOptions) -> None:
     """Write a stacked element in blocks of output rows (each read from the files holding them)."""
     kw = opts.dataset_kwargs
     step = opts.chunk_size or _rows_per_block(src)
-    bounds = chunk_bounds(plan_rows(src.rows, src.offsets), src.offsets, step)
+    if isinstance(src, SideBySide):
+        bounds = [(a, min(src.shape[0], a + step)) for a in range(0, src.shape[0], step)]
+    else:
+        bounds = chunk_bounds(plan_rows(src.rows, src.offsets), src.offsets, step)
     if src.fmt == "csr":
         sink: Any = SparseSink(parent, name, "csr", src.shape, src.dtype, nnz=None, **kw)
         for a, b in bounds:
@@ -153,7 +157,7 @@ def _matrix(coll: CollectionShadow, parent: Any, name: str, path: str, opts: Wri
                 write_in_memory(store[key], parent, name, path, opts)
             return
     src = coll.stacked(path)
-    if not isinstance(src, Stacked):  # a table in obsm...: small, written by anndata
+    if not isinstance(src, Stacked | SideBySide):  # a table in obsm... (axis=1: obsm, obsp): written by anndata
         anndata.io.write_elem(parent, name, pd.DataFrame(src) if isinstance(src, pd.DataFrame) else src)
         return
     kw = opts.dataset_kwargs
@@ -174,6 +178,8 @@ def known_nnz(coll: CollectionShadow, src: Stacked, path: str) -> int | None:
 
     With it the output's arrays are made at their final size (contiguous, written past HDF5's buffers) instead of
     growing chunk by chunk."""
+    if isinstance(src, SideBySide):
+        return src.stored_count()
     if src.fmt != "csr" or src.pairwise:
         return None
     total = 0
@@ -203,7 +209,14 @@ def row_blocks(coll: CollectionShadow, src: Stacked, path: str, chunk_size: int 
     """``(start, stop, block)`` over the rows of a matrix element, in bounded memory, aligned as ``src`` says.
 
     Rows in file order (a whole collection, slices, masks, sorted positions) are read file by file through
-    each file's own view; rows of the files interleaved are read in blocks of output rows."""
+    each file's own view; rows of the files interleaved, and the rows of a collection along var (every file's
+    part of each row), are read in blocks of output rows."""
+    if isinstance(src, SideBySide):
+        step = chunk_size or _rows_per_block(src)
+        for a in range(0, src.shape[0], step):
+            b = min(src.shape[0], a + step)
+            yield a, b, src.read(slice(a, b, 1))
+        return
     plan = plan_rows(src.rows, src.offsets)
     if plan.order is not None:
         step = chunk_size or _rows_per_block(src)
@@ -283,9 +296,12 @@ def _file_rows_per_block(view: Any, path: str, n_rows: int) -> int:
     return max(1, int(settings.memory_budget // 8 // max(1.0, per_row)))
 
 
-def _rows_per_block(src: Stacked) -> int:
+def _rows_per_block(src: Stacked | SideBySide) -> int:
     per_row = max(1, src.n_cols) * (src.dtype.itemsize + (8 if src.fmt == "csr" else 0))
-    return max(1, min(100_000, settings.memory_budget // (4 * per_row)))
+    if isinstance(src, SideBySide) and src.fmt == "csr" and (nnz := src.stored_count()) is not None:
+        # the files' row pointers tell the stored values per row: a 10 % dense matrix takes 10x the rows per block
+        per_row = max(1.0, nnz / max(1, src.shape[0])) * (src.dtype.itemsize + 8) + 8
+    return max(1, min(100_000, int(settings.memory_budget // (4 * per_row))))
 
 
 # --- dask -------------------------------------------------------------------------------------------------------------
@@ -314,10 +330,14 @@ def dask_array(src: Stacked) -> Any:
 
     from shadows.backends.dask import CSRChunk, chunk_length
 
-    plan = plan_rows(src.rows, src.offsets)
-    first = next((s for s in src.sources if s is not None), None)
-    step = chunk_length(first) if first is not None and not src.pairwise else _rows_per_block(src)
-    bounds = chunk_bounds(plan, src.offsets, max(1, step))
+    if isinstance(src, SideBySide):  # every chunk of rows reads each file's part of them
+        step = max(1, _rows_per_block(src))
+        bounds = [(a, min(src.shape[0], a + step)) for a in range(0, src.shape[0], step)]
+    else:
+        plan = plan_rows(src.rows, src.offsets)
+        first = next((s for s in src.sources if s is not None), None)
+        step = chunk_length(first) if first is not None and not src.pairwise else _rows_per_block(src)
+        bounds = chunk_bounds(plan, src.offsets, max(1, step))
     row_chunks = tuple(b - a for a, b in bounds) or (0,)
     meta = CSRChunk((0, 0), dtype=src.dtype) if src.fmt == "csr" else np.empty((0, 0), dtype=src.dtype)
     return da.from_array(
