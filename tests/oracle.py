@@ -56,6 +56,17 @@ def store_path(directory, fmt: str, zarr_format: int | None, stem: str = "adata"
     return str(Path(directory) / f"{stem}.v{zarr_format}.zarr")
 
 
+def write_specs(specs: list[dict], directory, make) -> list[str]:
+    """Write ``make(spec)`` for every spec (with ``"i"`` and ``"store"``: ``(fmt, zarr_format)``) into
+    ``directory`` as ``part{i}``; the paths, in order."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    paths = []
+    for spec in specs:
+        fmt, zf = spec["store"]
+        paths.append(write_adata(make(spec), store_path(directory, fmt, zf, stem=f"part{spec['i']}"), zf))
+    return paths
+
+
 @contextlib.contextmanager
 def quiet():
     """Silence anndata's warnings (duplicate names, old formats, implicit modification...)."""

@@ -24,7 +24,14 @@ import pytest
 import scipy.sparse as sp
 from hypothesis import Phase, given, reject, settings
 from hypothesis import strategies as st
-from oracle import STORE_FORMATS, assert_adata_equal, assert_element_equal, read_oracle, store_path, write_adata
+from oracle import (
+    STORE_FORMATS,
+    assert_adata_equal,
+    assert_element_equal,
+    read_oracle,
+    write_adata,
+    write_specs,
+)
 from rss_child import RSS_HELPERS
 from strategies import describe_indexer, indexers, make_column
 
@@ -96,12 +103,7 @@ def make_adata(spec: dict) -> ad.AnnData:
 
 
 def write_files(specs: list[dict], directory: Path) -> list[str]:
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for spec in specs:
-        fmt, zf = spec["store"]
-        paths.append(write_adata(make_adata(spec), store_path(directory, fmt, zf, stem=f"part{spec['i']}"), zf))
-    return paths
+    return write_specs(specs, directory, make_adata)
 
 
 @st.composite
