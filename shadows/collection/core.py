@@ -228,7 +228,7 @@ class Core:
 
     @property
     def n_cat(self) -> int:
-        """Length of the concatenated axis: the cells of all files together (along var: their genes)."""
+        """Length of the concatenated axis, the cells of all files together (along var, their genes)."""
         return int(self.offsets[-1])
 
     def close(self) -> None:

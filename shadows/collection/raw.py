@@ -109,7 +109,7 @@ class CollectionRaw:
 
     @property
     def var_names(self) -> pd.Index:
-        """The joined raw gene names (along var: the files' raw gene names one after another)."""
+        """The joined raw gene names (along var, the files' raw gene names one after another)."""
         return self._core.names_of("var")
 
     @property
