@@ -440,7 +440,9 @@ class SparseReader:
 
         ends = piece(a, a + 1) if a == b else np.concatenate([piece(a, a + 1), piece(b, b + 1)])
         starts, ends = self._checked_bounds(ends[:1], ends[-1:])
-        positions = _Appender(np.int64)
+        # stored positions of the hits: int32 where the scanned range allows (one gene of 200 on the 100k x 5k
+        # file: 2M hits, 8 MB less, a sixth of the read's peak)
+        positions = _Appender(np.int32 if int(ends[-1]) < 2**31 else np.int64)
         data, minor, _ = self._scan_minor(np.zeros(1, np.int64), starts, ends, min_pos, min_out, positions)
         hit_pos = positions.result()
         indptr = out_indptr(hit_pos, piece, a, b, self.group, corrupt)
