@@ -26,7 +26,7 @@ from rss_child import RSS_HELPERS
 
 import shadows
 from shadows import AnnDataShadow
-from shadows.spec.sparse_scan import Membership, hit_ranges
+from shadows.spec.sparse_scan import IndptrOfHits, Membership, hit_ranges
 
 N_OBS, N_VARS, DENSITY = 300, 10_000, 0.5
 
@@ -184,3 +184,39 @@ def test_prefetched_hits(files, genes):
     with shadows.settings.override(fast_io=True, memory_budget=2**24):
         got = AnnDataShadow(files["csr"])[:, genes].X
     assert_element_equal(got, files["adata"][:, genes].X, f"genes {genes} with prefetched hit ranges")
+
+
+class _Corrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_indptr_of_hits_equals_counting_hits_before_each_boundary(seed):
+    # the file's indptr over rows a:b, hits handed over chunk by chunk in stored order (some chunks empty, some
+    # boundaries between hits, on hits, after the last one), indptr read in pieces smaller than the range
+    rng = np.random.default_rng(seed)
+    n_rows = int(rng.integers(1, 3000))
+    indptr = np.concatenate([[0], np.cumsum(rng.integers(0, 5, n_rows))]).astype(np.int64)
+    a, b = sorted(int(x) for x in rng.integers(0, n_rows + 1, 2))
+    lo, hi = int(indptr[a]), int(indptr[b])
+    hits = np.sort(rng.choice(np.arange(lo, hi), size=int(rng.integers(0, max(1, hi - lo))), replace=False))
+    pieces = []
+
+    def piece(p0, p1):
+        pieces.append((p0, p1))
+        return indptr[p0:p1]
+
+    built = IndptrOfHits(piece, a, b, hi - lo, "X", lambda g, msg: _Corrupt(msg))
+    for chunk in np.array_split(hits, int(rng.integers(1, 20))):
+        built.append(chunk)
+    want = np.searchsorted(hits, indptr[a : b + 1], side="left")
+    np.testing.assert_array_equal(built.result(), want)
+    assert all(p1 - p0 <= 2**16 for p0, p1 in pieces)
+
+
+def test_indptr_of_hits_refuses_a_decreasing_indptr():
+    indptr = np.array([0, 5, 3, 8], dtype=np.int64)
+    built = IndptrOfHits(lambda p0, p1: indptr[p0:p1], 0, 3, 8, "X", lambda g, msg: _Corrupt(msg))
+    with pytest.raises(_Corrupt, match="indptr decreases"):
+        built.append(np.array([1, 6]))
+        built.result()

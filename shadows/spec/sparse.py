@@ -29,7 +29,7 @@ from shadows.settings import settings
 from shadows.spec import selection as ix
 from shadows.spec.h5_ranges import read_ranges, union_worth
 from shadows.spec.registry import ReadContext, corrupt, register_reader, sel_at, where_of
-from shadows.spec.sparse_scan import Membership, RangeRead, out_indptr, read_hits
+from shadows.spec.sparse_scan import IndptrOfHits, Membership, RangeRead, read_hits
 from shadows.spec.whole import read_all, wants_bar
 
 # A copy of the matrix in the other orientation, kept inside the matrix's own group (anndata reads only data,
@@ -428,7 +428,7 @@ class SparseReader:
 
     def _scan_range(self, a: int, b: int, min_pos: np.ndarray, min_out: np.ndarray | None):
         """Minor positions ``min_pos`` of major positions ``a:b``: one scan of the stored range
-        ``indptr[a]:indptr[b]``; the result's ``indptr`` from the hits' stored positions (see ``out_indptr``)."""
+        ``indptr[a]:indptr[b]``; the result's ``indptr`` from the hits' stored positions (see ``IndptrOfHits``)."""
         cache = self.ctx.indptr_cache if self.ctx is not None else {}
         ip = cache.get(self.group.name)
         arr = indptr_array(self.group, (self.format, self.shape)) if ip is None else None
@@ -440,12 +440,9 @@ class SparseReader:
 
         ends = piece(a, a + 1) if a == b else np.concatenate([piece(a, a + 1), piece(b, b + 1)])
         starts, ends = self._checked_bounds(ends[:1], ends[-1:])
-        # stored positions of the hits: int32 where the scanned range allows (one gene of 200 on the 100k x 5k
-        # file: 2M hits, 8 MB less, a sixth of the read's peak)
-        positions = _Appender(np.int32 if int(ends[-1]) < 2**31 else np.int64)
+        positions = IndptrOfHits(piece, a, b, int(ends[-1] - starts[0]), self.group, corrupt)
         data, minor, _ = self._scan_minor(np.zeros(1, np.int64), starts, ends, min_pos, min_out, positions)
-        hit_pos = positions.result()
-        indptr = out_indptr(hit_pos, piece, a, b, self.group, corrupt)
+        indptr = positions.result()
         return data, minor, indptr
 
     def _read_major_minor(self, maj_pos: np.ndarray, min_pos: np.ndarray | None, min_out: np.ndarray | None = None):
