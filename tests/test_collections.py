@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from collection_oracle import case_dir as _dir
+from collection_oracle import open_both, oracle
 from hypothesis import Phase, given, reject, settings
 from hypothesis import strategies as st
 from oracle import (
@@ -122,35 +124,6 @@ def cases(draw) -> tuple[list[dict], dict]:
     if draw(st.booleans()):
         kw["uns_merge"] = draw(st.sampled_from(["same", "unique", "first", "only"]))
     return specs, {k: v for k, v in kw.items() if v is not None}
-
-
-def oracle(paths: list[str], **kw) -> ad.AnnData:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return ad.concat([read_oracle(p) for p in paths], **kw)
-
-
-def open_both(paths: list[str], kw: dict):
-    """``(collection, anndata.concat)``; if anndata refuses the files, the collection must refuse them too."""
-    try:
-        want = oracle(paths, **kw)
-    except Exception:  # noqa: BLE001 - whatever anndata refuses, shadows must refuse
-        with pytest.raises(Exception):  # noqa: B017, PT011
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                shadows.concat(paths, **kw).to_memory()
-        reject()  # anndata refuses these files (e.g. columns it cannot unify): so did the collection
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        got = shadows.concat(paths, **kw)
-    return got, want
-
-
-_counter = iter(range(10**9))
-
-
-def _dir(tmp_path: Path) -> Path:
-    return tmp_path / f"case{next(_counter)}"
 
 
 # --- the differential tests -------------------------------------------------------------------------------------------
