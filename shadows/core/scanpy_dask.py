@@ -240,6 +240,22 @@ def dask_covariance(x: Any, *, return_gram: bool = False) -> tuple:
     return (cov, gram, mean) if return_gram else (cov, mean)
 
 
+def block_pair_sums(x: Any, per_block: Any, axis: int) -> tuple[Any, Any]:
+    """Two statistics along ``axis`` of a dask array, each added up across its blocks (lazy).
+
+    ``per_block(block)`` returns the block's two statistics stacked: two rows for ``axis=0``, two columns for
+    ``axis=1`` (e.g. sums and sums of squares).
+    """
+    if axis == 0:
+        chunks = ((2,) * x.numblocks[0], x.chunks[1])
+    else:
+        chunks = (x.chunks[0], (2,) * x.numblocks[1])
+    parts = x.map_blocks(per_block, chunks=chunks, dtype=np.float64, meta=np.empty((0, 0)))
+    if axis == 0:
+        return parts[0::2].sum(axis=0), parts[1::2].sum(axis=0)
+    return parts[:, 0::2].sum(axis=1), parts[:, 1::2].sum(axis=1)
+
+
 def dask_mean_var(x: Any, *, axis: int = 0) -> tuple[Any, Any]:
     """Mean and unbiased variance of a dask array along ``axis``, summed in float64 block by block (lazy)."""
 
@@ -252,16 +268,7 @@ def dask_mean_var(x: Any, *, axis: int = 0) -> tuple[Any, Any]:
         ss = np.asarray(sq.sum(axis=axis)).ravel()
         return np.stack([s, ss]) if axis == 0 else np.stack([s, ss], axis=1)
 
-    # per block: its sums and sums of squares, two rows (columns) a block, added up across blocks
-    if axis == 0:
-        chunks = ((2,) * x.numblocks[0], x.chunks[1])
-    else:
-        chunks = (x.chunks[0], (2,) * x.numblocks[1])
-    parts = x.map_blocks(sums, chunks=chunks, dtype=np.float64, meta=np.empty((0, 0)))
-    if axis == 0:
-        s, ss = parts[0::2].sum(axis=0), parts[1::2].sum(axis=0)
-    else:
-        s, ss = parts[:, 0::2].sum(axis=1), parts[:, 1::2].sum(axis=1)
+    s, ss = block_pair_sums(x, sums, axis)
     n = x.shape[axis]
     mean = s / n
     var = ss / n - mean**2

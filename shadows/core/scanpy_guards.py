@@ -217,15 +217,9 @@ def dask_nan_means(x: Any, *, axis: int) -> np.ndarray:
         valid = b.shape[axis] - n_nan
         return np.stack([s, valid]) if axis == 0 else np.stack([s, valid], axis=1)
 
-    if axis == 0:
-        chunks = ((2,) * x.numblocks[0], x.chunks[1])
-    else:
-        chunks = (x.chunks[0], (2,) * x.numblocks[1])
-    p = x.map_blocks(parts, chunks=chunks, dtype=np.float64, meta=np.empty((0, 0)))
-    if axis == 0:
-        s, n = p[0::2].sum(axis=0), p[1::2].sum(axis=0)
-    else:
-        s, n = p[:, 0::2].sum(axis=1), p[:, 1::2].sum(axis=1)
+    from shadows.core.scanpy_dask import block_pair_sums
+
+    s, n = block_pair_sums(x, parts, axis)
     import dask
 
     s, n = (np.asarray(v) for v in dask.compute(s, n))
