@@ -78,6 +78,49 @@ def test_range_reader_equals_h5py_and_closes_its_file(h5, name):
         np.testing.assert_array_equal(r.read(0, 10), want[:10])  # still readable, through a fresh descriptor
 
 
+def test_read_together_equals_h5py(h5, monkeypatch):
+    """Ranges of several datasets read by two threads at once (raw), or one by one (small, or left to h5py), give
+    exactly h5py's values, each range in its own array."""
+    monkeypatch.setattr(rawread, "_JOB_BYTES", 2**18)  # several jobs per range: the thread hand-out is exercised
+    with h5py.File(h5, "r") as f:
+        c, k, z = f["contiguous"], f["chunked"], f["compressed"]
+        readers = {n: rawread.RangeReader(d) for n, d in (("c", c), ("k", k), ("z", z))}
+        assert readers["c"].lay is not None and readers["k"].lay is not None and readers["z"].lay is None
+        cases = [
+            [("c", 5, 400_005), ("k", 24_000, 700_000)],  # large: threads, across chunk boundaries
+            [("k", 0, 2_500_001), ("c", 2_999_000, 3_000_000), ("k", 10, 10)],  # whole, a tail, an empty range
+            [("c", 0, 10), ("k", 3, 7)],  # small: read one after the other
+            [("c", 100, 300_100), ("z", 17, 9_000), ("k", 1, 300_000)],  # one left to h5py
+        ]
+        for case in cases:
+            got = rawread.read_together([(readers[n], lo, hi) for n, lo, hi in case])
+            for (n, lo, hi), arr in zip(case, got, strict=True):
+                want = {"c": c, "k": k, "z": z}[n][lo:hi]
+                assert arr.dtype == want.dtype and np.array_equal(arr, want), (n, lo, hi)
+        for r in readers.values():
+            r.close()
+
+
+def test_share_out_nested_in_a_reading_thread_finishes():
+    """A job that itself shares out work (a large read inside a read of several arrays) runs its jobs in place when
+    it runs on a reading thread: every reading thread waiting on a lane queued behind itself would hang forever."""
+    import threading
+
+    done = []
+
+    def inner(job):
+        done.append(job)
+
+    def outer(job):
+        rawread.share_out([(job, i) for i in range(4)], inner)
+
+    t = threading.Thread(target=lambda: [rawread.share_out(list(range(6)), outer) for _ in range(20)], daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "share_out deadlocked"
+    assert len(done) == 20 * 6 * 4
+
+
 def test_rows_of_a_matrix(h5, monkeypatch):
     with h5py.File(h5, "r") as f:
         ds = f["matrix"]

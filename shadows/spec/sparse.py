@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from shadows.io.fast.pread import RangeReader, prepare, read_range
+from shadows.io.fast.pread import RangeReader, prepare, read_range, read_together
 from shadows.io.fast.zarr_chunks import ChunkDecoder, decoder
 from shadows.io.remote_h5 import expect, read_points, staged
 from shadows.io.storage import attr, is_h5
@@ -489,6 +489,8 @@ class SparseReader:
         raw = [RangeReader(a, total * a.dtype.itemsize) if is_h5(a) else None for a in (self.data, self.indices)]
         if got is None and all(r is not None and r.lay is None for r in raw) and union_worth(self.data, len(blocks)):
             got = self._union_blocks(blocks)
+        if got is None and all(r is not None and r.lay is not None for r in raw):
+            got = read_together([(r, lo, hi) for _, _, lo, hi in blocks for r in raw])
         for k, (i0, i1, lo, hi) in enumerate(blocks):
             if got is not None:
                 d, i = got[2 * k], got[2 * k + 1]
