@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 import zarr
+from oracle import assert_element_equal
 from zarr.codecs import BloscCodec, Crc32cCodec, GzipCodec, ZstdCodec
 
 from shadows import AnnDataShadow
@@ -134,3 +136,72 @@ def test_gene_scans_over_decoded_chunks_equal_anndata(tmp_path, zarr_format):
     assert whole.format == "csr" and (whole != ref.X).nnz == 0 and whole.dtype == ref.X.dtype
     np.testing.assert_array_equal(got.toarray(), ref[:, genes].X.toarray())
     np.testing.assert_array_equal(rows.toarray(), ref[np.arange(0, 4000, 7), :][:, [5, 1]].X.toarray())
+
+
+def _strings() -> np.ndarray:
+    rng = np.random.default_rng(2)
+    words = np.array(["AAACCTG-1", "cellule-é", "细胞", "", "x" * 300, "T cell"], dtype=object)
+    return np.array([f"{w}{i}" for i, w in enumerate(rng.choice(words, N))], dtype=object)
+
+
+@pytest.mark.parametrize(
+    "zarr_format, compressors",
+    [(2, "blosc"), (2, None), (3, (ZstdCodec(),)), (3, (BloscCodec(cname="lz4"), Crc32cCodec())), (3, None)],
+    ids=["v2-blosc", "v2-raw", "v3-zstd", "v3-blosc+crc32c", "v3-raw"],
+)
+def test_strings_equal_zarr(tmp_path, zarr_format, compressors):
+    """Whole string arrays decoded to objects equal zarr's values, non-ASCII, empty and long strings, a partial last
+    chunk and a chunk never written (the fill value) included."""
+    import numcodecs
+
+    from shadows.io.fast.zarr_chunks import read_strings
+
+    comp = numcodecs.Blosc() if compressors == "blosc" else compressors
+    values = _strings()
+    arr = zarr.create_array(
+        tmp_path / "s.zarr", shape=(N,), chunks=(1000,), dtype=str, zarr_format=zarr_format, compressors=comp
+    )
+    arr[:4000] = values[:4000]
+    arr[5000:] = values[5000:]  # chunk 4 never written
+    values[4000:5000] = arr.metadata.fill_value or ""
+    ro = zarr.open_array(tmp_path / "s.zarr", mode="r")
+    got = read_strings(ro)
+    assert got is not None and got.dtype == object and all(type(v) is str for v in got[:50])
+    assert got.tolist() == values.tolist() == ro[:].tolist()
+
+
+def test_strings_left_to_zarr_where_not_handled(tmp_path):
+    from shadows import settings
+    from shadows.io.fast.zarr_chunks import read_strings
+
+    sharded = zarr.create_array(tmp_path / "sh.zarr", shape=(N,), chunks=(1000,), shards=(4000,), dtype=str)
+    numbers = zarr.create_array(tmp_path / "n.zarr", shape=(N,), chunks=(1000,), dtype=np.int32)
+    mem = zarr.create_array(zarr.storage.MemoryStore(), shape=(N,), chunks=(1000,), dtype=str)
+    for arr in (sharded, numbers, mem):
+        assert read_strings(arr) is None
+    plain = zarr.create_array(tmp_path / "p.zarr", shape=(N,), chunks=(1000,), dtype=str)
+    with settings.override(fast_io=False):
+        assert read_strings(plain) is None
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_obs_and_var_strings_equal_anndata(tmp_path, zarr_format):
+    """obs/var names and string columns decoded here are what anndata reads (values, dtypes, index)."""
+    obs = pd.DataFrame(
+        {"kind": np.array(["é", "b", "c"] * 700, dtype=object), "n": np.arange(2100)},
+        index=[f"cell-{i}-細" for i in range(2100)],
+    )
+    a = ad.AnnData(X=sp.random(2100, 40, density=0.1, format="csr", dtype=np.float32), obs=obs)
+    a.var_names = [f"g{i}" for i in range(40)]
+    path = tmp_path / "a.zarr"
+    ad.settings.zarr_write_format = zarr_format
+    try:
+        a.write_zarr(path)
+    finally:
+        ad.settings.zarr_write_format = 2
+    want = ad.read_zarr(path)
+    with AnnDataShadow(path) as s:
+        pd.testing.assert_index_equal(s.obs_names, want.obs_names)
+        pd.testing.assert_index_equal(s.var_names, want.var_names)
+        assert_element_equal(s.obs, want.obs, "obs")
+        assert_element_equal(s.var, want.var, "var")

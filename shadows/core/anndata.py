@@ -45,7 +45,7 @@ from shadows.io.remote_prefetch import prefetched
 from shadows.io.storage import Storage, attr, is_array, is_group
 from shadows.spec import encoding_of, read_element, read_frame_parts
 from shadows.spec import selection as ix
-from shadows.spec.frames import inferred_strings, table_length
+from shadows.spec.frames import inferred_strings, read_frame_values, table_length
 from shadows.spec.lazy_array import ElementSource, LazyArray
 from shadows.spec.legacy import categories_from_uns, legacy_uns_keys
 from shadows.spec.registry import ARRAY_ENCODINGS, SPARSE_ENCODINGS, TABLE_ENCODINGS
@@ -724,7 +724,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             sel = self._state.oidx if name == "obs" else self._state.vidx
             if is_group(g):
                 idx_key = attr(g, "_index")
-                values = inferred_strings(read_element(g[idx_key], (sel,), self._state.ctx()), g[idx_key])
+                values = inferred_strings(read_frame_values(g[idx_key], (sel,), self._state.ctx()), g[idx_key])
                 names = self._str_names(name, values, None if idx_key == "_index" else idx_key)
             else:
                 names = self._str_names(name, read_frame_parts(g, (sel,), self._state.ctx()).index, None)

@@ -14,8 +14,9 @@ import anndata
 import numpy as np
 import pandas as pd
 
+from shadows.io.fast.zarr_chunks import read_strings
 from shadows.io.remote_h5 import heap_walk
-from shadows.io.storage import attr, is_array, is_group
+from shadows.io.storage import attr, is_array, is_group, is_h5
 from shadows.spec.dense import read_dense
 from shadows.spec.frame_parts import FrameParts
 from shadows.spec.registry import ReadContext, read_element, register_reader, sel_at
@@ -169,6 +170,17 @@ def _read_column(elem: Any, key: str, row: tuple, ctx: ReadContext, version: str
         from shadows.spec.legacy import read_referenced_categorical
 
         return read_referenced_categorical(elem, col, row, ctx)
+    return read_frame_values(col, row, ctx)
+
+
+def read_frame_values(col: Any, row: tuple, ctx: ReadContext) -> Any:
+    """An index or column of a dataframe, rows restricted by ``row``: a whole zarr array of strings on local disk as
+    the object array of ``str`` that pandas makes of it (see :func:`~shadows.io.fast.zarr_chunks.read_strings`),
+    anything else through its reader."""
+    if _whole(row) and is_array(col) and not is_h5(col) and attr(col, "encoding-type") == "string-array":
+        got = read_strings(col)
+        if got is not None:
+            return got
     return read_element(col, row, ctx)
 
 

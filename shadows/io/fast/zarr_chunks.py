@@ -172,6 +172,66 @@ class ChunkDecoder:
         return out
 
 
+def read_strings(arr: Any) -> np.ndarray | None:
+    """The whole of a 1-D zarr array of variable-length UTF-8 strings on local disk as an object array of ``str``,
+    decoded chunk by chunk with numcodecs' ``VLenUTF8`` (what zarr decodes with); ``None`` where zarr must read it
+    (fast I/O off, not a local store, sharded, another codec).
+
+    Why: zarr 3 hands such an array out as numpy ``StringDType`` (its ``VLenUTF8`` gives objects, which it casts),
+    and pandas 2 casts it back to objects for an index: a million cell names took 168 ms to read through zarr and
+    87 ms more to become an index, against 107-132 ms decoded here straight to objects.
+    """
+    if not fast_io_enabled():
+        return None
+    try:
+        import numcodecs
+        from zarr.storage import LocalStore
+
+        store = arr.store_path.store
+        if not isinstance(store, LocalStore) or len(arr.shape) != 1:
+            return None
+        meta = arr.metadata
+        root = Path(store.root) / arr.store_path.path
+        if getattr(meta, "zarr_format", None) == 2:
+            filters = list(meta.filters or [])
+            if len(filters) != 1 or getattr(filters[0], "codec_id", None) != "vlen-utf8" or meta.order != "C":
+                return None
+            codecs = [meta.compressor] if meta.compressor is not None else []
+        else:
+            chain = list(meta.codecs)
+            if not chain or type(chain[0]).__name__ != "VLenUTF8Codec":
+                return None
+            codecs = _compressors(chain[1:])
+            if codecs is None:
+                return None
+        chunk = int(arr.chunks[0])
+        fill = meta.fill_value if meta.fill_value is not None else ""
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return None
+    n = int(arr.shape[0])
+    vlen = numcodecs.VLenUTF8()
+    parts = []
+    for k in range(-(-n // chunk)):
+        want = min(chunk, n - k * chunk)
+        try:
+            with open(root / meta.encode_chunk_key((k,)), "rb") as fh:
+                buf: Any = fh.read()
+        except FileNotFoundError:  # never written: the fill value
+            part = np.empty(want, dtype=object)
+            part[:] = str(fill)
+            parts.append(part)
+            continue
+        for codec in reversed(codecs):
+            buf = codec.decode(buf)
+        part = vlen.decode(buf)
+        if len(part) < want:
+            raise ValueError(f"chunk {k} of {root} decodes to {len(part)} strings, {want} expected")
+        parts.append(part[:want])
+    if not parts:
+        return np.empty(0, dtype=object)
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
 def decoder(arr: Any) -> ChunkDecoder | None:
     """A :class:`ChunkDecoder` for a zarr array, or ``None`` where it must be read through zarr (fast I/O off,
     a store not on local disk, a layout or codec not handled here)."""
@@ -240,16 +300,22 @@ def _v3_decoder(arr: Any, meta: Any, root: Path, n: int, dt: np.dtype, fill: Any
 def _numcodecs_pipeline(codecs: list) -> list | None:
     """zarr v3 codecs ``bytes`` + compressors as numcodecs codecs (first: the one that writes the values), or
     ``None`` for anything else (transposes, other endianness, unknown codecs)."""
-    import numcodecs
-
     if not codecs or type(codecs[0]).__name__ != "BytesCodec":
         return None
     endian = getattr(codecs[0], "endian", None)
     endian = str(getattr(endian, "value", endian)) if endian is not None else sys.byteorder
     if endian != sys.byteorder:
         return None
+    out = _compressors(codecs[1:])
+    return out or None  # uncompressed values: zarr reads them without a decompression to save
+
+
+def _compressors(codecs: list) -> list | None:
+    """zarr v3 bytes-to-bytes codecs as numcodecs codecs (empty: none), or ``None`` for one not handled here."""
+    import numcodecs
+
     out = []
-    for c in codecs[1:]:
+    for c in codecs:
         name = type(c).__name__
         if name == "BloscCodec":
             out.append(numcodecs.Blosc())  # blosc frames describe themselves: no parameters needed to decode
@@ -261,4 +327,4 @@ def _numcodecs_pipeline(codecs: list) -> list | None:
             out.append(numcodecs.CRC32C())  # checks the checksum while decoding
         else:
             return None
-    return out or None  # uncompressed values: zarr reads them without a decompression to save
+    return out
