@@ -85,6 +85,7 @@ def spy(monkeypatch) -> Spy:
         monkeypatch.setattr(owner, name, counted)
 
     count(rawread, "read_into", "rawread")  # every pread of an HDF5 dataset (read_range, RangeReader, read_rows)
+    count(rawread, "_read_pieces", "rawread")  # and those of read_together (rows: data and indices at once)
     count(stats_module, "mapped_view", "rawread")  # statistics through memory maps of HDF5 datasets
     count(zarrchunks.ChunkDecoder, "decode_chunk", "zarrchunks")
     count(rawwrite.RawWriter, "write", "rawwrite")
