@@ -41,6 +41,9 @@ _CHILD = textwrap.dedent(
     from shadows import AnnDataShadow
     from shadows.io import commit_guard
 
+    # Ctrl-C live, as in a user's session: a child started while a test runner's worker had SIGINT ignored inherits
+    # SIG_IGN, which the commit guard rightly respects (a held SIGINT is then dropped, and the SIGINT tests flake)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     print("ready", flush=True)
     cfg = json.loads(sys.stdin.readline())
 
