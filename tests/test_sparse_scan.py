@@ -129,7 +129,7 @@ def test_hit_ranges_gap():
 )
 def test_membership_matches_isin(wanted):
     rng = np.random.default_rng(0)
-    chunk = rng.integers(0, 1000, 50_000).astype(np.int32)
+    chunk = rng.integers(0, 1000, 100_001).astype(np.int32)  # three cache-sized pieces and a partial one
     m = Membership(np.array(wanted), 1000)
     got = m.hits(chunk, np.empty(len(chunk), dtype=bool))
     assert got.tolist() == np.flatnonzero(np.isin(chunk, wanted)).tolist()

@@ -37,6 +37,12 @@ _PREFETCH_RANGES = 16
 _INDPTR_PIECE = 2**16
 
 
+# Values compared at a time when several passes are made over them (the clusters' range tests and their union):
+# 32,768 int32 stay in the CPU's cache between passes.  Measured on a 64 MiB chunk of indices with three clusters
+# (6 cells of the 1M x 20k CSC file): 49 ms in whole-chunk passes, 18.5 ms in pieces of 32,768 (21 ms of 131,072).
+_CACHED_VALUES = 1 << 15
+
+
 class Membership:
     """Finds the wanted minor positions in chunks of stored indices.
 
@@ -59,10 +65,21 @@ class Membership:
 
     def hits(self, chunk: np.ndarray, mask_buf: np.ndarray) -> np.ndarray:
         """Positions (in ``chunk``) of the wanted values; raises ``IndexError`` on an index beyond the axis."""
-        mask = mask_buf[: len(chunk)]
         if self.clusters is None:
+            mask = mask_buf[: len(chunk)]
             np.take(self.table, chunk, out=mask)  # (IndexError beyond the table: the caller reports it)
             return np.flatnonzero(mask)
+        if len(chunk) <= _CACHED_VALUES or (len(self.clusters) == 1 and self.table is None):
+            return self._cluster_hits(chunk, mask_buf)
+        # several passes over the values (a comparison per cluster, their union): one cache-sized piece at a time
+        parts = [
+            self._cluster_hits(chunk[a : a + _CACHED_VALUES], mask_buf) + a
+            for a in range(0, len(chunk), _CACHED_VALUES)
+        ]
+        return np.concatenate(parts)
+
+    def _cluster_hits(self, chunk: np.ndarray, mask_buf: np.ndarray) -> np.ndarray:
+        mask = mask_buf[: len(chunk)]
         other = np.empty(len(chunk), dtype=bool) if len(self.clusters) > 1 else None
         for k, (lo, hi, _exact) in enumerate(self.clusters):
             dst = mask if k == 0 else other
