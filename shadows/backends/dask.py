@@ -43,6 +43,7 @@ from dask.base import tokenize
 from dask.utils import parse_bytes
 
 from shadows.backends import ArrayBackend
+from shadows.backends.dask_chain import ChainArray
 from shadows.io.storage import Storage
 from shadows.spec import selection as ix
 from shadows.spec.lazy_array import ElementSource, LazyArray
@@ -165,8 +166,11 @@ def _plain(m: Any) -> Any:
 
 
 def with_scipy_meta(x: da.Array) -> da.Array:
-    """``x`` with plain scipy chunks and meta where its chunks are :class:`CSRChunk`/:class:`CSCChunk` (what
-    ``anndata.io.write_elem`` dispatches on: the exact type of the meta); any other array unchanged."""
+    """``x`` as a plain :class:`dask.array.Array`, with plain scipy chunks and meta where its chunks are
+    :class:`CSRChunk`/:class:`CSCChunk` (``anndata.io.write_elem`` dispatches on exact types: the array's and its
+    meta's); any other array unchanged."""
+    if type(x) is not da.Array:  # a ChainArray: anndata's writers pick by the array's exact type too
+        x = da.Array(x.dask, x.name, x.chunks, meta=x._meta)
     meta = getattr(x, "_meta", None)
     if not isinstance(meta, _Reductions):
         return x
@@ -291,9 +295,12 @@ def from_source(source: ElementSource, chunks: int | None = None) -> da.Array:
     else:
         meta = np.empty((0,) * len(shape), dtype=source.dtype)
     name = f"shadows-{source.key.replace('/', '-')}-{tokenize(source, spec)}"
-    return da.from_array(
+    x = da.from_array(
         _Reader(source), chunks=spec, name=name, asarray=False, fancy=False, lock=False, meta=meta, inline_array=False
     )
+    if source.sparse_format is not None and len(shape) == 2 and axis == 0:  # CSR row blocks: scanpy's steps fused
+        return ChainArray.of(x)
+    return x
 
 
 def from_value(value: Any, chunks: int | None = None) -> Any:

@@ -36,6 +36,7 @@ def install() -> None:
     _wrap_cov()
     _wrap_mean_var()
     _wrap_axis_nnz()
+    _fuse_row_scaling()
     _return_freed_blocks()
 
 
@@ -114,6 +115,33 @@ def _wrap_axis_nnz() -> None:
     if not hasattr(axis_nnz, "register"):
         return
     axis_nnz.register(da.Array, dask_axis_nnz)
+
+
+def _fuse_row_scaling() -> None:
+    """``normalize_total``'s division of each row of a shadow's sparse dask X, done in the chunk's read task
+    (:mod:`shadows.backends.dask_chain`) instead of scanpy's map over the blocks, which copies every block."""
+    if "rows" in _INSTALLED:
+        return
+    _INSTALLED.add("rows")
+    try:
+        import dask.array as da
+        from scanpy._utils import axis_mul_or_truediv
+    except ImportError:
+        return
+    if not hasattr(axis_mul_or_truediv, "register"):
+        return
+    from shadows.backends.dask_chain import ChainArray, scale_rows_op
+
+    scanpy_dask_impl = axis_mul_or_truediv.dispatch(da.Array)
+
+    def fused(x: Any, /, scaling_array: Any, axis: int, op: Any, *, allow_divide_by_zero: bool = True,
+              out: Any = None) -> Any:  # fmt: skip
+        fn = scale_rows_op(op)
+        if x._chain_base is None or axis != 0 or out is not None or fn is None or np.ndim(scaling_array) > 2:
+            return scanpy_dask_impl(x, scaling_array, axis, op, allow_divide_by_zero=allow_divide_by_zero, out=out)
+        return x.scale_rows(scaling_array, fn, allow_divide_by_zero=allow_divide_by_zero)
+
+    axis_mul_or_truediv.register(ChainArray, fused)
 
 
 def dask_axis_nnz(x: Any, /, axis: int) -> Any:

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from shadows.core.lazy_x import is_dask_array
 from shadows.core.mapping import untrack
 from shadows.spec.lazy_array import LazyArray
 
@@ -25,7 +26,7 @@ def writable(value: Any) -> Any:
     mod = type(value).__module__.split(".")[0]
     if mod in ("polars", "pyarrow") and hasattr(value, "to_pandas"):
         return value.to_pandas()
-    if mod == "dask":  # anndata writes these itself, choosing its writer by the chunks' exact type
+    if mod == "dask" or is_dask_array(value):  # anndata writes these itself, choosing its writer by exact types
         from shadows.backends.dask import with_scipy_meta
 
         return with_scipy_meta(value)
