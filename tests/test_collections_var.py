@@ -136,12 +136,14 @@ def cases(draw) -> tuple[list[dict], dict]:
 
 def anndata_view(want: ad.AnnData, rows, cols) -> ad.AnnData:
     """``want[rows, cols]``; where anndata's joint indexing of a sparse X fails (scipy cannot reshape the result
-    of some pairs of index arrays), the same selection in two steps."""
+    of some pairs of index arrays) or hands out a dense X (anndata 0.12: a CSR X indexed by ``[[True], slice(-5,
+    None, -3)]`` gives an ``ArrayView``), the same selection in two steps, which keeps X sparse."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         view = want[rows, cols]
         try:
-            view.X  # noqa: B018
+            if sp.issparse(want.X) and not sp.issparse(view.X):
+                raise ValueError("anndata made a sparse X dense")
             return view
         except ValueError:
             return want[rows].copy()[:, cols]
@@ -184,7 +186,7 @@ def test_views_equal_anndata_views(tmp_path, case, data):
     assert_adata_equal(g[:, vi2], w2, f"{where}[:, {describe_indexer(vi2)}]", to_memory=False)
 
 
-@settings(max_examples=6, phases=PHASES, deadline=None)
+@settings(max_examples=200, phases=PHASES, deadline=None)
 @given(case=cases(), data=st.data())
 def test_streamed_write_reads_back_as_anndata_concat(tmp_path, case, data):
     specs, kw = case
