@@ -273,10 +273,12 @@ def build(spec: dict):
 
 
 def _materialize(x):
+    # asked of the type, not the object: ``hasattr(series, "to_memory")`` looks the name up among a pandas Series'
+    # index labels, which builds the index's hash table (0.13 s for 1M obs names) inside the timed region
     for _ in range(3):
-        if hasattr(x, "to_memory"):
+        if hasattr(type(x), "to_memory"):
             x = x.to_memory()
-        elif hasattr(x, "compute"):
+        elif hasattr(type(x), "compute"):
             x = x.compute()
     return x
 

@@ -153,7 +153,7 @@ def cases(n_obs: int, var_names: list[str]):
     gene, genes = var_names[42], var_names[1000:1200]
 
     def to_np(x):
-        if hasattr(x, "compute"):
+        if hasattr(type(x), "compute"):  # of the type: a pandas Series looks a name up among its index labels
             x = x.compute()
         if hasattr(x, "to_numpy"):
             x = x.to_numpy()
