@@ -342,3 +342,35 @@ def test_obs_names_of_remote_h5ad_read_in_few_requests(servers, tmp_path):
     blocks = -(-heap // 65536)
     assert c.requests <= blocks // 2, (c.requests, blocks)
     assert c.bytes <= 2 * heap + 2 * 65536, (c.bytes, heap)
+
+
+@pytest.mark.parametrize("tag", ["zarr2", "zarr3"])
+def test_views_of_remote_zarr_read_no_metadata_again(servers, tag):
+    """A view's connection takes the root metadata its parent read: only the chunks of the answer are fetched."""
+    http = servers["http"]
+    url = url_of(servers, "http", tag)[0]
+    s = AnnDataShadow(url)
+    meta = (".zgroup", ".zattrs", ".zmetadata", "zarr.json")
+    http.reset()
+    v = s[5:25]
+    got = v.X
+    v2 = v[::2, :4]  # a view of a view too
+    got2 = v2.X
+    fetched = list(http.stats)
+    assert fetched and not [k for k in fetched if k.endswith(meta)], fetched
+    want = servers["oracle"][tag][5:25]
+    assert_element_equal(got, want.X, "view X")
+    assert_element_equal(got2, want[::2, :4].X, "view of a view X")
+
+
+def test_views_after_a_remote_write_see_the_new_metadata(servers):
+    fs, so = servers["fs"], servers["s3"].storage_options
+    key = f"{BUCKET}/views_after_write.zarr"
+    fs.put(str(servers["local"]["zarr2"]), key, recursive=True)
+    s = AnnDataShadow(f"s3://{key}", storage_options=so)
+    s[:3].X  # noqa: B018 - a view read before the write
+    x_new = np.arange(s.n_obs * 2, dtype=np.float32).reshape(-1, 2)
+    s.obsm["X_new"] = x_new
+    s.reopen("r+").write().reopen("r")
+    assert "X_new" in AnnDataShadow(f"s3://{key}", storage_options=so)[2:7].obsm
+    assert_element_equal(s[2:7].obsm["X_new"], x_new[2:7], "a view after the write")

@@ -1026,7 +1026,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         v = ix.normalize(vidx, _LazyNames(self, "var"), self.n_vars, 1)
         file_o = ix.compose(self._state.oidx, o, self._state.n_obs_file)
         file_v = ix.compose(self._state.vidx, v, self._state.n_vars_file)
-        st = Storage(self._state.storage.describe(), mode="r", format=self._state.storage.format)
+        st = self._state.storage.sibling()
         view = type(self)._internal(
             st.describe(),
             array_backend=self._state.array_backend,

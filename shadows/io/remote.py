@@ -442,6 +442,18 @@ def open_zarr(root: RemotePath, mode: str) -> Any:
             raise OSError(f"Cannot open '{t.url}' as a zarr store: {e}") from e
 
 
+def share_root_metadata(group: Any, root: RemotePath) -> None:
+    """Have the next read-only :func:`open_zarr` of ``root`` (a view's connection) read the root metadata that
+    ``group``'s connection read, instead of fetching it again: 3 requests per view of a zarr v2 store (``.zgroup``,
+    ``.zattrs``, ``.zmetadata``), 1 of a v3 one.  Nothing once that connection has written to the store."""
+    store, t = getattr(group, "store", None), root.target
+    docs = getattr(store, "root_docs", None)
+    if not docs or t.fs is None or getattr(store, "read_only", True) is False:
+        return
+    with _count_lock:
+        _PRELOADED[(id(t.fs), t.path)] = dict(docs)
+
+
 def zarr_store(fs: Any, path: str, read_only: bool) -> Any:
     """A ``zarr.storage.FsspecStore`` on ``fs`` at ``path`` (a synchronous filesystem is wrapped for zarr)."""
     from zarr.storage import FsspecStore
@@ -467,6 +479,9 @@ def _counting_store_class() -> type:
             super().__init__(store)
             self._url = url
             self._preloaded = dict(preloaded or {})  # metadata fetched while locating the store: served once
+            # the root's metadata documents as this connection read them: handed to a view's connection
+            # (share_root_metadata), which would otherwise fetch them again
+            self.root_docs: dict[str, bytes | None] = {k: v for k, v in self._preloaded.items() if k in _ZARR_META}
             self._prefetched: dict[int, dict[str, bytes | None]] = {}  # see shadows.io.remote_prefetch
 
         def __reduce__(self):
@@ -487,6 +502,21 @@ def _counting_store_class() -> type:
             if byte_range is None and key in self._preloaded:
                 value = self._preloaded.pop(key)
                 return None if value is None else prototype.buffer.from_bytes(value)
+            if byte_range is None and key in _ZARR_META:
+                out = await self._get_counted(key, prototype, byte_range)
+                self.root_docs[key] = None if out is None else out.to_bytes()
+                return out
+            return await self._get_counted(key, prototype, byte_range)
+
+        async def set(self, key: str, value: Any) -> None:
+            self.root_docs.clear()  # written here: no longer what a view would read
+            await super().set(key, value)
+
+        async def delete(self, key: str) -> None:
+            self.root_docs.clear()
+            await super().delete(key)
+
+        async def _get_counted(self, key: str, prototype: Any, byte_range: Any) -> Any:
             for batch in list(self._prefetched.values()):
                 if key in batch:
                     from shadows.io.remote_prefetch import serve

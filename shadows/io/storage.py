@@ -207,6 +207,14 @@ class Storage:
         except KeyError:
             raise KeyError(f"'{self.filename}' has no group '{self.inner}'") from None
 
+    def sibling(self) -> Storage:
+        """Another read-only connection to the same store (a view's own); for a remote zarr store it reads the
+        root metadata this connection read instead of fetching it again (see
+        :func:`shadows.io.remote.share_root_metadata`)."""
+        if self.is_remote and self.kind == "zarr" and self.file is not None and self.mode == "r":
+            remote.share_root_metadata(self.file, self.filename)
+        return Storage(self.describe(), mode="r", format=self.format)
+
     def describe(self) -> str:
         """The path for messages and reprs, with the inner group if any (``file.h5mu/mod/rna``).
 

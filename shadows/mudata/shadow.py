@@ -375,7 +375,7 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
         v = ix.normalize(vidx, _LazyNames(self._global, "var"), self.n_vars, 1)
         file_o = ix.compose(self._oidx, o, state_of(self._global).n_obs_file)
         file_v = ix.compose(self._vidx, v, state_of(self._global).n_vars_file)
-        st = Storage(self._storage.describe(), mode="r", format=self._storage.format)
+        st = self._storage.sibling()
         if st.kind == "h5":
             _VIEW_STORAGES.add(st)  # a writer's reopen("r+") closes it (its modalities may outlive it)
         view = type(self)._internal(st.describe(), storage=st, view=(file_o, file_v), **self._backends)
