@@ -374,3 +374,27 @@ def test_views_after_a_remote_write_see_the_new_metadata(servers):
     s.reopen("r+").write().reopen("r")
     assert "X_new" in AnnDataShadow(f"s3://{key}", storage_options=so)[2:7].obsm
     assert_element_equal(s[2:7].obsm["X_new"], x_new[2:7], "a view after the write")
+
+
+def test_s3_reads_each_object_with_one_request(servers, monkeypatch):
+    """s3fs asks an object's size before each whole-object GET unless max_concurrency is 1 (shadows' default):
+    zarr reads chunks whole, so that was two round trips per chunk.  An option the user sets is kept."""
+    import s3fs
+
+    calls: list[tuple[str, str | None]] = []
+    orig = s3fs.S3FileSystem._call_s3
+
+    async def call_s3(fs, method, *a, **k):
+        calls.append((method, k.get("Key")))
+        return await orig(fs, method, *a, **k)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", call_s3)
+    url, so = url_of(servers, "s3", "zarr2")
+    s = AnnDataShadow(url, storage_options=so)
+    calls.clear()
+    col = s.obs[s.obs.columns[0]]
+    gets = [k for m, k in calls if m == "get_object"]
+    assert gets and not [k for m, k in calls if m == "head_object"], calls
+    assert_element_equal(col, servers["oracle"]["zarr2"].obs[s.obs.columns[0]], "obs column")
+    kept = AnnDataShadow(url, storage_options={**so, "max_concurrency": 3})
+    assert kept._state.storage.filename.target.fs.max_concurrency == 3
