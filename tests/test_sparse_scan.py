@@ -173,8 +173,10 @@ def test_gene_memory_independent_of_cells(tmp_path):
     assert r["sum"] == pytest.approx(float(X[:, 7].sum()))
     # scan buffers: two chunks of 2**16 indices, values and masks in flight (about 1.5 MB), and the reused
     # buffers of the pipeline; the answer is 1.2 MB of indptr and 240 kB of hits.  Per-cell int64 arrays
-    # (positions, starts, ends, counts: 40 bytes a cell) would add 12 MB here
-    limit = 1.2 * r["answer"] + 2 * budget + 2**20
+    # (positions, starts, ends, counts: 40 bytes a cell) would add 12 MB here.  Slack: 1.5 MiB of pages the
+    # interpreter touches besides (18 runs of this child peaked at 4.26-4.66 MiB; 1 MiB of slack bounded it at
+    # 4.65 and failed one run in about ten, before and after the 2026-12-06 evening changes alike)
+    limit = 1.2 * r["answer"] + 2 * budget + 1.5 * 2**20
     assert r["peak"] <= limit, f"peak {r['peak'] / 2**20:.2f} MiB > {limit / 2**20:.2f} MiB (answer {r['answer']} B)"
 
 
