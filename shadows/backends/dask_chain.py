@@ -43,18 +43,15 @@ class ChainArray(da.Array):
     @classmethod
     def of(cls, base: da.Array) -> ChainArray:
         """``base`` itself (the same graph and name) as a chain of no steps."""
-        out = cls(base.dask, base.name, base.chunks, meta=base._meta)
-        out._chain_base = base
-        return out
+        return _as_chain(base, base, (), ())
 
     def _then(self, step: tuple, dtype: np.dtype, params: tuple = ()) -> ChainArray:
         base, steps = self._chain_base, (*self._chain_steps, step)
         all_params = (*self._chain_params, *params)
         meta = _chunk_type(self._meta)((0, 0), dtype=dtype)
-        x = da.map_blocks(_Apply(steps), base, *all_params, dtype=dtype, meta=meta)
-        out = ChainArray(x.dask, x.name, x.chunks, meta=meta)
-        out._chain_base, out._chain_steps, out._chain_params = base, steps, all_params
-        return out
+        return _as_chain(
+            da.map_blocks(_Apply(steps), base, *all_params, dtype=dtype, meta=meta), base, steps, all_params
+        )
 
     def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
         out = kwargs.pop("out", None)
@@ -80,19 +77,17 @@ class ChainArray(da.Array):
     def _become(self, other: ChainArray) -> None:
         """This object made ``other`` (as dask does for ``out=``): numpy's ``np.log1p(x, out=x)``."""
         self._chunks, self.dask, self._meta, self._name = other.chunks, other.dask, other._meta, other.name
-        self._chain_base, self._chain_steps, self._chain_params = (
-            other._chain_base,
-            other._chain_steps,
-            other._chain_params,
-        )
+        self._chain_base, self._chain_steps, self._chain_params = other._chain
 
     def copy(self) -> Any:
         """The same chain (dask arrays are immutable: dask's own ``copy`` gives the same graph too)."""
         if self._chain_base is None:
             return super().copy()
-        out = ChainArray(self.dask, self.name, self.chunks, meta=self._meta)
-        out._chain_base, out._chain_steps, out._chain_params = self._chain_base, self._chain_steps, self._chain_params
-        return out
+        return _as_chain(self, *self._chain)
+
+    @property
+    def _chain(self) -> tuple:
+        return self._chain_base, self._chain_steps, self._chain_params
 
     def __mul__(self, other: Any) -> Any:
         return np.multiply(self, other) if np.ndim(other) == 0 else super().__mul__(other)
@@ -120,6 +115,13 @@ class ChainArray(da.Array):
         index = len(self._chain_params)
         dtype = np.result_type(self.dtype, f.dtype)
         return self._then(("rows", op, (index, allow_divide_by_zero), None), dtype, (f,))
+
+
+def _as_chain(x: da.Array, base: da.Array, steps: tuple, params: tuple) -> ChainArray:
+    """``x`` (its graph, name, chunks and meta) as a :class:`ChainArray` of ``steps`` over ``base``."""
+    out = ChainArray(x.dask, x.name, x.chunks, meta=x._meta)
+    out._chain_base, out._chain_steps, out._chain_params = base, steps, params
+    return out
 
 
 def _chunk_type(meta: Any) -> type:
