@@ -288,17 +288,17 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
 
     def _disk_keys(self, group: str) -> list[str]:
         root = self._state.root()
-        out = [str(k) for k in root[group].keys()] if group in root and is_group(root[group]) else []
-        if group in ("obsm", "varm") and group in root and is_array(root[group]):
-            out = list(root[group].dtype.names or [])  # anndata < 0.7: one compound dataset
+        # each lookup in a zarr group is a round trip to zarr's event-loop thread (~0.5 ms): the member once
+        g = root[group] if group in root else None
+        out = [str(k) for k in g.keys()] if g is not None and is_group(g) else []
+        if group in ("obsm", "varm") and g is not None and is_array(g):
+            out = list(g.dtype.names or [])  # anndata < 0.7: one compound dataset
         if group == "uns":
             hidden = legacy_uns_keys(root) | (self._view_dropped_colors(out) if self.is_view else set())
             out = [k for k in out if k not in hidden]
         if group == "obsp" and "uns/neighbors" in root:
             nb = root["uns/neighbors"]
             out += [k for k in _LEGACY_NEIGHBORS if k in nb and k not in out]
-        if group == "layers" and group in root and not is_group(root[group]):
-            out = []
         return out
 
     def _view_dropped_colors(self, keys: list[str]) -> set[str]:
