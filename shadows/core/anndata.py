@@ -42,7 +42,7 @@ from shadows.core.repr import html_repr, text_repr
 from shadows.core.scanpy_hooks import install as install_scanpy_dask
 from shadows.core.state import ShadowState
 from shadows.io.remote_prefetch import prefetched
-from shadows.io.storage import Storage, attr, is_array, is_group
+from shadows.io.storage import Storage, attr, is_array, is_group, member
 from shadows.spec import encoding_of, read_element, read_frame_parts
 from shadows.spec import selection as ix
 from shadows.spec.frames import inferred_strings, read_frame_values, table_length
@@ -59,13 +59,14 @@ _ANNDATA_CHUNK = 6000
 _X_GENERATIONS = itertools.count()
 # connections of views, by file: a writer's reopen("r+") closes them (they reopen on their next read)
 _VIEW_STORAGES: weakref.WeakSet = weakref.WeakSet()
+_MISSING = object()  # a cache lookup's default: None is a value an element can have
 
 
 def axis_length(root: Any, name: str, where: str) -> int:
     """Length of the obs or var axis, from the index dataset's shape alone (no data is read)."""
-    if name not in root:
+    if (g := member(root, name)) is None:
         raise ValueError(f"'{where}' holds no AnnData: there is no '{name}' element (found {sorted(root.keys())[:10]})")
-    return table_length(root[name], f"'{where}': '{name}'")
+    return table_length(g, f"'{where}': '{name}'")
 
 
 def fingerprint(values: Any) -> int:
@@ -181,12 +182,12 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             # a view of a shadow already checked: the file's axis lengths come from the parent (each attribute
             # read costs tens of microseconds; a view is often made for one small read)
             self._state.n_obs_file, self._state.n_vars_file = axes
-        elif (
+        elif (  # the attribute first: it is held in memory, each `in` is a lookup in the store
             not self._mudata_root
+            and attr(root, "encoding-type") == "MuData"
             and "mod" in root
             and "obs" in root
             and "X" not in root
-            and attr(root, "encoding-type") == "MuData"
         ):
             raise ValueError(
                 f"'{where}' is a MuData file: open it with MuDataShadow, or one modality as '{where}/mod/<name>'"
@@ -286,10 +287,11 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
                 return legacy  # anndata moves these to obsp when reading
         return f"{group}/{key}"
 
-    def _disk_keys(self, group: str) -> list[str]:
+    def _disk_keys(self, group: str, g: Any = _MISSING) -> list[str]:
+        """The keys of ``group`` in the file (``g``: the group itself where the caller has looked it up)."""
         root = self._state.root()
         # each lookup in a zarr group is a round trip to zarr's event-loop thread (~0.5 ms): the member once
-        g = root[group] if group in root else None
+        g = member(root, group) if g is _MISSING else g
         out = [str(k) for k in g.keys()] if g is not None and is_group(g) else []
         if group in ("obsm", "varm") and g is not None and is_array(g):
             out = list(g.dtype.names or [])  # anndata < 0.7: one compound dataset
@@ -343,12 +345,17 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             return cached
         path = self._elem_path(group, key)
         root = self._state.root()
-        if group in ("obsm", "varm") and group in root and is_array(root[group]) and key in self._disk_keys(group):
+        g = member(root, group)  # looked up once: `in` and `[]` on a zarr group are a round trip each
+        if group in ("obsm", "varm") and g is not None and is_array(g) and key in self._disk_keys(group, g):
             from shadows.spec.dense import read_dense
 
-            value = self._state.cache[k] = np.asarray(read_dense(root[group], self._state.sels(group))[key])
+            value = self._state.cache[k] = np.asarray(read_dense(g, self._state.sels(group))[key])
             return value
-        if path not in root or (group != "uns" and key not in self._disk_keys(group)):
+        if group == "uns" or path != f"{group}/{key}":  # uns' keys hide nothing read here; a legacy obsp path
+            missing = path not in root
+        else:  # a key of the group's listing is a member at that path
+            missing = g is None or key not in self._disk_keys(group, g)
+        if missing:
             raise KeyError(
                 f"{group} of '{self._state.storage.describe()}' has no key {key!r}; keys: {self._disk_keys(group)}"
             )
@@ -1491,9 +1498,6 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         return self is other
 
     __hash__ = object.__hash__
-
-
-_MISSING = object()  # a cache lookup's default: None is a value an element can have
 
 
 class _LazyNames:

@@ -16,7 +16,7 @@ import pandas as pd
 
 from shadows.io.fast.zarr_chunks import read_strings
 from shadows.io.remote_h5 import heap_walk
-from shadows.io.storage import attr, is_array, is_group, is_h5
+from shadows.io.storage import attr, is_array, is_group, is_h5, member
 from shadows.spec.dense import read_dense
 from shadows.spec.frame_parts import FrameParts
 from shadows.spec.registry import ReadContext, read_element, register_reader, sel_at
@@ -57,9 +57,9 @@ def table_length(g: Any, where: str) -> int:
     if is_array(g):  # anndata < 0.7: a compound dataset
         return int(g.shape[0])
     key = attr(g, "_index")
-    if key is None or key not in g:
+    idx = None if key is None else member(g, key)
+    if idx is None:
         raise ValueError(f"{where} has no index (attribute '_index' naming a column is missing)")
-    idx = g[key]
     if is_group(idx):  # anndata >= 0.13 with pandas 3: a nullable-string-array group
         return int(idx["values"].shape[0])
     return int(idx.shape[0])
