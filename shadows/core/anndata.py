@@ -303,8 +303,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         if group == "uns":
             hidden = legacy_uns_keys(root) | (self._view_dropped_colors(out) if self.is_view else set())
             out = [k for k in out if k not in hidden]
-        if group == "obsp" and "uns/neighbors" in root:
-            nb = root["uns/neighbors"]
+        if group == "obsp" and (nb := member(root, "uns/neighbors")) is not None:
             out += [k for k in _LEGACY_NEIGHBORS if k in nb and k not in out]
         return out
 

@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from shadows.io.fast.pread import RangeReader, prepare, read_range, read_together
 from shadows.io.fast.zarr_chunks import ChunkDecoder, decoder
 from shadows.io.remote_h5 import expect, read_points, staged
-from shadows.io.storage import attr, is_h5
+from shadows.io.storage import attr, is_h5, member
 from shadows.progress import progress_bar
 from shadows.settings import settings
 from shadows.spec import selection as ix
@@ -62,12 +62,11 @@ def matrix_info(group: Any) -> tuple[str, tuple[int, int]]:
     return fmt, (int(shape[0]), int(shape[1]))
 
 
-def member(group: Any, name: str) -> Any:
+def part(group: Any, name: str) -> Any:
     """The array ``name`` (``data``, ``indices``, ``indptr``) of a sparse group; a clear error if it is missing."""
-    try:
-        return group[name]
-    except KeyError:
-        raise corrupt(group, f"the sparse matrix has no '{name}' array (found {sorted(group.keys())})") from None
+    if (arr := member(group, name)) is None:
+        raise corrupt(group, f"the sparse matrix has no '{name}' array (found {sorted(group.keys())})")
+    return arr
 
 
 def get_indptr(group: Any, ctx: ReadContext | None) -> np.ndarray:
@@ -96,7 +95,7 @@ def indptr_array(group: Any, info: tuple[str, tuple[int, int]] | None = None) ->
     ``info``: the group's ``matrix_info`` when the caller has it (each attribute read costs tens of microseconds).
     """
     fmt, shape = info if info is not None else matrix_info(group)
-    arr = member(group, "indptr")
+    arr = part(group, "indptr")
     n_major = shape[0] if fmt == "csr" else shape[1]
     if len(arr.shape) != 1 or arr.shape[0] != n_major + 1:
         raise corrupt(
@@ -109,7 +108,7 @@ def indptr_array(group: Any, info: tuple[str, tuple[int, int]] | None = None) ->
 
 def check_indptr(group: Any, ip: np.ndarray) -> None:
     """A whole ``indptr``: starts at 0, never decreases, ends within ``indices`` (read once per matrix)."""
-    n_stored = member(group, "indices").shape[0]
+    n_stored = part(group, "indices").shape[0]
     if len(ip) and ip[0] != 0:
         raise corrupt(group, f"indptr starts at {int(ip[0])}, expected 0")
     if len(ip) > 1 and bool((ip[1:] < ip[:-1]).any()):
@@ -275,8 +274,8 @@ class SparseReader:
     @functools.cached_property
     def data(self) -> Any:
         """The stored ``data`` array, opened on first use and checked against ``indices``."""
-        data = member(self.group, "data")
-        n = member(self.group, "indices").shape[0]
+        data = part(self.group, "data")
+        n = part(self.group, "indices").shape[0]
         if len(data.shape) != 1 or data.shape[0] != n:
             raise corrupt(self.group, f"data has shape {tuple(data.shape)} but indices has ({n},): they must match")
         return data
@@ -284,7 +283,7 @@ class SparseReader:
     @functools.cached_property
     def indices(self) -> Any:
         """The stored ``indices`` array, opened on first use and checked to hold integers."""
-        indices = member(self.group, "indices")
+        indices = part(self.group, "indices")
         if indices.dtype.kind not in "iu":
             raise corrupt(self.group, f"indices has dtype {indices.dtype}, expected integers")
         return indices
