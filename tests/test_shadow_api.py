@@ -224,6 +224,22 @@ def test_hdf5_without_anndata(tmp_path):
         AnnDataShadow(p)
 
 
+def test_axis_lengths_read_on_first_use(tmp_path):
+    """An h5ad's obs/var lengths are read when first needed, not at open: an obsm read needs neither.  A broken
+    index then fails where the shape is asked for, naming the file and the table."""
+    p = tmp_path / "noindex.h5ad"
+    small().write_h5ad(p)
+    with h5py.File(p, "r+") as f:
+        f["var"].attrs["_index"] = "gone"  # names a column that is not there
+    s = AnnDataShadow(p)
+    np.testing.assert_array_equal(s.obsm["X_pca"], small().obsm["X_pca"])
+    assert s.obs["group"].tolist() == small().obs["group"].tolist()
+    with pytest.raises(ValueError, match=r"noindex\.h5ad.*'var' has no index"):
+        s.shape
+    with pytest.raises(ValueError, match=r"noindex\.h5ad.*'var' has no index"):
+        s[:3]
+
+
 def test_unknown_mode_format_backend(path):
     with pytest.raises(ValueError, match="'r', 'r\\+'"):
         AnnDataShadow(path, mode="w")

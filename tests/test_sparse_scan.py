@@ -17,6 +17,7 @@ import sys
 import textwrap
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -186,6 +187,84 @@ def test_prefetched_hits(files, genes):
     with shadows.settings.override(fast_io=True, memory_budget=2**24):
         got = AnnDataShadow(files["csr"])[:, genes].X
     assert_element_equal(got, files["adata"][:, genes].X, f"genes {genes} with prefetched hit ranges")
+
+
+@pytest.mark.parametrize("kind,sel", [("csc", ([0, 3, 5, 250], slice(None))), ("csr", (slice(None), [42, 7]))])
+def test_scan_reads_ahead_of_uncached_chunks(files, kind, sel, monkeypatch):
+    """A scan asks the kernel for the indices ahead of the chunk it reads (WILLNEED), once per chunk and not for
+    the first, and only where they are not cached: the same answer either way."""
+    import shadows.io.fast.pread as pread
+
+    advised: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+
+    def recording(fd: int, offset: int, length: int, advice: int) -> None:
+        if advice == os.POSIX_FADV_WILLNEED:
+            advised.append((offset, length))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", recording)
+    step = 2**16  # the scan's chunk at this budget, in values
+    with h5py.File(files[kind], "r") as f:  # the file bytes of indices[step:], from the dataset's own layout
+        ds = f["X/indices"]
+        n, item = ds.shape[0], ds.dtype.itemsize
+        if ds.chunks is None:
+            pieces = [(0, n, ds.id.get_offset())]
+        else:
+            c = ds.chunks[0]
+            pieces = [(i.chunk_offset[0], min(n, i.chunk_offset[0] + c), i.byte_offset) for i in _chunks(ds)]
+    want = _merged(
+        [(b + (max(lo, step) - lo) * item, (hi - max(lo, step)) * item) for lo, hi, b in pieces if hi > step]
+    )
+    spans = [(b, b + (hi - lo) * item) for lo, hi, b in pieces]  # the values' advice lies outside these
+
+    def scan_advice() -> list[tuple[int, int]]:
+        return sorted(a for a in advised if any(b0 <= a[0] < b1 for b0, b1 in spans))
+
+    with shadows.settings.override(fast_io=True, memory_budget=2**20):  # chunks of 2**16 values
+        warm = AnnDataShadow(files[kind])[sel].X
+        assert scan_advice() == [], "the file was just written: its pages are cached, nothing is asked for"
+        monkeypatch.setattr(pread, "cached", lambda fd, offset: False)  # as from a cold disk
+        cold = AnnDataShadow(files[kind])[sel].X
+    got = scan_advice()
+    assert _merged(got) == want, "the indices after the first chunk, each byte asked for"
+    assert sum(b for _, b in got) == sum(b for _, b in want), "and asked for once"
+    assert_element_equal(cold, warm, f"{kind} {sel}: read ahead or not")
+    want_x = files["adata"][sel].X
+    assert_element_equal(cold, want_x.tocsc() if kind == "csc" else want_x, f"{kind} {sel} vs anndata")
+
+
+def _chunks(ds: h5py.Dataset) -> list:
+    return [ds.id.get_chunk_info(i) for i in range(ds.id.get_num_chunks())]
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``(offset, length)`` ranges with touching ones joined."""
+    out: list[list[int]] = []
+    for o, b in sorted(ranges):
+        if out and o <= out[-1][0] + out[-1][1]:
+            out[-1][1] = max(out[-1][1], o + b - out[-1][0])
+        else:
+            out.append([o, b])
+    return [(o, b) for o, b in out]
+
+
+def test_cached_tells_a_read_page_from_none():
+    """``cached``: true for a byte of a file just read, false past its end (nothing to read) and on a bad fd."""
+    from shadows.io.fast.pread import cached
+
+    if not hasattr(os, "RWF_NOWAIT"):
+        pytest.skip("no preadv2 RWF_NOWAIT on this system: cached() always answers False")
+    path = os.path.abspath(__file__)
+    with open(path, "rb") as f:
+        f.read()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert cached(fd, 10)
+        assert not cached(fd, os.fstat(fd).st_size + 10)
+    finally:
+        os.close(fd)
+    assert not cached(fd, 0)  # closed
 
 
 class _Corrupt(Exception):

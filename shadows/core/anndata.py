@@ -45,7 +45,7 @@ from shadows.io.remote_prefetch import prefetched
 from shadows.io.storage import Storage, attr, is_array, is_group, is_h5, member
 from shadows.spec import encoding_of, read_element, read_frame_parts
 from shadows.spec import selection as ix
-from shadows.spec.frames import inferred_strings, read_frame_values, table_length
+from shadows.spec.frames import inferred_strings, read_frame_values
 from shadows.spec.lazy_array import ElementSource, LazyArray
 from shadows.spec.legacy import categories_from_uns, legacy_uns_keys
 from shadows.spec.registry import ARRAY_ENCODINGS, SPARSE_ENCODINGS, TABLE_ENCODINGS
@@ -60,13 +60,6 @@ _X_GENERATIONS = itertools.count()
 # connections of views, by file: a writer's reopen("r+") closes them (they reopen on their next read)
 _VIEW_STORAGES: weakref.WeakSet = weakref.WeakSet()
 _MISSING = object()  # a cache lookup's default: None is a value an element can have
-
-
-def axis_length(root: Any, name: str, where: str) -> int:
-    """Length of the obs or var axis, from the index dataset's shape alone (no data is read)."""
-    if (g := member(root, name)) is None:
-        raise ValueError(f"'{where}' holds no AnnData: there is no '{name}' element (found {sorted(root.keys())[:10]})")
-    return table_length(g, f"'{where}': '{name}'")
 
 
 def _looks_like_mudata(root: Any) -> bool:
@@ -192,19 +185,28 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         if axes is not None:
             # a view of a shadow already checked: the file's axis lengths come from the parent (each attribute
             # read costs tens of microseconds; a view is often made for one small read)
-            self._state.n_obs_file, self._state.n_vars_file = axes
+            self._state.set_file_axes(axes)
         elif not self._mudata_root and _looks_like_mudata(root):
             raise ValueError(
                 f"'{where}' is a MuData file: open it with MuDataShadow, or one modality as '{where}/mod/<name>'"
             )
-        if axes is None:
-            self._state.n_obs_file = axis_length(root, "obs", where)
-            self._state.n_vars_file = axis_length(root, "var", where)
+        elif is_h5(root):
+            # HDF5: the lengths are read on first use (ShadowState.file_axes), and that the tables exist is checked
+            # now, so that a file holding no AnnData fails at open (a link lookup each, about 10 us)
+            for name in ("obs", "var"):
+                if name not in root:
+                    raise ValueError(
+                        f"'{where}' holds no AnnData: there is no '{name}' element (found {sorted(root.keys())[:10]})"
+                    )
+        else:
+            # zarr: each lookup is a round trip to zarr's event-loop thread, and checking that the tables exist
+            # costs two of the four that reading the lengths does: read them now
+            self._state.file_axes()
         o, v = view if view is not None else (None, None)
         # a selection of everything, in order (a modality of a MuData view that keeps all its features), reads as
         # no selection: whole-axis fast paths (copies as stored, major-axis reads) then apply
-        self._state.oidx = None if ix.is_identity(o, self._state.n_obs_file) else o
-        self._state.vidx = None if ix.is_identity(v, self._state.n_vars_file) else v
+        self._state.oidx = None if o is None or ix.is_identity(o, self._state.n_obs_file) else o
+        self._state.vidx = None if v is None or ix.is_identity(v, self._state.n_vars_file) else v
         self._is_view = view is not None  # shadow[:] is a view too (as in anndata), though it selects everything
         self._x_gen = next(_X_GENERATIONS)
         # whether each axis is selected by positions (numpy's fancy indexing) rather than a slice: anndata's views

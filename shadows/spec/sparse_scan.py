@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import h5py
@@ -162,19 +161,8 @@ class RangeRead:
 
     def prefetch(self, lo: np.ndarray, hi: np.ndarray) -> None:
         """Ask the kernel to start reading elements ``lo[k]:hi[k]`` (raw reads only; a no-op elsewhere)."""
-        advise = getattr(os, "posix_fadvise", None)
-        if self.rr is None or advise is None:
-            return
-        lay, fd = self.rr.lay, self.rr.fd
-        k = np.asarray(lo) // lay.chunk
-        off = lay.offsets[k] + (np.asarray(lo) - k * lay.chunk) * lay.itemsize
-        # a range crossing a chunk boundary is advised up to the boundary only: a prefetch, not a read
-        n = (np.minimum(np.asarray(hi), (k + 1) * lay.chunk) - np.asarray(lo)) * lay.itemsize
-        try:
-            for o, b in zip(off.tolist(), n.tolist(), strict=True):
-                advise(fd, o, b, os.POSIX_FADV_WILLNEED)
-        except OSError:  # advice only
-            pass
+        if self.rr is not None:
+            self.rr.advise(lo, hi)
 
     def __call__(self, lo: int, hi: int, out: np.ndarray) -> None:
         if self.rr is not None:

@@ -367,6 +367,70 @@ class RangeReader:
         """Elements ``start:stop``, into ``out`` if given."""
         return _read(self.ds, self.lay, start, stop, out, self.fd)
 
+    def cached(self, positions: list[int]) -> bool:
+        """Whether the elements at ``positions`` are all in the page cache (see :func:`cached`; raw layouts)."""
+        return all(cached(self.fd, self._offset(int(i))) for i in positions)
+
+    def advise(self, lo: Any, hi: Any) -> None:
+        """Ask the kernel to start reading elements ``lo[k]:hi[k]`` (ints or arrays) into the page cache, without
+        waiting (``posix_fadvise(WILLNEED)``): from a cold disk, reads issued this way are served together rather
+        than one after another.  Raw layouts only; elsewhere (and where the system has no such call) a no-op.
+        """
+        advise = getattr(os, "posix_fadvise", None)
+        if self.lay is None or advise is None:
+            return
+        lay, fd, size = self.lay, self.fd, self.lay.itemsize
+        lo = np.atleast_1d(np.asarray(lo, dtype=np.int64))
+        hi = np.atleast_1d(np.asarray(hi, dtype=np.int64))
+        keep = hi > lo
+        lo, hi = lo[keep], hi[keep]
+        k = lo // lay.chunk
+        off = lay.offsets[k] + (lo - k * lay.chunk) * size
+        one = (hi - 1) // lay.chunk == k  # within one chunk (always, for a contiguous dataset): one call each
+        try:
+            for a, b, o, whole in zip(lo.tolist(), hi.tolist(), off.tolist(), one.tolist(), strict=True):
+                if whole:
+                    advise(fd, o, (b - a) * size, os.POSIX_FADV_WILLNEED)
+                    continue
+                # across chunks: chunk by chunk, those that follow each other in the file in one call
+                o0, n = o, 0
+                while a < b:
+                    c = a // lay.chunk
+                    end = min(b, (c + 1) * lay.chunk)
+                    o = int(lay.offsets[c]) + (a - c * lay.chunk) * size
+                    if o != o0 + n:
+                        advise(fd, o0, n, os.POSIX_FADV_WILLNEED)
+                        o0, n = o, 0
+                    n += (end - a) * size
+                    a = end
+                advise(fd, o0, n, os.POSIX_FADV_WILLNEED)
+        except OSError:  # advice only
+            pass
+
+    def _offset(self, i: int) -> int:
+        """File address of element ``i`` (raw layouts)."""
+        k = i // self.lay.chunk
+        return int(self.lay.offsets[k]) + (i - k * self.lay.chunk) * self.lay.itemsize
+
+
+_PROBE = bytearray(1)
+
+
+def cached(fd: int, offset: int) -> bool:
+    """Whether the byte at ``offset`` of ``fd`` is in the page cache: a read that fails rather than wait for the
+    disk (``preadv`` with ``RWF_NOWAIT``, about 1 us).  ``False`` where the system cannot tell.
+
+    Why: advising pages that are cached already is not free (about 170 ns a page, 86 us per 2 MB: 23 % of one
+    gene's warm scan of the 1M x 20k CSR file), so a scan asks for the ranges ahead of it only when they are not.
+    """
+    flag = getattr(os, "RWF_NOWAIT", None)
+    if flag is None:
+        return False
+    try:
+        return os.preadv(fd, [_PROBE], offset, flag) > 0
+    except OSError:  # EAGAIN: not cached (or the file system cannot say)
+        return False
+
     def close(self) -> None:
         """Close the reader's own file descriptor (if it opened one); closing twice is harmless."""
         if self.fd is not None:
