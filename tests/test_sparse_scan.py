@@ -234,6 +234,39 @@ def test_scan_reads_ahead_of_uncached_chunks(files, kind, sel, monkeypatch):
     assert_element_equal(cold, want_x.tocsc() if kind == "csc" else want_x, f"{kind} {sel} vs anndata")
 
 
+@pytest.mark.parametrize("depth", [0, 1, 3, 50])
+def test_deferred_hits_fill_their_places_in_order(tmp_path, depth):
+    """Values owed by ``DeferredHits`` land at the places reserved for them, between values appended at once,
+    also when the output grows (a larger copy) before they are read."""
+    from shadows.io.fast.pread import RangeReader
+    from shadows.spec.sparse import _Appender
+    from shadows.spec.sparse_scan import DeferredHits, RangeRead
+
+    values = np.random.default_rng(4).normal(size=200_000).astype(np.float32)
+    path = tmp_path / "values.h5"
+    with h5py.File(path, "w") as f:
+        f["v"] = values  # contiguous: read raw
+    rng = np.random.default_rng(5)
+    with h5py.File(path, "r") as f:
+        ds = f["v"]
+        raw = RangeReader(ds)
+        assert raw.lay is not None
+        out = _Appender(np.float32)
+        late = DeferredHits(ds, RangeRead(ds, raw), np.empty(20_000, np.float32), out, depth=depth)
+        want = []
+        for c0 in range(0, len(values), 20_000):  # chunks of 20,000 values, some hits deferred, some not
+            pos = np.sort(rng.choice(np.arange(c0, c0 + 20_000), int(rng.integers(0, 40)), replace=False))
+            out.reserve(len(pos), len(pos) + 1)  # a poor estimate: the output grows again and again
+            if rng.random() < 0.7:
+                late.add(pos)
+            else:
+                out.append(values[pos])
+            want.append(values[pos])
+        late.flush()
+        raw.close()
+    np.testing.assert_array_equal(out.result(), np.concatenate(want))
+
+
 def _chunks(ds: h5py.Dataset) -> list:
     return [ds.id.get_chunk_info(i) for i in range(ds.id.get_num_chunks())]
 

@@ -198,9 +198,10 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
                     raise ValueError(
                         f"'{where}' holds no AnnData: there is no '{name}' element (found {sorted(root.keys())[:10]})"
                     )
-        else:
-            # zarr: each lookup is a round trip to zarr's event-loop thread, and checking that the tables exist
-            # costs two of the four that reading the lengths does: read them now
+        elif attr(root, "encoding-type") != "anndata":
+            # zarr: each member lookup is a round trip to zarr's event-loop thread (0.5-1 ms), and checking that the
+            # tables exist costs two of the four that reading the lengths does.  A group whose attributes (held in
+            # memory) say it is an AnnData has them (anndata writes both); any other is checked now, lengths read
             self._state.file_axes()
         o, v = view if view is not None else (None, None)
         # a selection of everything, in order (a modality of a MuData view that keeps all its features), reads as

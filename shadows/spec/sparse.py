@@ -29,7 +29,7 @@ from shadows.settings import settings
 from shadows.spec import selection as ix
 from shadows.spec.h5_ranges import read_ranges, union_worth
 from shadows.spec.registry import ReadContext, corrupt, register_reader, sel_at, where_of
-from shadows.spec.sparse_scan import IndptrOfHits, Membership, RangeRead, read_hits
+from shadows.spec.sparse_scan import DeferredHits, IndptrOfHits, Membership, RangeRead, read_hits
 from shadows.spec.whole import read_all, wants_bar
 
 # A copy of the matrix in the other orientation, kept inside the matrix's own group (anndata reads only data,
@@ -573,13 +573,15 @@ class SparseReader:
         prepare(self.data, scanned)
         values = _ChunkReader(self.data, step)
         decoded = values.dec is not None
+        out_minor, out_data = _Appender(np.int32), _Appender(self.dtype)
+        raw_values = values.raw is not None and values.raw.lay is not None
+        late = DeferredHits(self.data, RangeRead(self.data, values.raw), values.buf, out_data) if raw_values else None
         bar = progress_bar(
             scanned, f"scanning {self.group.name} for {len(min_pos)} {'genes' if self.format == 'csr' else 'cells'}"
         )
         # hits arrive in stored order (major non-decreasing), so counts per selected major position are enough to
         # build indptr; only the minor position and the value are kept per hit
         counts = np.zeros(len(maj_pos), dtype=np.int64)
-        out_minor, out_data = _Appender(np.int32), _Appender(self.dtype)
         progress = {"scanned": 0}
         total_span = max(1, int((ends - starts).sum()))
 
@@ -622,6 +624,8 @@ class SparseReader:
                 positions.append(hit + c0)
             if vals is not None:  # the caller read this chunk's values already
                 out_data.append(np.take(vals, hit))
+            elif late is not None and len(hit) * _DENSE_HITS < c1 - c0:
+                late.add(hit + c0)  # asked of the kernel now, read a few chunks later (see DeferredHits)
             else:
                 out_data.append(_read_points(self.data, hit + c0, c1 - c0, values))
 
@@ -667,6 +671,8 @@ class SparseReader:
                     vals = vreader.read(c0, c1) if threaded and progress["dense"] else None
                     run.submit(process, chunk, c0, c1, i0, i1, mask_buf, vals)
                     bar.update((c1 - c0) * item)
+            if late is not None:
+                late.flush()
         finally:
             slots.clear()
             bar.close()

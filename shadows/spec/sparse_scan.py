@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 import h5py
@@ -123,19 +124,23 @@ def hit_ranges(pos: np.ndarray, gap: int) -> np.ndarray:
     return np.concatenate([[0], breaks, [len(pos)]]).astype(np.int64)
 
 
-def read_hits(arr: Any, pos: np.ndarray, buf: np.ndarray | None, read: Any) -> np.ndarray:
+def read_hits(
+    arr: Any, pos: np.ndarray, buf: np.ndarray | None, read: Any, edges: np.ndarray | None = None
+) -> np.ndarray:
     """Values of a 1-D array at sorted absolute positions ``pos``.
 
     ``read(lo, hi, out)`` reads elements ``lo:hi`` into ``out`` (:class:`RangeRead`).  Ranges of nearby hits are
     read into ``buf`` at their place relative to ``pos[0]`` when it is long enough (one scanned chunk), else each
-    into a buffer of its own, and gathered.
+    into a buffer of its own, and gathered.  ``edges``: the ranges (:func:`hit_ranges`) when the caller has cut
+    them and asked the kernel for them already (:class:`DeferredHits`).
     """
     if len(pos) == 0:
         return np.zeros(0, dtype=arr.dtype)
-    edges = hit_ranges(pos, RAW_GAP if getattr(read, "raw", False) else H5PY_GAP)
+    if edges is None:
+        edges = hit_ranges(pos, RAW_GAP if getattr(read, "raw", False) else H5PY_GAP)
+        if len(edges) > _PREFETCH_RANGES and getattr(read, "raw", False):
+            read.prefetch(pos[edges[:-1]], pos[edges[1:] - 1] + 1)
     base = int(pos[0])
-    if len(edges) > _PREFETCH_RANGES and getattr(read, "raw", False):
-        read.prefetch(pos[edges[:-1]], pos[edges[1:] - 1] + 1)
     if buf is not None and len(buf) >= int(pos[-1]) + 1 - base:
         for e0, e1 in zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True):
             a, b = int(pos[e0]), int(pos[e1 - 1]) + 1
@@ -148,6 +153,43 @@ def read_hits(arr: Any, pos: np.ndarray, buf: np.ndarray | None, read: Any) -> n
         read(a, b, tmp)
         out[e0:e1] = np.take(tmp, pos[e0:e1] - a)
     return out
+
+
+class DeferredHits:
+    """The values at a scan's sparse hits, read ``depth`` chunks after the chunk that found them.
+
+    Each chunk's hit ranges are handed to the kernel when found (``posix_fadvise(WILLNEED)``) and their places in
+    the output reserved; the values are read once ``depth`` more chunks have been searched, by when a cold disk
+    has served them, all in flight together.  Why: read when found, one chunk's few ranges at a time, 6 cells of
+    the 1M x 20k CSC file from a cold disk spent 1.1 of their 1.5-2.0 s waiting for 3,000 such reads one after
+    another (the scan's own reads of ``indices``, read ahead, took 0.43 s).  Raw HDF5 reads only.
+
+    ``out``: the output (an appender with ``arr`` and ``n``); slots are reserved at ``n`` and filled in place
+    (``arr`` may be replaced by a larger copy in between: it is looked up when filled).
+    """
+
+    def __init__(self, arr: Any, read: RangeRead, buf: np.ndarray | None, out: Any, depth: int = 8):
+        self.arr, self.read, self.buf, self.out, self.depth = arr, read, buf, out, depth
+        self.queue: collections.deque = collections.deque()
+
+    def add(self, pos: np.ndarray) -> None:
+        """Reserve the output's next ``len(pos)`` places for the values at sorted positions ``pos``."""
+        if len(pos) == 0:
+            return
+        edges = hit_ranges(pos, RAW_GAP)
+        self.read.prefetch(pos[edges[:-1]], pos[edges[1:] - 1] + 1)
+        self.queue.append((self.out.n, pos, edges))
+        self.out.n += len(pos)
+        if len(self.queue) > self.depth:
+            self._fill(*self.queue.popleft())
+
+    def flush(self) -> None:
+        """Read every value still owed."""
+        while self.queue:
+            self._fill(*self.queue.popleft())
+
+    def _fill(self, start: int, pos: np.ndarray, edges: np.ndarray) -> None:
+        self.out.arr[start : start + len(pos)] = read_hits(self.arr, pos, self.buf, self.read, edges)
 
 
 class RangeRead:

@@ -412,6 +412,12 @@ class RangeReader:
         k = i // self.lay.chunk
         return int(self.lay.offsets[k]) + (i - k * self.lay.chunk) * self.lay.itemsize
 
+    def close(self) -> None:
+        """Close the reader's own file descriptor (if it opened one); closing twice is harmless."""
+        if self.fd is not None:
+            self._closer()
+            self.fd = None
+
 
 _PROBE = bytearray(1)
 
@@ -430,12 +436,6 @@ def cached(fd: int, offset: int) -> bool:
         return os.preadv(fd, [_PROBE], offset, flag) > 0
     except OSError:  # EAGAIN: not cached (or the file system cannot say)
         return False
-
-    def close(self) -> None:
-        """Close the reader's own file descriptor (if it opened one); closing twice is harmless."""
-        if self.fd is not None:
-            self._closer()
-            self.fd = None
 
 
 # Rows of a dense array are read raw only from this many bytes on.  Measured on the 100k x 5k dense h5ad
