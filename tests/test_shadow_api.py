@@ -235,9 +235,9 @@ def test_axis_lengths_read_on_first_use(tmp_path):
     np.testing.assert_array_equal(s.obsm["X_pca"], small().obsm["X_pca"])
     assert s.obs["group"].tolist() == small().obs["group"].tolist()
     with pytest.raises(ValueError, match=r"noindex\.h5ad.*'var' has no index"):
-        s.shape
+        _ = s.shape
     with pytest.raises(ValueError, match=r"noindex\.h5ad.*'var' has no index"):
-        s[:3]
+        _ = s[:3]
 
 
 def test_unknown_mode_format_backend(path):
