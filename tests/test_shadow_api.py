@@ -240,6 +240,23 @@ def test_axis_lengths_read_on_first_use(tmp_path):
         _ = s[:3]
 
 
+def test_closed_shadow_keeps_its_shape(path, tmp_path):
+    """The axis lengths are read on first use; closing before that still leaves the shape (and repr) answerable,
+    for an AnnData and for a MuData's modalities."""
+    s = AnnDataShadow(path)
+    s.close()
+    assert s.shape == (40, 12)
+    assert "40 × 12" in repr(s)
+    md = pytest.importorskip("mudata")
+    p = tmp_path / "m.h5mu"
+    md.MuData({"rna": small(30, 10, 1), "prot": small(30, 5, 2)}).write(p)
+    m = shadows.MuDataShadow(p)
+    rna = m["rna"]
+    m.close()
+    assert rna.shape == (30, 10)
+    assert m.shape == (30, 15)
+
+
 def test_unknown_mode_format_backend(path):
     with pytest.raises(ValueError, match="'r', 'r\\+'"):
         AnnDataShadow(path, mode="w")

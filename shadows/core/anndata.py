@@ -1152,7 +1152,9 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         return self
 
     def close(self) -> None:
-        """Close the connection to the file (cached elements stay usable)."""
+        """Close the connection to the file (cached elements stay usable, and so does the shape)."""
+        if self._state.storage.is_open:
+            self._state.file_axes()  # read on first use (see ShadowState.file_axes): a closed shadow still has a shape
         self._state.storage.close()
 
     def reopen(self, mode: str = "r") -> AnnDataShadow:

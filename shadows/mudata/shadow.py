@@ -416,6 +416,9 @@ class MuDataShadow(ConnectionMixin, mudata.MuData):
 
     def close(self) -> None:
         """Close the file (one connection for the MuData and all its modalities; cached elements stay usable)."""
+        if self._storage.is_open:  # the shapes, read on first use, stay known once closed
+            for shadow in (self._global, *self._mods.values()):
+                state_of(shadow).file_axes()
         self._storage.close()
 
     def reopen(self, mode: str = "r") -> MuDataShadow:
