@@ -225,8 +225,8 @@ def test_hdf5_without_anndata(tmp_path):
 
 
 def test_axis_lengths_read_on_first_use(tmp_path):
-    """An h5ad's obs/var lengths are read when first needed, not at open: an obsm read needs neither.  A broken
-    index then fails where the shape is asked for, naming the file and the table."""
+    """An h5ad's axis lengths are read when first needed (from X's shape), not at open: an obsm read needs
+    neither.  A table whose index is broken fails where it is read, naming the file and the table."""
     p = tmp_path / "noindex.h5ad"
     small().write_h5ad(p)
     with h5py.File(p, "r+") as f:
@@ -234,10 +234,23 @@ def test_axis_lengths_read_on_first_use(tmp_path):
     s = AnnDataShadow(p)
     np.testing.assert_array_equal(s.obsm["X_pca"], small().obsm["X_pca"])
     assert s.obs["group"].tolist() == small().obs["group"].tolist()
-    with pytest.raises(ValueError, match=r"noindex\.h5ad.*'var' has no index"):
-        _ = s.shape
-    with pytest.raises(ValueError, match=r"noindex\.h5ad.*'var' has no index"):
-        _ = s[:3]
+    assert s.shape == (40, 12)
+    for read in (lambda: s.var_names, lambda: s.var, lambda: s[:3].var):
+        with pytest.raises(ValueError, match=r"noindex\.h5ad.*/var.* has no index.*'gone'"):
+            read()
+
+
+@pytest.mark.parametrize("table", ["obs", "var"])
+def test_tables_disagreeing_with_x_are_an_error(tmp_path, table):
+    """The shape comes from X's own; an obs or var of another length is a damaged file, said when it is read."""
+    p = tmp_path / "mismatch.h5ad"
+    small().write_h5ad(p)
+    with h5py.File(p, "r+") as f:
+        f["X"].attrs["shape"] = np.array([41, 12] if table == "obs" else [40, 13])
+    s = AnnDataShadow(p)
+    for read in (lambda: getattr(s, f"{table}_names"), lambda: getattr(s, table)):
+        with pytest.raises(ValueError, match=rf"mismatch\.h5ad.*{table} has \d+ rows but X has"):
+            read()
 
 
 def test_closed_shadow_keeps_its_shape(path, tmp_path):

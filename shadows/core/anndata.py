@@ -45,10 +45,10 @@ from shadows.io.remote_prefetch import prefetched
 from shadows.io.storage import Storage, attr, is_array, is_group, is_h5, member
 from shadows.spec import encoding_of, read_element, read_frame_parts
 from shadows.spec import selection as ix
-from shadows.spec.frames import inferred_strings, read_frame_values
+from shadows.spec.frames import index_column, inferred_strings, read_frame_values
 from shadows.spec.lazy_array import ElementSource, LazyArray
 from shadows.spec.legacy import categories_from_uns, legacy_uns_keys
-from shadows.spec.registry import ARRAY_ENCODINGS, SPARSE_ENCODINGS, TABLE_ENCODINGS
+from shadows.spec.registry import ARRAY_ENCODINGS, SPARSE_ENCODINGS, TABLE_ENCODINGS, CorruptElementError
 
 _LEGACY_NEIGHBORS = ("distances", "connectivities")
 # tables in these groups have cells (genes) as rows: the index column's name for polars/pyarrow tables
@@ -608,6 +608,8 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
                 parts = read_frame_parts(g, (sel,), self._state.ctx())
             parts.axis_name = f"{name}_names"  # how table backends without an index name the index column
             parts.index = self._str_names(name, parts.index, parts.index_name)
+            if sel is None:  # the axis lengths may have come from X's shape (ShadowState.file_axes): do they agree?
+                self._check_table_length(name, len(parts.index))
             self._fix_categories(name, parts, sel)
             value = _as_view_frame(empty_columns_as_str(self._table(parts)), self.is_view)
             fps = None
@@ -620,6 +622,14 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
                     self._state.frame_fp[name], self._state.index_fp[name] = fps
                 self._state.cache[k] = value
         return value
+
+    def _check_table_length(self, name: str, n: int) -> None:
+        want = self._state.n_obs_file if name == "obs" else self._state.n_vars_file
+        if n != want:
+            raise CorruptElementError(
+                f"'{self._state.storage.describe()}': {name} has {n} rows but X has {want} "
+                f"{'rows' if name == 'obs' else 'columns'}: the file is damaged or was written inconsistently"
+            )
 
     def _fix_categories(self, name: str, parts: Any, sel: ix.Sel) -> None:
         root = self._state.root()
@@ -737,11 +747,13 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             g = self._state.root()[name]
             sel = self._state.oidx if name == "obs" else self._state.vidx
             if is_group(g):
-                idx_key = attr(g, "_index")
-                values = inferred_strings(read_frame_values(g[idx_key], (sel,), self._state.ctx()), g[idx_key])
+                idx_key, col = index_column(g)
+                values = inferred_strings(read_frame_values(col, (sel,), self._state.ctx()), col)
                 names = self._str_names(name, values, None if idx_key == "_index" else idx_key)
             else:
                 names = self._str_names(name, read_frame_parts(g, (sel,), self._state.ctx()).index, None)
+            if sel is None:  # the axis lengths may have come from X's shape (ShadowState.file_axes): do they agree?
+                self._check_table_length(name, len(names))
             self._state.cache[k] = names
             return names
         return cached

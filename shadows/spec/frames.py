@@ -19,7 +19,7 @@ from shadows.io.remote_h5 import heap_walk
 from shadows.io.storage import attr, is_array, is_group, is_h5, member
 from shadows.spec.dense import read_dense
 from shadows.spec.frame_parts import FrameParts
-from shadows.spec.registry import ReadContext, read_element, register_reader, sel_at
+from shadows.spec.registry import CorruptElementError, ReadContext, read_element, register_reader, sel_at, where_of
 
 
 def _whole(sel: tuple) -> bool:
@@ -50,6 +50,22 @@ def read_nullable(elem: Any, sel: tuple, ctx: ReadContext) -> Any:
     if cls is pd.arrays.IntegerArray and values.dtype.kind not in "iu":
         values = values.astype(np.int64)
     return cls(values, mask=mask)
+
+
+def index_column(g: Any) -> tuple[str, Any]:
+    """The name and the stored column of a ``dataframe`` group's index (its attribute ``_index`` names it).
+
+    Raises
+    ------
+    CorruptElementError
+        If the attribute is missing or names no column, naming the file and the table.
+    """
+    key = attr(g, "_index")
+    col = None if key is None else member(g, key)
+    if col is None:
+        what = "no attribute '_index'" if key is None else f"its attribute '_index' names {key!r}, no column"
+        raise CorruptElementError(f"{where_of(g)} has no index: {what}")
+    return key, col
 
 
 def table_length(g: Any, where: str) -> int:
@@ -152,7 +168,7 @@ def read_frame_parts(
     order = [str(c) for c in (attr(elem, "column-order") or [])]
     if columns is not None:
         order = [c for c in order if c in columns]
-    idx_key = attr(elem, "_index")
+    idx_key, _ = index_column(elem)
     version = str(attr(elem, "encoding-version", ""))
     row = sel[:1]
     cols = {}
