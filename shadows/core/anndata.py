@@ -358,9 +358,14 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
 
             value = self._state.cache[k] = np.asarray(read_dense(g, self._state.sels(group))[key])
             return value
+        elem = None
         if group == "uns" or path != f"{group}/{key}":  # uns' keys hide nothing read here; a legacy obsp path
             missing = path not in root
-        else:  # a key of the group's listing is a member at that path
+        elif "/" not in key:  # a key of the group's listing is its member of that name: looked up alone
+            # (listing the group, then opening the member, were two more round trips to zarr's event-loop thread)
+            elem = member(g, key) if g is not None and is_group(g) else None
+            missing = elem is None
+        else:
             missing = g is None or key not in self._disk_keys(group, g)
         if missing:
             raise KeyError(
@@ -369,7 +374,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         if group == "uns" and is_group(elem := root[path]) and encoding_of(elem)[0] == "dict":
             value = self._lazy_uns(key, path)  # a nested dict: each value read when asked for
         else:
-            value = self._read(path, self._state.sels(group), group)
+            value = self._read(path, self._state.sels(group), group, elem)
             if group == "uns":
                 value = self._uns_value(key, value)
         self._state.cache[k] = value
@@ -402,9 +407,10 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
         finally:
             st.close()
 
-    def _read(self, path: str, sel: tuple, group: str = "") -> Any:
-        """Read the element at ``path`` restricted to ``sel`` and convert it with the backends."""
-        elem = self._state.root()[path]
+    def _read(self, path: str, sel: tuple, group: str = "", elem: Any = None) -> Any:
+        """Read the element at ``path`` (``elem``, where the caller holds it) restricted to ``sel`` and convert it
+        with the backends."""
+        elem = self._state.root()[path] if elem is None else elem
         encoding = encoding_of(elem)
         enc = encoding[0]
         if enc in ARRAY_ENCODINGS:
