@@ -40,7 +40,7 @@ from shadows.core.mapping import ALIGNMENT, ElementMapping, TrackedDict, untrack
 from shadows.core.raw import RawShadow, RawSnapshot, empty_columns_as_str
 from shadows.core.repr import html_repr, text_repr
 from shadows.core.scanpy_hooks import install as install_scanpy_dask
-from shadows.core.state import ShadowState
+from shadows.core.state import ShadowState, no_table
 from shadows.io.remote_prefetch import prefetched
 from shadows.io.storage import Storage, attr, is_array, is_group, is_h5, member
 from shadows.spec import encoding_of, read_element, read_frame_parts
@@ -195,9 +195,7 @@ class AnnDataShadow(ConnectionMixin, anndata.AnnData):
             # now, so that a file holding no AnnData fails at open (a link lookup each, about 10 us)
             for name in ("obs", "var"):
                 if name not in root:
-                    raise ValueError(
-                        f"'{where}' holds no AnnData: there is no '{name}' element (found {sorted(root.keys())[:10]})"
-                    )
+                    raise no_table(root, name, where)
         elif attr(root, "encoding-type") != "anndata":
             # zarr: each member lookup is a round trip to zarr's event-loop thread (0.5-1 ms), and checking that the
             # tables exist costs two of the four that reading the lengths does.  A group whose attributes (held in

@@ -34,10 +34,15 @@ if TYPE_CHECKING:
     from shadows.core.mapping import ElementMapping
 
 
+def no_table(root: Any, name: str, where: str) -> ValueError:
+    """The error for a file or group without the table ``name`` (``obs``/``var``): it holds no AnnData."""
+    return ValueError(f"'{where}' holds no AnnData: there is no '{name}' element (found {sorted(root.keys())[:10]})")
+
+
 def axis_length(root: Any, name: str, where: str) -> int:
     """Length of the obs or var axis, from the index dataset's shape alone (no data is read)."""
     if (g := member(root, name)) is None:
-        raise ValueError(f"'{where}' holds no AnnData: there is no '{name}' element (found {sorted(root.keys())[:10]})")
+        raise no_table(root, name, where)
     return table_length(g, f"'{where}': '{name}'")
 
 
@@ -131,11 +136,12 @@ class ShadowState(ElementStores):
 
     # --- what the state answers itself ------------------------------------------------------------------------------
     def file_axes(self) -> tuple[int, int]:
-        """The stored ``(n_obs, n_vars)``, read from the index datasets' shapes the first time they are needed.
+        """The stored ``(n_obs, n_vars)``, read the first time they are needed: ``X``'s own shape where the file
+        keeps it (:func:`stored_x_shape`), else the index datasets' lengths.
 
-        Not at open: reading them (two attributes, two dataset headers) cost 0.7 of the 2.7 ms that opening a
-        100k-cell h5ad and reading one obsm array took in a fresh process, and a read of obsm, obs or uns needs
-        neither length.
+        Not at open: reading them (from the index datasets: two attributes, two dataset headers) cost 0.7 of the
+        2.7 ms that opening a 100k-cell h5ad and reading one obsm array took in a fresh process, and a read of
+        obsm, obs or uns needs neither length.
         """
         if self._axes is None:
             root, where = self.root(), self.storage.describe()
