@@ -247,7 +247,7 @@ def test_deferred_hits_fill_their_places_in_order(tmp_path, depth):
     with h5py.File(path, "w") as f:
         f["v"] = values  # contiguous: read raw
     rng = np.random.default_rng(5)
-    with h5py.File(path, "r") as f:
+    with h5py.File(path, "r") as f, shadows.settings.override(fast_io=True):  # raw reads (the switch may be off)
         ds = f["v"]
         raw = RangeReader(ds)
         assert raw.lay is not None
