@@ -41,7 +41,7 @@ class RawShadow:
 
     def _n_vars_file(self) -> int:
         root = self._shadow._state.root()
-        return table_length(root[self._path("var")], f"raw.var of '{self._shadow._state.describe()}'")
+        return table_length(root[self._path("var")])
 
     def _cached(self, name: str, read) -> Any:
         # the whole raw is cached on the shadow; a subset only here (one key per subset would collide or pile up)

@@ -43,7 +43,7 @@ def axis_length(root: Any, name: str, where: str) -> int:
     """Length of the obs or var axis, from the index dataset's shape alone (no data is read)."""
     if (g := member(root, name)) is None:
         raise no_table(root, name, where)
-    return table_length(g, f"'{where}': '{name}'")
+    return table_length(g)
 
 
 def stored_x_shape(root: Any) -> tuple[int, int] | None:

@@ -68,14 +68,11 @@ def index_column(g: Any) -> tuple[str, Any]:
     return key, col
 
 
-def table_length(g: Any, where: str) -> int:
+def table_length(g: Any) -> int:
     """The number of rows of a stored table (obs, var, raw/var), from its index's shape alone (no data is read)."""
     if is_array(g):  # anndata < 0.7: a compound dataset
         return int(g.shape[0])
-    key = attr(g, "_index")
-    idx = None if key is None else member(g, key)
-    if idx is None:
-        raise ValueError(f"{where} has no index (attribute '_index' naming a column is missing)")
+    _, idx = index_column(g)
     if is_group(idx):  # anndata >= 0.13 with pandas 3: a nullable-string-array group
         return int(idx["values"].shape[0])
     return int(idx.shape[0])
