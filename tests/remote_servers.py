@@ -66,6 +66,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return self._empty(416, key, {"Content-Range": f"bytes */{size}"})
             status = 206
         length = end - start + 1
+        # counted before it is sent: a client that got its answer finds it counted (after, it raced the client)
+        srv.count(key, length if body else 0, head=not body)
         self.send_response(status)
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Type", "application/octet-stream")
@@ -86,7 +88,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                         sent += len(chunk)
             except (ConnectionError, BrokenPipeError):
                 self.close_connection = True
-        srv.count(key, sent)
+                srv.uncount(key, length - sent)
 
 
 class RangeServer(http.server.ThreadingHTTPServer):
@@ -102,6 +104,7 @@ class RangeServer(http.server.ThreadingHTTPServer):
         self.root, self.latency, self.fail_status = Path(root), latency, 0
         self._lock = threading.Lock()
         self.stats: dict[str, list[int]] = {}
+        self.heads = 0  # HEAD requests (an object's size asked) since the last reset, also counted in stats
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
         self._thread.start()
 
@@ -109,15 +112,22 @@ class RangeServer(http.server.ThreadingHTTPServer):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
 
-    def count(self, key: str, nbytes: int) -> None:
+    def count(self, key: str, nbytes: int, head: bool = False) -> None:
         with self._lock:
             st = self.stats.setdefault(key, [0, 0])
             st[0] += 1
             st[1] += nbytes
+            self.heads += head
+
+    def uncount(self, key: str, nbytes: int) -> None:
+        """Take back ``nbytes`` counted for ``key`` but not sent (the client went away)."""
+        with self._lock:
+            self.stats[key][1] -= nbytes
 
     def reset(self) -> None:
         with self._lock:
             self.stats = {}
+            self.heads = 0
 
     def totals(self) -> tuple[int, int]:
         """Requests and bytes sent since the last :meth:`reset`."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from oracle import assert_element_equal, read_oracle, write_adata
 from remote_servers import RangeServer, S3Server
 from stream_data import rich
@@ -342,6 +343,54 @@ def test_obs_names_of_remote_h5ad_read_in_few_requests(servers, tmp_path):
     blocks = -(-heap // 65536)
     assert c.requests <= blocks // 2, (c.requests, blocks)
     assert c.bytes <= 2 * heap + 2 * 65536, (c.bytes, heap)
+
+
+def _sparse_h5ad(servers, name: str) -> tuple[str, ad.AnnData]:
+    """A CSR h5ad as anndata writes it (chunked data/indices/indptr, each with its object header and first B-tree
+    node next to its raw data), served over HTTP."""
+    x = sp.random(30_000, 1_000, density=0.05, format="csr", dtype=np.float32, random_state=0)
+    a = ad.AnnData(x)
+    path = servers["http"].root / name
+    if not path.exists():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            a.write_h5ad(path)
+    return f"{servers['http'].url}/{name}", a
+
+
+def test_scattered_cells_of_remote_h5ad_fetch_little_beyond_the_answer(servers):
+    """Opening X's datasets reads their object headers, which HDF5 writes next to their raw values: the read cache
+    fetches a few kB there, not a 64 kB block of values nobody asked for (the bound fails by 3 x 60 kB with
+    blocks)."""
+    from shadows.io.remote import forget_blocks
+
+    url, a = _sparse_h5ad(servers, "scattered.h5ad")
+    cells = [11, 2_000, 9_999, 17_337, 23_001, 29_777]
+    forget_blocks()
+    s = AnnDataShadow(url)
+    with counting() as c:
+        got = s[cells].X
+    assert_element_equal(got, a.X[cells], "6 scattered cells")
+    want = a.X[cells]
+    answer = want.nnz * 8 + len(cells) * 16  # values, indices and two indptr entries per cell
+    btree_node = 2096  # a v1 B-tree node of a 1-D chunked dataset: the root, then a leaf per chunk touched
+    headers = 3 * 4096 + 4096  # data, indices, indptr and the X group
+    limit = 1.5 * answer + headers + (3 + 2 * len(cells)) * btree_node
+    assert c.bytes <= limit, (c.bytes, limit, c.requests)
+
+
+def test_views_of_remote_h5ad_ask_the_size_once(servers):
+    """A view re-opens the file without asking its size and version again (a HEAD request each before); reopen()
+    asks again."""
+    url, a = _sparse_h5ad(servers, "scattered.h5ad")
+    http = servers["http"]
+    s = AnnDataShadow(url)
+    http.reset()
+    assert_element_equal(s[3:9].X, a.X[3:9], "a view")
+    assert_element_equal(s[3:9][::2].obs_names, a.obs_names[3:9][::2], "a view of a view")
+    assert http.heads == 0, dict(http.stats)
+    s.reopen("r")
+    assert http.heads == 1, dict(http.stats)
 
 
 @pytest.mark.parametrize("tag", ["zarr2", "zarr3"])

@@ -23,7 +23,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import h5py
@@ -101,13 +101,20 @@ class Target:
     store: Any = None  # a zarr store object given by the user
     fileobj: Any = None  # an open file-like object given by the user
     kind: str | None = None  # "h5" or "zarr" once known
+    # An HDF5 file's size and version (ETag...) as first asked: every re-open of the same shadow (views, lazy
+    # arrays, pickles) reads the same version without asking again (a HEAD request per view before).
+    info: tuple[int, Any] | None = None
+    # The file's first bytes, read when its kind was sniffed: HDF5's superblock and root group lie there, and the
+    # first open reads them from these (two requests fewer on the 100k x 5k h5ad); dropped once used.
+    head: bytes | None = field(default=None, repr=False)
 
     def with_kind(self, kind: str) -> Target:
         """The same target, known to be an HDF5 file (``"h5"``) or a zarr store (``"zarr"``)."""
-        return Target(self.url, self.fs, self.path, self.store, self.fileobj, kind)
+        return replace(self, kind=kind)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
+        state["head"] = None
         if state["fileobj"] is not None:
             try:  # a file-like object is handed to the other process only if it pickles (fsspec files do)
                 import pickle
@@ -278,7 +285,8 @@ def _find_root(fs: Any, path: str, url: str, format: str | None) -> tuple[Remote
     with _errors_named(url):
         for i in range(len(parts), floor, -1):
             cand = "/".join(parts[:i])
-            kind = _kind_at(fs, cand, want)
+            seen: dict = {}
+            kind = _kind_at(fs, cand, want, seen)
             if kind is None:
                 continue
             if kind == "zarr":  # climb to the outermost zarr root: a MuData modality opens from its store's top
@@ -287,7 +295,8 @@ def _find_root(fs: Any, path: str, url: str, format: str | None) -> tuple[Remote
                 cand = "/".join(parts[:i])
             inner = "/".join(parts[i:])
             root_url = fs.unstrip_protocol(cand) if not _URL.match(cand) else cand
-            return RemotePath(Target(root_url, fs=fs, path=cand, kind=kind)), inner
+            target = Target(root_url, fs=fs, path=cand, kind=kind, info=seen.get("info"), head=seen.get("head"))
+            return RemotePath(target), inner
     raise FileNotFoundError(f"No such file or zarr store: '{url}'")
 
 
@@ -301,30 +310,40 @@ def _floor(fs: Any, parts: list[str]) -> int:
     return 0
 
 
-def _kind_at(fs: Any, path: str, want: str | None) -> str | None:
-    """``"h5"``, ``"zarr"`` or ``None`` (nothing there) for ``path``; ValueError for something else."""
+def _kind_at(fs: Any, path: str, want: str | None, seen: dict) -> str | None:
+    """``"h5"``, ``"zarr"`` or ``None`` (nothing there) for ``path``; ValueError for something else.  What was
+    read of an HDF5 file on the way (``info``: its size and version; ``head``: its first bytes) goes to ``seen``."""
     looks_h5 = path.lower().endswith(_H5_SUFFIXES)
-    if want != "zarr" and looks_h5 and (kind := _file_kind(fs, path, want)) is not None:
+    if want != "zarr" and looks_h5 and (kind := _file_kind(fs, path, want, seen)) is not None:
         return kind
     if want != "h5" and _is_zarr(fs, path):
         return "zarr"
     if want != "zarr" and not looks_h5:
-        return _file_kind(fs, path, want)
+        return _file_kind(fs, path, want, seen)
     return None
 
 
-def _file_kind(fs: Any, path: str, want: str | None) -> str | None:
+# Bytes read from an HDF5 file's start when its kind is sniffed: the signature is at 0 or after a user block (h5mu:
+# 512), and the superblock, the root group's header, B-tree and heap follow; on anndata's h5ad files they end
+# within the first 7 kB, and HDF5's open reads them all.
+HEAD_BYTES = 8 * 1024
+
+
+def _file_kind(fs: Any, path: str, want: str | None, seen: dict) -> str | None:
     try:
         info = fs.info(path)
     except FileNotFoundError:
         return None
     if info.get("type") != "file":
         return None
-    if want == "h5":
-        return "h5"
-    head = fs.cat_file(path, start=0, end=2056)  # the signature is at 0, or after a user block (h5mu: 512)
+    size = int(info["size"])
+    seen["info"] = (size, _version(info))
+    head = fs.cat_file(path, start=0, end=min(HEAD_BYTES, size))
     _count(path, len(head))
     if any(head[o : o + 8] == HDF5_SIGNATURE for o in (0, 512, 1024, 2048)):
+        seen["head"] = head
+        return "h5"
+    if want == "h5":  # the user says so: HDF5 itself will say what is wrong with it
         return "h5"
     raise ValueError(f"'{fs.unstrip_protocol(path)}' is neither an HDF5 file (h5ad, h5mu) nor a zarr store")
 
@@ -406,7 +425,14 @@ def open_h5(root: RemotePath, mode: str) -> h5py.File:
             "Write to a local copy instead (download it, then open the local file with mode='r+'), or convert it "
             "to zarr (shadow.write_zarr(...) or shadows.convert) and write into the zarr store."
         )
-    f = t.fileobj if t.fileobj is not None else RangeFile(t.fs, t.path, t.url)
+    if t.fileobj is not None:
+        f = t.fileobj
+    else:
+        f = RangeFile(t.fs, t.path, t.url, *(t.info or (None, None)))
+        t.info = (f.size, f.version)
+        if t.head is not None:
+            f.seed(t.head)
+            t.head = None
     try:
         h5 = h5py.File(f, "r", rdcc_nbytes=0)
         if isinstance(f, RangeFile):
@@ -578,17 +604,29 @@ def CountingStore(store: Any, url: str, preloaded: dict[str, bytes | None] | Non
 # --- the read cache for HDF5 ------------------------------------------------------------------------------------------
 # HDF5 reads its metadata (object headers, B-tree nodes, local and global heaps) in pieces of tens to hundreds of
 # bytes, scattered through an h5ad file (anndata writes each element's header next to its data).  A request per
-# piece costs a round trip each (about 150 for opening a file and reading its shape); blocks of BLOCK bytes around
-# them bring that to a handful.  Measured on the 100k x 5k h5ad over HTTP (docs/benchmarks.md, "Remote stores"):
-# 64 kB blocks fetch 0.4 MB for open + shape in 9 requests; 1 MB blocks fetch 9 MB.  Reads of at least BLOCK bytes
-# (the values of a selection) are fetched exactly as asked, in one request, and not cached: partial reads stay
-# partial.  Smaller reads of values are fetched exactly too, beforehand and all at once, by the readers that know
-# them (shadows.io.remote_h5.staged).
+# piece costs a round trip each (about 150 for opening a file and reading its shape), so small reads go through a
+# cache, filled a little more than asked.  Reads of at least BLOCK bytes (the values of a selection) are fetched
+# exactly as asked, in one request, and not cached: partial reads stay partial.  Smaller reads of values are
+# fetched exactly too, beforehand and all at once, by the readers that know them (shadows.io.remote_h5.staged).
 BLOCK = 64 * 1024
-# The blocks are shared by every RangeFile on the same object (same URL, size and version) in this process: a view,
-# a lazy array or a re-opened shadow re-opens the file, and HDF5 then reads the same metadata again (3 blocks,
-# 200 kB, per re-open of the 20k x 5k h5ad).  At most CACHE_BLOCKS blocks (32 MB) for all files together.
+# The cache holds UNITs of 1 kB, and a miss fetches from its own unit on: at least SPEC_UNITS (an object header read
+# of 512 bytes and the B-tree root HDF5 writes right after it), more where earlier misses already fetched part of
+# the same BLOCK (HDF5 is reading a metadata-dense stretch, e.g. a table's headers): as many units again as are
+# cached there, so the window doubles while the reads stay together.  Why not aligned 64 kB blocks, as before:
+# HDF5 writes each dataset's object header next to its raw data, and a block around each header brought values
+# nobody asked for.  Measured on the 100k x 5k h5ad over HTTP (docs/benchmarks.md, "Remote stores"), requests / kB
+# with 64 kB blocks, then with 1 kB units: open + shape 6 / 157, 4 / 13 (with HEAD_BYTES); 6 scattered cells
+# (answer 23 kB) 34 / 339, 34 / 69; 1 gene of CSC 20 / 865, 20 / 404; 1000 contiguous cells 17, 15.
+UNIT = 1024
+PER_BLOCK = BLOCK // UNIT
+SPEC_UNITS = 4
+# In a heap walk a miss fetches HEAP_UNITS from its unit on: HDF5 reads a global heap collection (64 kB unless a
+# string is larger) as its first 4 kB, then the rest; an aligned block cut each collection in two.  (Outside a
+# heap walk, e.g. the strings of attributes, the rest is a second request: fetching 64 kB there instead saved one
+# request and cost 56-118 kB more on "1 gene" of the 100k x 5k h5ad, whose collections there are 8 kB.)
+HEAP_UNITS = 64
 CACHE_BLOCKS = 512
+CACHE_UNITS = CACHE_BLOCKS * PER_BLOCK
 _SEQ_GAP = 8 * 1024  # a read starting at most this far past the previous one continues a sequential read
 # Adaptive read-ahead of metadata blocks while h5py reads variable-length strings (RangeFile.heap_walk): HDF5
 # reads them through its global heap, collection after collection, in pieces smaller than a block, so a block
@@ -604,6 +642,11 @@ _BLOCKS: OrderedDict[tuple[Any, int], bytes] = OrderedDict()
 _BLOCKS_LOCK = threading.Lock()
 
 
+def _version(info: dict) -> Any:
+    """What tells one version of a remote object from another in ``fs.info``'s answer (ETag, modified time)."""
+    return info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("mtime")
+
+
 def forget_blocks(url: str | None = None) -> None:
     """Drop the cached metadata blocks of the remote HDF5 file at ``url`` (of every file if ``None``): the next
     read fetches them again (a benchmark measuring a first open; a file replaced in place with the same size)."""
@@ -614,7 +657,7 @@ def forget_blocks(url: str | None = None) -> None:
 
 class RangeFile:
     """A read-only binary file over an fsspec filesystem: exact ranged requests for large reads, an LRU cache of
-    aligned blocks for small ones (HDF5's metadata), and byte ranges staged beforehand (values about to be read,
+    1 kB units for small ones (HDF5's metadata, see ``UNIT``), and byte ranges staged beforehand (values about to be read,
     see :mod:`shadows.io.remote_h5`).  What h5py's ``fileobj`` driver reads from."""
 
     def __init__(self, fs: Any, path: str, url: str, size: int | None = None, version: Any = None):
@@ -622,8 +665,7 @@ class RangeFile:
         if size is None:
             with _errors_named(url):
                 info = fs.info(path)
-            size = int(info["size"])
-            version = info.get("ETag") or info.get("etag") or info.get("LastModified") or info.get("mtime")
+            size, version = int(info["size"]), _version(info)
         self.size, self.version = size, version
         self.pos = 0
         self.block = BLOCK
@@ -637,6 +679,12 @@ class RangeFile:
     def __repr__(self) -> str:
         # h5py names the file by this; shadows.io.remote_h5 finds the RangeFile of a dataset by it
         return f"<shadows RangeFile {id(self):x} of {self.url}>"
+
+    def seed(self, head: bytes) -> None:
+        """Cache the file's first bytes ``head`` (read already, see ``HEAD_BYTES``), whole units only."""
+        with _BLOCKS_LOCK:
+            for u in range(min(len(head), self.size) // UNIT):
+                _BLOCKS[(self._key, u)] = head[u * UNIT : (u + 1) * UNIT]
 
     # file protocol ---------------------------------------------------------------------------------------------------
     def seek(self, offset: int, whence: int = 0) -> int:
@@ -736,16 +784,20 @@ class RangeFile:
             m.remaining, m.last_end, m.ahead, m.expecting = saved
 
     @contextmanager
-    def heap_walk(self) -> Iterator[None]:
+    def heap_walk(self, raw: tuple[int, int] | None = None) -> Iterator[None]:
         """Within the block (in this thread), block-cache misses near the previous ones read ahead, more the longer
-        they keep together (see ``MAX_AHEAD``): h5py reading variable-length strings through HDF5's global heap."""
+        they keep together (see ``MAX_AHEAD``): h5py reading variable-length strings through HDF5's global heap.
+        ``raw``: the byte range of the strings' own dataset (its heap IDs), which h5py reads exactly: the read-ahead
+        stops at it (HDF5 writes the heap right after it: reading back into it fetched 1.6 MB twice for the obs
+        names of the 100k x 5k h5ad)."""
         m = self._mode
-        saved = getattr(m, "run", None), getattr(m, "heap", False)
+        saved = getattr(m, "run", None), getattr(m, "heap", False), getattr(m, "barrier", None)
         m.run, m.heap = None, True
+        m.barrier = None if raw is None else (raw[0] // UNIT, (raw[1] - 1) // UNIT)
         try:
             yield
         finally:
-            m.run, m.heap = saved
+            m.run, m.heap, m.barrier = saved
 
     def _exact_miss(self, start: int, end: int) -> bytes:
         """A read in :meth:`exact` mode that nothing cached or staged holds: exact, or the rest of a sequential
@@ -808,45 +860,73 @@ class RangeFile:
             return self._exact_miss(start, end)
         if end - start >= BLOCK:
             return self._fetch(start, end)
-        first, last = start // BLOCK, (end - 1) // BLOCK
+        first, last = start // UNIT, (end - 1) // UNIT
         key = self._key
         with _BLOCKS_LOCK:
-            got = {b: _BLOCKS.get((key, b)) for b in range(first, last + 1)}
-            for b in got:
-                if got[b] is not None:
-                    _BLOCKS.move_to_end((key, b))
-        missing = [b for b, v in got.items() if v is None]
+            got = {u: _BLOCKS.get((key, u)) for u in range(first, last + 1)}
+            for u in got:
+                if got[u] is not None:
+                    _BLOCKS.move_to_end((key, u))
+        missing = [u for u, v in got.items() if v is None]
         if missing:
             lo, hi = missing[0], missing[-1]
-            if getattr(self._mode, "heap", False):
-                lo, hi = self._ahead(lo, hi)
-            data = self._fetch(lo * BLOCK, min((hi + 1) * BLOCK, self.size))
+            lo, hi = self._ahead(lo, hi) if getattr(self._mode, "heap", False) else self._widen(lo, hi)
+            data = self._fetch(lo * UNIT, min((hi + 1) * UNIT, self.size))
             with _BLOCKS_LOCK:
-                for b in range(lo, hi + 1):
-                    got[b] = data[(b - lo) * BLOCK : (b - lo + 1) * BLOCK]
-                    _BLOCKS[(key, b)] = got[b]
-                while len(_BLOCKS) > CACHE_BLOCKS:
+                for u in range(lo, hi + 1):
+                    piece = data[(u - lo) * UNIT : (u - lo + 1) * UNIT]
+                    _BLOCKS[(key, u)] = piece
+                    if u in got:
+                        got[u] = piece
+                while len(_BLOCKS) > CACHE_UNITS:
                     _BLOCKS.popitem(last=False)
-        joined = b"".join(got[b] for b in range(first, last + 1))
-        off = start - first * BLOCK
+        joined = b"".join(got[u] for u in range(first, last + 1))
+        off = start - first * UNIT
         return joined[off : off + (end - start)]
 
+    def _n_units(self) -> int:
+        return -(-self.size // UNIT)
+
+    def _widen(self, lo: int, hi: int) -> tuple[int, int]:
+        """The units to fetch for a miss of units ``lo..hi`` outside a heap walk: from ``lo`` on, at least
+        ``SPEC_UNITS``, or as many as are cached in the 64 kB around ``lo`` (see ``UNIT``), up to the next cached
+        unit."""
+        key = self._key
+        with _BLOCKS_LOCK:
+            b_lo = lo - lo % PER_BLOCK
+            near = sum((key, u) in _BLOCKS for u in range(b_lo, b_lo + PER_BLOCK))
+            start = lo
+            # a gap of at most `near` units down to a cached one is fetched too (it is read next, as a rule)
+            while near and start > max(0, lo - near) and (key, start - 1) not in _BLOCKS:
+                start -= 1
+            if start > 0 and (key, start - 1) not in _BLOCKS:
+                start = lo
+            return start, self._until_cached(hi, lo + max(SPEC_UNITS, near) - 1)
+
+    def _until_cached(self, hi: int, want: int) -> int:
+        """``want`` (a unit), or less: not past the file's end nor past the first cached unit after ``hi``."""
+        want = min(self._n_units() - 1, want)
+        end = hi
+        while end < want and (self._key, end + 1) not in _BLOCKS:
+            end += 1
+        return end
+
     def _ahead(self, lo: int, hi: int) -> tuple[int, int]:
-        """The blocks to fetch for a miss of blocks ``lo..hi``: those, or, next to the run of the last misses,
-        also the gap to it and a read-ahead as long as the run (see ``MAX_AHEAD``), never past a cached block."""
-        run, n_blocks = self._mode.run, -(-self.size // BLOCK)
+        """The units to fetch for a miss of units ``lo..hi`` in a heap walk: ``HEAP_UNITS`` from ``lo`` (a
+        collection), or, next to the run of the last misses, also the gap to it and a read-ahead as long as the run
+        (see ``MAX_AHEAD``), never past a cached unit."""
+        key = self._key
+        run = self._mode.run
         if run is not None:
             r_lo, r_hi = run
-            reach = min(MAX_AHEAD, r_hi - r_lo + 1)
-            key = self._key
+            reach = min(MAX_AHEAD * PER_BLOCK, r_hi - r_lo + 1)
             if r_hi < lo <= r_hi + 1 + reach:  # forward: from the run's end through the read-ahead
-                new_lo, new_hi = r_hi + 1, min(n_blocks - 1, hi + reach)
+                new_lo = r_hi + 1
                 with _BLOCKS_LOCK:
                     while new_lo < lo and (key, new_lo) in _BLOCKS:
                         new_lo += 1
-                    end = hi
-                    while end < new_hi and (key, end + 1) not in _BLOCKS:
-                        end += 1
+                    end = self._until_cached(hi, max(hi + reach, lo + HEAP_UNITS - 1))
+                new_lo, end = self._clip(lo, hi, new_lo, end)
                 self._mode.run = (r_lo, end)
                 return new_lo, end
             if r_lo - 1 - reach <= hi < r_lo:  # backward: HDF5 walks the heap's collections from the last one
@@ -857,15 +937,32 @@ class RangeFile:
                     start = lo
                     while start > new_lo and (key, start - 1) not in _BLOCKS:
                         start -= 1
+                start, new_hi = self._clip(lo, hi, start, new_hi)
                 self._mode.run = (start, r_hi)
                 return start, new_hi
+        with _BLOCKS_LOCK:
+            hi = self._until_cached(hi, lo + HEAP_UNITS - 1)
+        lo, hi = self._clip(lo, hi, lo, hi)
         self._mode.run = (lo, hi)
         return lo, hi
+
+    def _clip(self, lo: int, hi: int, a: int, b: int) -> tuple[int, int]:
+        """The read-ahead ``a..b`` around a miss of ``lo..hi``, cut short of the heap walk's barrier (see
+        :meth:`heap_walk`); the miss itself is always fetched."""
+        barrier = getattr(self._mode, "barrier", None)
+        if barrier is None:
+            return a, b
+        b_lo, b_hi = barrier
+        if lo >= b_hi:  # the unit at an edge holds both the end of the IDs and the start of the heap
+            a = max(a, b_hi)
+        elif hi <= b_lo:
+            b = min(b, b_lo)
+        return a, b
 
     def _cached(self, start: int, end: int) -> bool:
         key = self._key
         with _BLOCKS_LOCK:
-            return all((key, b) in _BLOCKS for b in range(start // BLOCK, (end - 1) // BLOCK + 1))
+            return all((key, u) in _BLOCKS for u in range(start // UNIT, (end - 1) // UNIT + 1))
 
     def _fetch(self, start: int, end: int) -> bytes:
         try:

@@ -78,7 +78,10 @@ def heap_walk(ds: Any) -> Any:
     """A context in which h5py reads the variable-length strings of ``ds`` (HDF5's global heap, collection after
     collection) with an adaptive read-ahead (see :meth:`RangeFile.heap_walk`); does nothing for local files."""
     rf = rangefile_of(ds)
-    return nullcontext() if rf is None else rf.heap_walk()
+    if rf is None:
+        return nullcontext()
+    off = ds.id.get_offset() if ds.chunks is None else None
+    return rf.heap_walk(None if off is None else (off, off + ds.id.get_storage_size()))
 
 
 def read_points(ds: Any, pos: Any) -> Any:

@@ -105,6 +105,7 @@ class Storage:
         self.file: Any = None
         # indptr arrays read once per open matrix (keyed by the matrix's path): repeated row reads do not re-read it
         self.indptr_cache: dict[str, np.ndarray] = {}
+        self._opened = False
         self.open(mode)
 
     # --- connection -----------------------------------------------------------------------------------------------
@@ -123,8 +124,13 @@ class Storage:
             raise ValueError(f"Unknown mode {mode!r}; choose one of {list(MODES)}")
         previous = self.mode if self.file is not None else None
         self.close()
+        if self._opened and self.is_remote:
+            # a re-open asks a remote file's size and version again (views opened from it since reuse what the
+            # first open asked: one version for the whole session, no request per view)
+            self.filename.target.info = None
         try:
             self._open(mode)
+            self._opened = True
         except Exception:
             if previous is not None and previous != mode:
                 self._open(previous)  # a refused reopen("r+") leaves the shadow as it was, still readable
