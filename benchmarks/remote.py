@@ -397,8 +397,8 @@ def table(rows: list[tuple], scale: float, latency_ms: float) -> str:
         "",
         "h5ad: shadows' fetched bytes split by the file's own layout (`raw_extents`: contiguous datasets' "
         '`id.get_offset()`/`get_storage_size()`, chunked ones\' `chunk_iter`): "values read" lie in the raw data '
-        'of the datasets the case reads, "other values" in other datasets\' raw data (inside metadata blocks '
-        'fetched whole), "metadata" is the rest (superblock, object headers, B-tree nodes, local heaps, and '
+        'of the datasets the case reads, "other values" in other datasets\' raw data (next to metadata read, '
+        'or the var names a gene lookup reads), "metadata" is the rest (superblock, object headers, B-tree nodes, local heaps, and '
         'the global heap that holds variable-length strings\' characters). "values goal": values read <= 1.5 x '
         "answer.",
         "",
