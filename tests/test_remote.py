@@ -341,14 +341,16 @@ def test_obs_names_of_remote_h5ad_read_in_few_requests(servers, tmp_path):
         got = s.obs_names
     assert list(got) == names
     blocks = -(-heap // 65536)
-    assert c.requests <= blocks // 2, (c.requests, blocks)
+    # + 1: with anndata 0.13 the names are a group (values, mask) whose headers and attributes, read from 1 kB
+    # units, are one request more than from 64 kB blocks (shadows.io.remote.UNIT); the heap walk itself is 5
+    assert c.requests <= blocks // 2 + 1, (c.requests, blocks)
     assert c.bytes <= 2 * heap + 2 * 65536, (c.bytes, heap)
 
 
-def _sparse_h5ad(servers, name: str) -> tuple[str, ad.AnnData]:
+def _sparse_h5ad(servers, name: str, n_obs: int = 30_000, n_vars: int = 1_000, density: float = 0.05):
     """A CSR h5ad as anndata writes it (chunked data/indices/indptr, each with its object header and first B-tree
     node next to its raw data), served over HTTP."""
-    x = sp.random(30_000, 1_000, density=0.05, format="csr", dtype=np.float32, random_state=0)
+    x = sp.random(n_obs, n_vars, density=density, format="csr", dtype=np.float32, random_state=0)
     a = ad.AnnData(x)
     path = servers["http"].root / name
     if not path.exists():
@@ -358,25 +360,48 @@ def _sparse_h5ad(servers, name: str) -> tuple[str, ad.AnnData]:
     return f"{servers['http'].url}/{name}", a
 
 
-def test_scattered_cells_of_remote_h5ad_fetch_little_beyond_the_answer(servers):
+def _raw_extents(path: Path) -> list[tuple[int, int]]:
+    """Where the values of every dataset of an HDF5 file lie (contiguous data, every chunk); the rest is HDF5's
+    metadata."""
+    import h5py
+
+    out: list[tuple[int, int]] = []
+
+    def visit(_name, obj):
+        if not isinstance(obj, h5py.Dataset):
+            return
+        if obj.chunks is None:
+            off = obj.id.get_offset()
+            if off is not None:
+                out.append((off, off + obj.id.get_storage_size()))
+        else:
+            for i in range(obj.id.get_num_chunks()):
+                c = obj.id.get_chunk_info(i)
+                out.append((c.byte_offset, c.byte_offset + c.size))
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return out
+
+
+def test_scattered_cells_of_remote_h5ad_fetch_few_values_beyond_the_answer(servers):
     """Opening X's datasets reads their object headers, which HDF5 writes next to their raw values: the read cache
-    fetches a few kB there, not a 64 kB block of values nobody asked for (the bound fails by 3 x 60 kB with
-    blocks)."""
+    fetches a few kB there, not a 64 kB block of values nobody asked for.  Of the values fetched (bytes in any
+    dataset's raw data), at most half the answer again is not the answer (with 64 kB blocks: 7x the answer)."""
     from shadows.io.remote import forget_blocks
 
-    url, a = _sparse_h5ad(servers, "scattered.h5ad")
-    cells = [11, 2_000, 9_999, 17_337, 23_001, 29_777]
+    url, a = _sparse_h5ad(servers, "dense_rows.h5ad", n_obs=6_000, n_vars=2_000, density=0.25)
+    raw = _raw_extents(servers["http"].root / "dense_rows.h5ad")
+    cells = [11, 900, 1_999, 3_337, 4_601, 5_977]
     forget_blocks()
     s = AnnDataShadow(url)
     with counting() as c:
         got = s[cells].X
-    assert_element_equal(got, a.X[cells], "6 scattered cells")
     want = a.X[cells]
+    assert_element_equal(got, want, "6 scattered cells")
     answer = want.nnz * 8 + len(cells) * 16  # values, indices and two indptr entries per cell
-    btree_node = 2096  # a v1 B-tree node of a 1-D chunked dataset: the root, then a leaf per chunk touched
-    headers = 3 * 4096 + 4096  # data, indices, indptr and the X group
-    limit = 1.5 * answer + headers + (3 + 2 * len(cells)) * btree_node
-    assert c.bytes <= limit, (c.bytes, limit, c.requests)
+    values = sum(max(0, min(b, y) - max(a0, x)) for _u, a0, b in c.spans for x, y in raw)
+    assert c.spans and values <= 1.5 * answer, (values, answer, c.bytes, c.requests)
 
 
 def test_views_of_remote_h5ad_ask_the_size_once(servers):

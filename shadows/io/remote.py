@@ -610,9 +610,9 @@ def CountingStore(store: Any, url: str, preloaded: dict[str, bytes | None] | Non
 # fetched exactly too, beforehand and all at once, by the readers that know them (shadows.io.remote_h5.staged).
 BLOCK = 64 * 1024
 # The cache holds UNITs of 1 kB, and a miss fetches from its own unit on: at least SPEC_UNITS (an object header read
-# of 512 bytes and the B-tree root HDF5 writes right after it), more where earlier misses already fetched part of
-# the same BLOCK (HDF5 is reading a metadata-dense stretch, e.g. a table's headers): as many units again as are
-# cached there, so the window doubles while the reads stay together.  Why not aligned 64 kB blocks, as before:
+# of 512 bytes and the B-tree root HDF5 writes right after it), more where it follows cached units closely (HDF5
+# is reading a metadata-dense stretch, e.g. a table's headers): as many units again as that cached run holds, so
+# the window doubles while the reads stay together.  Why not aligned 64 kB blocks, as before:
 # HDF5 writes each dataset's object header next to its raw data, and a block around each header brought values
 # nobody asked for.  Measured on the 100k x 5k h5ad over HTTP (docs/benchmarks.md, "Remote stores"), requests / kB
 # with 64 kB blocks, then with 1 kB units: open + shape 6 / 157, 4 / 13 (with HEAD_BYTES); 6 scattered cells
@@ -631,11 +631,13 @@ _SEQ_GAP = 8 * 1024  # a read starting at most this far past the previous one co
 # Adaptive read-ahead of metadata blocks while h5py reads variable-length strings (RangeFile.heap_walk): HDF5
 # reads them through its global heap, collection after collection, in pieces smaller than a block, so a block
 # cache alone made one request per 64 kB of a 4.7 MB heap (60 requests for "open + obs column" of the 100k x 5k
-# h5ad, where fsspec's 5 MB read-ahead made 30).  There, a miss near the blocks the last misses fetched (a "run")
-# fetches the gap to the run plus as many blocks again as the run holds, up to MAX_AHEAD blocks: the window doubles
-# while the reads stay together and falls back to the blocks asked for at a read elsewhere.  Only there: at open
-# and for scattered reads the same rule fetched 0.3-0.9 MB more (object headers of obs and var lie near each
-# other, but HDF5 reads only a few of their blocks).
+# h5ad, where fsspec's 5 MB read-ahead made 30).  There, a miss near the units the last misses fetched (a "run")
+# fetches the gap to the run plus twice as many units as the run holds, up to MAX_AHEAD blocks: the window grows
+# while the reads stay together and falls back to HEAP_UNITS at a read elsewhere; walking backwards it stops at the
+# strings' own IDs (see RangeFile.heap_walk), without leaving a sliver of heap below for one more request.  Twice,
+# not once, as many: "open + obs column" 19 -> 18 requests, the same bytes (the 100k x 5k h5ad over HTTP).  Only
+# in a heap walk: at open and for scattered reads the same rule fetched 0.3-0.9 MB more (object headers of obs and
+# var lie near each other, but HDF5 reads only a few of their blocks).
 MAX_AHEAD = 32  # blocks (2 MB)
 MAX_SEQ_AHEAD = 2**20  # bytes: the read-ahead of unannounced sequential reads of values (RangeFile._exact_miss)
 _BLOCKS: OrderedDict[tuple[Any, int], bytes] = OrderedDict()
@@ -888,20 +890,20 @@ class RangeFile:
         return -(-self.size // UNIT)
 
     def _widen(self, lo: int, hi: int) -> tuple[int, int]:
-        """The units to fetch for a miss of units ``lo..hi`` outside a heap walk: from ``lo`` on, at least
-        ``SPEC_UNITS``, or as many as are cached in the 64 kB around ``lo`` (see ``UNIT``), up to the next cached
-        unit."""
+        """The units to fetch for a miss of units ``lo..hi`` outside a heap walk: from ``lo`` on, ``SPEC_UNITS``,
+        or, where the miss follows cached units within ``SPEC_UNITS``, the gap and as many units as that cached run
+        holds (at most a BLOCK), up to the next cached unit."""
         key = self._key
         with _BLOCKS_LOCK:
-            b_lo = lo - lo % PER_BLOCK
-            near = sum((key, u) in _BLOCKS for u in range(b_lo, b_lo + PER_BLOCK))
             start = lo
-            # a gap of at most `near` units down to a cached one is fetched too (it is read next, as a rule)
-            while near and start > max(0, lo - near) and (key, start - 1) not in _BLOCKS:
+            while start > max(0, lo - SPEC_UNITS) and (key, start - 1) not in _BLOCKS:
                 start -= 1
-            if start > 0 and (key, start - 1) not in _BLOCKS:
+            run = 0
+            while run < PER_BLOCK and start - 1 - run >= 0 and (key, start - 1 - run) in _BLOCKS:
+                run += 1
+            if not run:
                 start = lo
-            return start, self._until_cached(hi, lo + max(SPEC_UNITS, near) - 1)
+            return start, self._until_cached(hi, lo + max(SPEC_UNITS, run) - 1)
 
     def _until_cached(self, hi: int, want: int) -> int:
         """``want`` (a unit), or less: not past the file's end nor past the first cached unit after ``hi``."""
@@ -913,13 +915,13 @@ class RangeFile:
 
     def _ahead(self, lo: int, hi: int) -> tuple[int, int]:
         """The units to fetch for a miss of units ``lo..hi`` in a heap walk: ``HEAP_UNITS`` from ``lo`` (a
-        collection), or, next to the run of the last misses, also the gap to it and a read-ahead as long as the run
+        collection), or, next to the run of the last misses, also the gap to it and a read-ahead twice as long as the run
         (see ``MAX_AHEAD``), never past a cached unit."""
         key = self._key
         run = self._mode.run
         if run is not None:
             r_lo, r_hi = run
-            reach = min(MAX_AHEAD * PER_BLOCK, r_hi - r_lo + 1)
+            reach = min(MAX_AHEAD * PER_BLOCK, 2 * (r_hi - r_lo + 1))
             if r_hi < lo <= r_hi + 1 + reach:  # forward: from the run's end through the read-ahead
                 new_lo = r_hi + 1
                 with _BLOCKS_LOCK:
@@ -931,6 +933,10 @@ class RangeFile:
                 return new_lo, end
             if r_lo - 1 - reach <= hi < r_lo:  # backward: HDF5 walks the heap's collections from the last one
                 new_lo, new_hi = max(0, lo - reach), r_lo - 1
+                barrier = getattr(self._mode, "barrier", None)
+                floor = barrier[1] if barrier is not None and lo >= barrier[1] else 0
+                if new_lo - floor <= HEAP_UNITS:  # no sliver of the heap left below for one more request
+                    new_lo = floor
                 with _BLOCKS_LOCK:
                     while new_hi > hi and (key, new_hi) in _BLOCKS:
                         new_hi -= 1
