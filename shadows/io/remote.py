@@ -616,7 +616,7 @@ BLOCK = 64 * 1024
 # HDF5 writes each dataset's object header next to its raw data, and a block around each header brought values
 # nobody asked for.  Measured on the 100k x 5k h5ad over HTTP (docs/benchmarks.md, "Remote stores"), requests / kB
 # with 64 kB blocks, then with 1 kB units: open + shape 6 / 157, 4 / 13 (with HEAD_BYTES); 6 scattered cells
-# (answer 23 kB) 34 / 339, 34 / 69; 1 gene of CSC 20 / 865, 20 / 404; 1000 contiguous cells 17, 15.
+# (answer 24 kB) 34 / 339, 34 / 69; 1 gene of CSC 20 / 865, 21 / 404; 1000 contiguous cells 17, 15.
 UNIT = 1024
 PER_BLOCK = BLOCK // UNIT
 SPEC_UNITS = 4
