@@ -6,10 +6,10 @@ pair), a zarr store object (``FsspecStore``, ``ObjectStore``) or any open binary
 turns each into a :class:`Target` (how to reach the store again: the filesystem and path, never an open handle, so
 that it pickles into dask workers and other processes) and finds where the file or store starts and what it is.
 
-Reads go through h5py (on a :class:`RangeFile`, a file-like object with a block cache sized for HDF5's small
+Reads go through h5py (on a :class:`RangeFile`, a file-like object with a cache of 1 kB units for HDF5's small
 metadata reads) and through zarr's own async stores (concurrent chunk fetches).  The local accelerators
-(:mod:`shadows.io.fast.pread`, :mod:`shadows.io.fast.zarr_chunks`, :mod:`shadows.io.fast.h5copy`) never see these: they serve only the
-``sec2`` driver and ``LocalStore``.  Every request is counted (:func:`counting`).
+(:mod:`shadows.io.fast.pread`, :mod:`shadows.io.fast.zarr_chunks`, :mod:`shadows.io.fast.h5copy`) never see
+these: they serve only the ``sec2`` driver and ``LocalStore``.  Every request is counted (:func:`counting`).
 
 Storage keeps the :class:`RemotePath` (a ``str`` carrying its :class:`Target`) as its ``filename``; whatever code
 re-opens a connection from ``storage.describe()`` (views, lazy arrays, dask tasks, pickles) re-opens the same
@@ -650,7 +650,7 @@ def _version(info: dict) -> Any:
 
 
 def forget_blocks(url: str | None = None) -> None:
-    """Drop the cached metadata blocks of the remote HDF5 file at ``url`` (of every file if ``None``): the next
+    """Drop the cached metadata of the remote HDF5 file at ``url`` (of every file if ``None``): the next
     read fetches them again (a benchmark measuring a first open; a file replaced in place with the same size)."""
     with _BLOCKS_LOCK:
         for k in [k for k in _BLOCKS if url is None or k[0][0] == url]:
@@ -659,8 +659,8 @@ def forget_blocks(url: str | None = None) -> None:
 
 class RangeFile:
     """A read-only binary file over an fsspec filesystem: exact ranged requests for large reads, an LRU cache of
-    1 kB units for small ones (HDF5's metadata, see ``UNIT``), and byte ranges staged beforehand (values about to be read,
-    see :mod:`shadows.io.remote_h5`).  What h5py's ``fileobj`` driver reads from."""
+    1 kB units for small ones (HDF5's metadata, see ``UNIT``), and byte ranges staged beforehand (values about to
+    be read, see :mod:`shadows.io.remote_h5`).  What h5py's ``fileobj`` driver reads from."""
 
     def __init__(self, fs: Any, path: str, url: str, size: int | None = None, version: Any = None):
         self.fs, self.path, self.url = fs, path, url
@@ -787,7 +787,7 @@ class RangeFile:
 
     @contextmanager
     def heap_walk(self, raw: tuple[int, int] | None = None) -> Iterator[None]:
-        """Within the block (in this thread), block-cache misses near the previous ones read ahead, more the longer
+        """Within the block (in this thread), cache misses near the previous ones read ahead, more the longer
         they keep together (see ``MAX_AHEAD``): h5py reading variable-length strings through HDF5's global heap.
         ``raw``: the byte range of the strings' own dataset (its heap IDs), which h5py reads exactly: the read-ahead
         stops at it (HDF5 writes the heap right after it: reading back into it fetched 1.6 MB twice for the obs
@@ -915,8 +915,8 @@ class RangeFile:
 
     def _ahead(self, lo: int, hi: int) -> tuple[int, int]:
         """The units to fetch for a miss of units ``lo..hi`` in a heap walk: ``HEAP_UNITS`` from ``lo`` (a
-        collection), or, next to the run of the last misses, also the gap to it and a read-ahead twice as long as the run
-        (see ``MAX_AHEAD``), never past a cached unit."""
+        collection), or, next to the run of the last misses, also the gap to it and a read-ahead twice as long as
+        the run (see ``MAX_AHEAD``), never past a cached unit."""
         key = self._key
         run = self._mode.run
         if run is not None:
