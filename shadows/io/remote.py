@@ -895,9 +895,7 @@ class RangeFile:
         holds (at most a BLOCK), up to the next cached unit."""
         key = self._key
         with _BLOCKS_LOCK:
-            start = lo
-            while start > max(0, lo - SPEC_UNITS) and (key, start - 1) not in _BLOCKS:
-                start -= 1
+            start = self._from_cached(lo, lo - SPEC_UNITS)
             run = 0
             while run < PER_BLOCK and start - 1 - run >= 0 and (key, start - 1 - run) in _BLOCKS:
                 run += 1
@@ -912,6 +910,14 @@ class RangeFile:
         while end < want and (self._key, end + 1) not in _BLOCKS:
             end += 1
         return end
+
+    def _from_cached(self, lo: int, want: int) -> int:
+        """``want`` (a unit), or more: not before the file's start nor before the first cached unit below ``lo``."""
+        want = max(0, want)
+        start = lo
+        while start > want and (self._key, start - 1) not in _BLOCKS:
+            start -= 1
+        return start
 
     def _ahead(self, lo: int, hi: int) -> tuple[int, int]:
         """The units to fetch for a miss of units ``lo..hi`` in a heap walk: ``HEAP_UNITS`` from ``lo`` (a
@@ -940,9 +946,7 @@ class RangeFile:
                 with _BLOCKS_LOCK:
                     while new_hi > hi and (key, new_hi) in _BLOCKS:
                         new_hi -= 1
-                    start = lo
-                    while start > new_lo and (key, start - 1) not in _BLOCKS:
-                        start -= 1
+                    start = self._from_cached(lo, new_lo)
                 start, new_hi = self._clip(lo, hi, start, new_hi)
                 self._mode.run = (start, r_hi)
                 return start, new_hi
