@@ -28,6 +28,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 import generate  # noqa: E402
+from h5_layout import data_bytes, merged, raw_extents  # noqa: E402
 from remote_servers import RangeServer  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -66,41 +67,6 @@ def answer_bytes(paths: dict, n_obs: int) -> dict[str, int]:
     return out
 
 
-def raw_extents(path: Path) -> dict[str, list[tuple[int, int]]]:
-    """Per dataset of an HDF5 file, the byte ranges that hold its values (contiguous data, every chunk); the rest of
-    the file is HDF5 metadata: superblock, object headers, B-tree nodes, local and global heaps (the latter hold
-    the characters of variable-length strings)."""
-    import h5py
-
-    out: dict[str, list[tuple[int, int]]] = {}
-
-    def visit(name, obj):
-        if not isinstance(obj, h5py.Dataset):
-            return
-        ext = out.setdefault(name, [])
-        if obj.chunks is None:
-            off = obj.id.get_offset()
-            if off is not None:
-                ext.append((off, off + obj.id.get_storage_size()))
-        else:
-            obj.id.chunk_iter(lambda ci: ext.append((ci.byte_offset, ci.byte_offset + ci.size)))
-
-    with h5py.File(path, "r") as f:
-        f.visititems(visit)
-    return out
-
-
-def merged(extents: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted, overlapping ranges merged."""
-    out: list[list[int]] = []
-    for a, b in sorted(extents):
-        if out and a <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], b)
-        else:
-            out.append([a, b])
-    return [(a, b) for a, b in out]
-
-
 # The datasets each h5ad case reads values of (the rest of what it fetches is HDF5 metadata, or values of other
 # datasets that share a metadata block)
 READS = {
@@ -128,21 +94,6 @@ def split_bytes(spans: list, per_ds: dict[str, list[tuple[int, int]]], label: st
     every = merged([r for ext in per_ds.values() for r in ext])
     own = data_bytes(spans, read)
     return own, data_bytes(spans, every) - own
-
-
-def data_bytes(spans: list[tuple[str, int, int]], extents: list[tuple[int, int]]) -> int:
-    """How many of the fetched bytes (``spans``: url, start, end) lie in datasets' values (``extents``)."""
-    import bisect
-
-    starts = [a for a, _ in extents]
-    total = 0
-    for _url, a, b in spans:
-        i = max(0, bisect.bisect_right(starts, a) - 1)
-        while i < len(extents) and extents[i][0] < b:
-            lo, hi = max(a, extents[i][0]), min(b, extents[i][1])
-            total += max(0, hi - lo)
-            i += 1
-    return total
 
 
 def cases(n_obs: int, var_names: list[str]):

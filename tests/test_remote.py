@@ -16,6 +16,7 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from h5_layout import data_bytes, merged, raw_extents
 from oracle import assert_element_equal, read_oracle, write_adata
 from remote_servers import RangeServer, S3Server
 from stream_data import rich
@@ -360,30 +361,6 @@ def _sparse_h5ad(servers, name: str, n_obs: int = 30_000, n_vars: int = 1_000, d
     return f"{servers['http'].url}/{name}", a
 
 
-def _raw_extents(path: Path) -> list[tuple[int, int]]:
-    """Where the values of every dataset of an HDF5 file lie (contiguous data, every chunk); the rest is HDF5's
-    metadata."""
-    import h5py
-
-    out: list[tuple[int, int]] = []
-
-    def visit(_name, obj):
-        if not isinstance(obj, h5py.Dataset):
-            return
-        if obj.chunks is None:
-            off = obj.id.get_offset()
-            if off is not None:
-                out.append((off, off + obj.id.get_storage_size()))
-        else:
-            for i in range(obj.id.get_num_chunks()):
-                c = obj.id.get_chunk_info(i)
-                out.append((c.byte_offset, c.byte_offset + c.size))
-
-    with h5py.File(path, "r") as f:
-        f.visititems(visit)
-    return out
-
-
 def test_scattered_cells_of_remote_h5ad_fetch_few_values_beyond_the_answer(servers):
     """Opening X's datasets reads their object headers, which HDF5 writes next to their raw values: the read cache
     fetches a few kB there, not a 64 kB block of values nobody asked for.  Of the values fetched (bytes in any
@@ -391,7 +368,7 @@ def test_scattered_cells_of_remote_h5ad_fetch_few_values_beyond_the_answer(serve
     from shadows.io.remote import forget_blocks
 
     url, a = _sparse_h5ad(servers, "dense_rows.h5ad", n_obs=6_000, n_vars=2_000, density=0.25)
-    raw = _raw_extents(servers["http"].root / "dense_rows.h5ad")
+    raw = merged([r for ext in raw_extents(servers["http"].root / "dense_rows.h5ad").values() for r in ext])
     cells = [11, 900, 1_999, 3_337, 4_601, 5_977]
     forget_blocks()
     s = AnnDataShadow(url)
@@ -400,7 +377,7 @@ def test_scattered_cells_of_remote_h5ad_fetch_few_values_beyond_the_answer(serve
     want = a.X[cells]
     assert_element_equal(got, want, "6 scattered cells")
     answer = want.nnz * 8 + len(cells) * 16  # values, indices and two indptr entries per cell
-    values = sum(max(0, min(b, y) - max(a0, x)) for _u, a0, b in c.spans for x, y in raw)
+    values = data_bytes(c.spans, raw)
     assert c.spans and values <= 1.5 * answer, (values, answer, c.bytes, c.requests)
 
 

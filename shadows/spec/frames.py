@@ -165,20 +165,20 @@ def read_frame_parts(
     order = [str(c) for c in (attr(elem, "column-order") or [])]
     if columns is not None:
         order = [c for c in order if c in columns]
-    idx_key, _ = index_column(elem)
+    idx_key, idx = index_column(elem)
     version = str(attr(elem, "encoding-version", ""))
     row = sel[:1]
     cols = {}
     for k in order:
-        cols[k] = inferred_strings(_read_column(elem, k, row, ctx, version), elem[k])
-    index = inferred_strings(_read_column(elem, idx_key, row, ctx, version), elem[idx_key])
+        col = elem[k]  # opened once (each opening is a lookup; on a remote zarr store a round trip to its loop)
+        cols[k] = inferred_strings(_read_column(elem, col, row, ctx, version), col)
+    index = inferred_strings(_read_column(elem, idx, row, ctx, version), idx)
     return FrameParts(
         index=index, index_name=None if idx_key == "_index" else idx_key, columns=cols, column_order=order
     )
 
 
-def _read_column(elem: Any, key: str, row: tuple, ctx: ReadContext, version: str) -> Any:
-    col = elem[key]
+def _read_column(elem: Any, col: Any, row: tuple, ctx: ReadContext, version: str) -> Any:
     if version != "0.2.0" and not is_group(col) and "categories" in col.attrs:
         from shadows.spec.legacy import read_referenced_categorical
 
